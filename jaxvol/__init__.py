@@ -1,0 +1,10 @@
+"""jaxvol: batch volatility analytics in pure JAX.
+
+Importing jaxvol never changes JAX's global configuration: enable float64 in your entry point
+(``jax.config.update("jax_enable_x64", True)`` or :func:`jaxvol.configure`).
+"""
+
+from jaxvol._runtime import configure
+
+__all__ = ["configure"]
+__version__ = "0.1.0"
