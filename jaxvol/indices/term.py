@@ -1,0 +1,82 @@
+"""Constant-maturity interpolation of model-free variance across expiries.
+
+Total variance ``T * sigma^2`` is interpolated linearly in time to expiry measured in minutes, as
+in the Cboe VIX methodology; the result is annualised again at the target tenor. Between two
+expiries that bracket the target this is the Cboe formula
+
+    sigma_target^2 = [T1 s1^2 (N2 - Nt)/(N2 - N1) + T2 s2^2 (Nt - N1)/(N2 - N1)] * N365 / Nt.
+
+Outside the quoted range the same straight line through the nearest two expiries is used (Cboe
+does the same when a weekly expiry is missing: the weights simply leave [0, 1]).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MINUTES_PER_YEAR = 525_600.0
+"""N365: minutes in a 365-day year, the Cboe time unit."""
+
+MINUTES_30_DAYS = 43_200.0
+"""N30: the VIX target tenor in minutes."""
+
+
+def interpolate_variance(near_minutes, near_variance, next_minutes, next_variance,
+                         target_minutes=MINUTES_30_DAYS):
+    """Annualised variance at ``target_minutes`` from two expiries (the Cboe 30-day rule).
+
+    ``*_variance`` are annualised (sigma^2 per year); minutes are times to expiry. Broadcasts;
+    returns the dtype of ``near_variance``.
+    """
+    dtype = jnp.result_type(near_variance)
+    n1, n2, nt = (jnp.asarray(m).astype(dtype) for m in (near_minutes, next_minutes,
+                                                          target_minutes))
+    total1 = near_variance * n1 / MINUTES_PER_YEAR
+    total2 = jnp.asarray(next_variance).astype(dtype) * n2 / MINUTES_PER_YEAR
+    weight1 = (n2 - nt) / (n2 - n1)
+    total = total1 * weight1 + total2 * (1.0 - weight1)
+    return total * MINUTES_PER_YEAR / nt
+
+
+def variance_to_index(variance):
+    """Index level 100 * sqrt(variance), NaN for a negative or NaN variance (gradient-safe)."""
+    ok = variance >= 0
+    return jnp.where(ok, 100.0 * jnp.sqrt(jnp.where(ok, variance, 1.0)), jnp.nan)
+
+
+def _term_structure_lane(minutes, variance, valid, target_minutes):
+    """One underlying: minutes/variance/valid [expiries], target_minutes [targets]."""
+    dtype = variance.dtype
+    key = jnp.where(valid & jnp.isfinite(variance), minutes, jnp.inf)
+    order = jnp.argsort(key)
+    minutes_sorted, variance_sorted = minutes[order], variance[order]
+    count = jnp.sum(jnp.isfinite(key))
+    # Upper bracketing expiry: first quoted expiry at or after the target, kept inside [1, count-1]
+    upper = jnp.searchsorted(minutes_sorted, target_minutes, side="left")
+    upper = jnp.clip(upper, 1, jnp.maximum(count - 1, 1))
+    lower = upper - 1
+    result = interpolate_variance(minutes_sorted[lower], variance_sorted[lower],
+                                  minutes_sorted[upper], variance_sorted[upper],
+                                  target_minutes.astype(dtype))
+    return jnp.where(count >= 2, result, jnp.nan)
+
+
+@jax.jit
+def term_structure(minutes, variance, valid, target_minutes):
+    """Constant-maturity annualised variances of many underlyings at many tenors.
+
+    Args:
+      minutes: ``[..., expiries]`` minutes to each expiry (any order).
+      variance: ``[..., expiries]`` annualised model-free variance of each expiry.
+      valid: ``[..., expiries]`` bool, False for padding or failed expiries.
+      target_minutes: ``[targets]`` tenors, e.g. 9 days to 1 year in minutes.
+
+    Returns ``[..., targets]`` annualised variances (NaN where fewer than two valid expiries),
+    linear in total variance between the bracketing expiries, extrapolated linearly from the
+    nearest two outside the quoted range.
+    """
+    dtype = jnp.result_type(variance)
+    lane = jnp.vectorize(_term_structure_lane, signature="(e),(e),(e),(q)->(q)")
+    return lane(jnp.asarray(minutes).astype(dtype), variance, jnp.asarray(valid),
+                jnp.asarray(target_minutes).astype(dtype))
