@@ -5,6 +5,7 @@ Importing jaxvol never changes JAX's global configuration: enable float64 in you
 """
 
 from jaxvol._runtime import configure
+from jaxvol import calibrate  # noqa: E402,F401  (batched Levenberg–Marquardt, optax path)
 from jaxvol import indices  # noqa: E402,F401  (model-free variance, VIX/VXJ)
 
 __all__ = ["configure"]
