@@ -1,0 +1,248 @@
+"""One-call entry points: :func:`analyze` (per-row results) and :func:`arbitrage_report`.
+
+Both run the same pipeline, :func:`compute`, which the nightly job can call directly:
+
+1. ``schema.validate``: structural checks, normalised frame (pandas);
+2. ``flags.row_flags``: quote-level flags and duplicates (vectorised numpy/pandas);
+3. ``pack.pack``: padded [slices, strikes] batches per strike bucket (vectorised);
+4. one jitted JAX kernel per batch block: parity forwards, bid/mid/ask implied vols, price
+   bound flags, static arbitrage (compiled once per bucket shape);
+5. one jitted calendar kernel over pairs of consecutive expiries (one shape per run);
+6. slice-level flags and unpacking back onto the input rows (vectorised numpy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema as schemas
+from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
+
+#: Number of traces of each JAX kernel in this process (a trace-count guard for tests).
+TRACE_COUNTS = {"block": 0, "calendar": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainOptions:
+    """Options of :func:`analyze` / :func:`arbitrage_report` / :func:`compute`.
+
+    schema: column names (``ChainSchema``); columns: renames as a dict (``{"strike": "K"}``).
+    max_relative_spread, locked_tolerance: WIDE_SPREAD / LOCKED thresholds (``flags``).
+    exclude: Flag bits that take a row out of fits and checks.
+    min_strikes: a slice with fewer usable strikes is flagged SLICE_TOO_FEW_STRIKES.
+    near_strikes, iterations, huber: parity regression (``forwards.parity_forwards``).
+    tolerance: relative size below which an arbitrage violation counts as zero.
+    calendar_tolerance: the same, absolute, in total-variance units.
+    strike_buckets, slice_block: packing (``pack.pack``); dtype: float32 or float64.
+    """
+
+    schema: schemas.ChainSchema | None = None
+    columns: dict | None = None
+    max_relative_spread: float = 1.0
+    locked_tolerance: float = 0.0
+    exclude: int = int(DEFAULT_EXCLUDE)
+    min_strikes: int = 3
+    near_strikes: int = 12
+    iterations: int = 20
+    huber: float = 1.345
+    tolerance: float = 1e-10
+    calendar_tolerance: float = 1e-12
+    strike_buckets: tuple = packing.DEFAULT_STRIKE_BUCKETS
+    slice_block: int = packing.DEFAULT_SLICE_BLOCK
+    dtype: object = np.float64
+
+    def __post_init__(self):
+        if np.dtype(self.dtype) not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.min_strikes < 1:
+            raise ValueError(f"min_strikes must be >= 1, got {self.min_strikes}")
+
+
+class ChainAnalysis(NamedTuple):
+    """Everything :func:`compute` produced (host numpy arrays, aligned as documented)."""
+
+    table: pd.DataFrame        #: the input table as given
+    frame: pd.DataFrame        #: normalised frame (``schema.validate``)
+    packed: packing.PackedChain
+    quality_flags: np.ndarray  #: [rows] int64 bit-field of ``Flag``
+    slice_forwards: forwards.ForwardResult  #: [slices] numpy, global slice order
+    rows: dict                 #: [rows] arrays: forward, discount, *_se, iv_bid/mid/ask
+    arbitrage: arbitrage.ArbitrageResult     #: worst/count/worst_strike [slices, 8]
+    batch_results: tuple       #: per batch dict of [slices, ...] arrays (sizes, vols, ...)
+    options: ChainOptions
+
+
+def analyze(table: pd.DataFrame, **options) -> pd.DataFrame:
+    """Per-row analysis: the input columns plus quality_flags, usable, forward, discount,
+    forward_se, discount_se, iv_bid, iv_mid, iv_ask; same index and order as ``table``."""
+    return rows_frame(compute(table, **options))
+
+
+def arbitrage_report(table: pd.DataFrame, **options) -> pd.DataFrame:
+    """One row per (underlying, expiry, relation): size of the worst violation (price units;
+    total variance for ``calendar``), number of violating strikes, strike of the worst one."""
+    return report(compute(table, **options))
+
+
+def rows_frame(result: ChainAnalysis) -> pd.DataFrame:
+    """The per-row DataFrame of a :func:`compute` result (index and order of the input)."""
+    out = result.table.copy()
+    out["quality_flags"] = result.quality_flags
+    exclude = int(result.options.exclude)
+    out["usable"] = (result.quality_flags & exclude) == 0
+    for name in ("forward", "discount", "forward_se", "discount_se", "iv_bid", "iv_mid",
+                 "iv_ask"):
+        out[name] = result.rows[name]
+    return out
+
+
+def report(result: ChainAnalysis) -> pd.DataFrame:
+    """The tidy arbitrage report of a :func:`compute` result."""
+    arb = result.arbitrage
+    return arbitrage.report_frame(result.packed.slices, arb.worst, arb.count, arb.worst_strike)
+
+
+def compute(table, **options) -> ChainAnalysis:
+    """Run the whole pipeline (see module doc); ``table`` is a DataFrame or a CSV/Parquet path."""
+    opts = ChainOptions(**options)
+    source = schemas.load(table, opts.schema, **(opts.columns or {}))
+    if not isinstance(table, pd.DataFrame):
+        table = pd.read_parquet(table) if str(table).endswith((".parquet", ".pq")) else \
+            pd.read_csv(table)
+    flags = row_flags(source, max_relative_spread=opts.max_relative_spread,
+                      locked_tolerance=opts.locked_tolerance, exclude=opts.exclude)
+    packed = packing.pack(source, flags, exclude=opts.exclude,
+                          strike_buckets=opts.strike_buckets, slice_block=opts.slice_block,
+                          dtype=np.dtype(opts.dtype))
+    batch_results = tuple(_run_batch(batch, packed.slice_block, opts) for batch in packed.batches)
+    return _assemble(table, source, packed, flags, batch_results, opts)
+
+
+def _run_batch(batch: packing.ChainBatch, slice_block: int, opts: ChainOptions) -> dict:
+    kernel = functools.partial(_block_kernel, near_strikes=opts.near_strikes,
+                               iterations=opts.iterations, huber=opts.huber,
+                               tolerance=opts.tolerance)
+    blocks = [jax.device_get(kernel(block)) for block in packing.iter_blocks(batch, slice_block)]
+    return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+
+
+@functools.partial(jax.jit, static_argnames=("near_strikes", "iterations", "huber", "tolerance"))
+def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber, tolerance):
+    TRACE_COUNTS["block"] += 1
+    fwd = forwards.parity_forwards(
+        batch.strike, batch.call_bid, batch.call_ask, batch.put_bid, batch.put_ask,
+        batch.call_mask, batch.put_mask, batch.forward_in, batch.discount_in,
+        call_mid=batch.call_mid, put_mid=batch.put_mid, near_strikes=near_strikes,
+        iterations=iterations, huber=huber)
+    vols = implied.quote_vols(batch.strike, batch.expiry, fwd.forward, fwd.discount,
+                              (batch.call_bid, batch.call_mid, batch.call_ask),
+                              (batch.put_bid, batch.put_mid, batch.put_ask))
+    arb = arbitrage.static_arbitrage(
+        batch.strike, batch.call_bid, batch.call_ask, batch.put_bid, batch.put_ask,
+        batch.call_mask, batch.put_mask, fwd.forward, fwd.discount, tolerance=tolerance)
+    moneyness, w_bid = implied.total_variance_otm(batch.strike, batch.expiry, fwd.forward,
+                                                  vols.bid[0], vols.bid[1])
+    _, w_ask = implied.total_variance_otm(batch.strike, batch.expiry, fwd.forward,
+                                          vols.ask[0], vols.ask[1])
+    return dict(**fwd._asdict(), iv_bid=vols.bid, iv_mid=vols.mid, iv_ask=vols.ask,
+                iv_status=vols.mid_status, bound_flags=_bound_flags(batch, fwd, tolerance),
+                arb_size=arb.size, arb_worst=arb.worst, arb_count=arb.count,
+                arb_strike=arb.worst_strike, moneyness=moneyness, variance_bid=w_bid,
+                variance_ask=w_ask)
+
+
+def _bound_flags(batch, fwd, tolerance):
+    """[2, slices, strikes] BELOW_INTRINSIC / ABOVE_MAX_PRICE bits (calls, puts)."""
+    f, d = fwd.forward[:, None], fwd.discount[:, None]
+    slack = tolerance * d * f
+    k = batch.strike
+    below = jnp.stack([batch.call_ask < d * jnp.maximum(f - k, 0.0) - slack,
+                       batch.put_ask < d * jnp.maximum(k - f, 0.0) - slack])
+    above = jnp.stack([batch.call_bid > d * f + slack, batch.put_bid > d * k + slack])
+    return (jnp.where(below, int(Flag.BELOW_INTRINSIC), 0)
+            | jnp.where(above, int(Flag.ABOVE_MAX_PRICE), 0)).astype(jnp.int32)
+
+
+def _assemble(table, source, packed, flags, batch_results, opts) -> ChainAnalysis:
+    per_slice = lambda name: packing.gather_slices(  # noqa: E731
+        packed, [r[name] for r in batch_results])
+    fwd = forwards.ForwardResult(*(per_slice(name) for name in forwards.ForwardResult._fields))
+    cells = lambda name, side: [r[name][side] for r in batch_results]  # noqa: E731
+    flags = flags | packing.unpack_cells(packed, cells("bound_flags", 0),
+                                         cells("bound_flags", 1), fill=0).astype(np.int64)
+    iv_status = packing.unpack_cells(packed, cells("iv_status", 0), cells("iv_status", 1), fill=0)
+    flags = flags | np.where((packed.row_batch >= 0) & (iv_status != 0),
+                             int(Flag.IV_UNSOLVED), 0)
+    flags = _slice_flags(packed, flags, fwd.status, opts)
+    rows = {name: fwd_value[packed.row_slice] for name, fwd_value in (
+        ("forward", fwd.forward), ("discount", fwd.discount), ("forward_se", fwd.forward_se),
+        ("discount_se", fwd.discount_se))}
+    for name in ("iv_bid", "iv_mid", "iv_ask"):
+        rows[name] = packing.unpack_cells(packed, cells(name, 0), cells(name, 1))
+    arb = _with_calendar(packed, batch_results, per_slice, fwd.forward, opts)
+    return ChainAnalysis(table, source, packed, flags, fwd, rows, arb, batch_results, opts)
+
+
+def _slice_flags(packed, flags, forward_status, opts):
+    no_forward = ~np.isin(forward_status, (forwards.ForwardStatus.OK,
+                                           forwards.ForwardStatus.SUPPLIED))
+    flags = flags | np.where(no_forward[packed.row_slice], int(Flag.NO_FORWARD), 0)
+    usable = ((flags & opts.exclude) == 0) & (packed.row_batch >= 0)
+    cell = packed.row_slice[usable] * (1 + packed.slices["n_strikes"].max()) + \
+        packed.row_column[usable]
+    strikes = np.bincount(np.unique(cell) // (1 + packed.slices["n_strikes"].max()),
+                          minlength=len(packed.slices))
+    too_few = strikes < opts.min_strikes
+    return flags | np.where(too_few[packed.row_slice], int(Flag.SLICE_TOO_FEW_STRIKES), 0)
+
+
+def _with_calendar(packed, batch_results, per_slice, forward, opts) -> arbitrage.ArbitrageResult:
+    width = max(r["moneyness"].shape[1] for r in batch_results)
+    padded = lambda name: packing.gather_slices(packed, [  # noqa: E731
+        np.pad(r[name], ((0, 0), (0, width - r[name].shape[1])), constant_values=np.nan)
+        for r in batch_results])
+    moneyness, w_bid, w_ask = padded("moneyness"), padded("variance_bid"), padded("variance_ask")
+    underlying = packed.slices["underlying"].to_numpy()
+    early = np.flatnonzero(underlying[:-1] == underlying[1:])  # slices sorted by (u, expiry)
+    size, count, where = _calendar_pairs(moneyness, w_bid, w_ask, early, packed.slice_block, opts)
+    n = len(packed.slices)
+    cal_worst, cal_count, cal_strike = np.full(n, np.nan), np.zeros(n, np.int32), np.full(
+        n, np.nan)
+    known = np.isfinite(forward[early]) & np.isfinite(forward[early + 1])
+    cal_worst[early], cal_count[early] = np.where(known, size, np.nan), count
+    cal_strike[early] = forward[early] * np.exp(where)
+    worst = np.concatenate([per_slice("arb_worst"), cal_worst[:, None]], axis=1)
+    return arbitrage.ArbitrageResult(
+        None, worst, np.concatenate([per_slice("arb_count"), cal_count[:, None]], axis=1),
+        np.concatenate([per_slice("arb_strike"), cal_strike[:, None]], axis=1))
+
+
+def _calendar_pairs(moneyness, w_bid, w_ask, early, slice_block, opts):
+    n_pairs = len(early)
+    if n_pairs == 0:
+        return np.zeros(0), np.zeros(0, np.int32), np.zeros(0)
+    capacity = packing.slice_capacity(n_pairs, slice_block)
+    pad = lambda a: np.pad(a, ((0, capacity - n_pairs), (0, 0)), constant_values=np.nan)  # noqa
+    inputs = (pad(moneyness[early]), pad(w_bid[early]), pad(moneyness[early + 1]),
+              pad(w_ask[early + 1]))
+    step = min(capacity, slice_block)
+    parts = [jax.device_get(_calendar_kernel(*(a[i:i + step] for a in inputs),
+                                             tolerance=opts.calendar_tolerance))
+             for i in range(0, capacity, step)]
+    worst = np.concatenate([p.worst[:, 0] for p in parts])[:n_pairs]
+    count = np.concatenate([p.count[:, 0] for p in parts])[:n_pairs]
+    where = np.concatenate([p.worst_strike[:, 0] for p in parts])[:n_pairs]
+    return worst, count, where
+
+
+@functools.partial(jax.jit, static_argnames=("tolerance",))
+def _calendar_kernel(k1, w_bid1, k2, w_ask2, *, tolerance):
+    TRACE_COUNTS["calendar"] += 1
+    return arbitrage.calendar_arbitrage(k1, w_bid1, k2, w_ask2, tolerance=tolerance)

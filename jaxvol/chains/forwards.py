@@ -1,0 +1,196 @@
+"""Forward F and discount factor D of each slice from put-call parity, C - P = D (F - K).
+
+The regression uses the strikes quoting both a usable call and a usable put, restricted to the
+``near_strikes`` of them closest to the anchor strike (the one with the smallest |C - P| of
+mids, i.e. nearest the money).  With x = K - K_anchor the model is C - P = a + b x, with
+D = -b and F = K_anchor + a / D.  Each pair is weighted by 1 / h^2, h the half-width of its
+C - P quote interval ((call spread + put spread) / 2): tight quotes count more.  Outliers are
+damped by iteratively reweighted least squares with Huber weights min(1, c / |u|) on the
+standardised residual u = r / (h s), s a robust scale (MAD of r / h, at least 1, so that
+residuals within the quoted spreads are never damped); a fixed number of iterations per slice.
+
+Known values replace fitted ones: both supplied -> no fit (status SUPPLIED); D supplied -> a
+one-parameter fit of F; F supplied -> a one-parameter fit of D.  Standard errors come from the
+weighted least-squares covariance at the final weights (residual variance estimated from the
+fit), propagated to F by the delta method.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+_SPREAD_FLOOR = 1e-12  # relative to the anchor strike: keeps 1/h^2 finite on locked quotes
+
+
+class ForwardStatus(enum.IntEnum):
+    """Outcome per slice."""
+
+    OK = 0             #: estimated from parity (possibly with D or F supplied)
+    SUPPLIED = 1       #: forward and discount both supplied by the user: no fit
+    TOO_FEW_PAIRS = 2  #: fewer call/put pairs than parameters to fit
+    NON_POSITIVE = 3   #: the fit gave a non-positive or non-finite F or D
+
+
+class ForwardResult(NamedTuple):
+    """Per-slice arrays [slices]."""
+
+    forward: jax.Array
+    discount: jax.Array
+    forward_se: jax.Array
+    discount_se: jax.Array
+    n_pairs: jax.Array   #: int32: pairs carrying weight in the final fit
+    status: jax.Array    #: int32 codes of :class:`ForwardStatus`
+
+
+def parity_forwards(strike, call_bid, call_ask, put_bid, put_ask, call_mask, put_mask,
+                    forward_in, discount_in, *, call_mid=None, put_mid=None,
+                    near_strikes: int = 12, iterations: int = 20,
+                    huber: float = 1.345) -> ForwardResult:
+    """Forwards and discount factors of a batch of slices.
+
+    Quotes and masks are [slices, strikes]; ``forward_in``/``discount_in`` are [slices] (NaN
+    where unknown).  Mids default to (bid + ask) / 2.  Returns the input's float dtype.
+    """
+    if near_strikes < 2 or iterations < 0 or not huber > 0:
+        raise ValueError(f"need near_strikes >= 2, iterations >= 0, huber > 0; got "
+                         f"{near_strikes}, {iterations}, {huber}")
+    call_mid = 0.5 * (call_bid + call_ask) if call_mid is None else call_mid
+    put_mid = 0.5 * (put_bid + put_ask) if put_mid is None else put_mid
+    kernel = jax.vmap(lambda *a: _slice_forward(*a, near_strikes=near_strikes,
+                                                iterations=iterations, huber=huber))
+    return kernel(strike, call_mid - put_mid, (call_ask - call_bid) + (put_ask - put_bid),
+                  call_mask & put_mask, forward_in, discount_in)
+
+
+def _slice_forward(strike, parity, spread, pair, forward_in, discount_in, *, near_strikes,
+                   iterations, huber):
+    pair = pair & jnp.isfinite(strike) & jnp.isfinite(parity) & jnp.isfinite(spread)
+    strike = jnp.where(pair, strike, 0.0)
+    parity = jnp.where(pair, parity, 0.0)
+    anchor = strike[jnp.argmin(jnp.where(pair, jnp.abs(parity), jnp.inf))]
+    near = pair & _nearest(jnp.where(pair, jnp.abs(strike - anchor), jnp.inf), near_strikes)
+    half = jnp.maximum(0.5 * jnp.where(near, spread, 1.0), _SPREAD_FLOOR * jnp.abs(anchor))
+    half = jnp.where(half > 0, half, 1.0)
+    x = jnp.where(near, strike - anchor, 0.0)
+    base = jnp.where(near, 1.0 / half**2, 0.0)
+    fit = lambda w: _weighted_fit(x, parity, w, anchor, forward_in, discount_in)  # noqa: E731
+
+    def reweight(_, weight):
+        return base * _huber_weights(_residual(fit(weight), x, parity, anchor) / half, near,
+                                     huber)
+
+    weight = jax.lax.fori_loop(0, iterations, reweight, base)
+    return _finish(fit(weight), weight, forward_in, discount_in)
+
+
+def _nearest(distance, count):
+    """True for the ``count`` smallest finite distances."""
+    rank = jnp.argsort(jnp.argsort(distance))
+    return (rank < count) & jnp.isfinite(distance)
+
+
+def _huber_weights(u, mask, threshold):
+    scale = jnp.maximum(1.0, 1.4826 * _masked_median(jnp.abs(u), mask))
+    size = jnp.where(mask, jnp.abs(u) / scale, 0.0)
+    safe = jnp.where(size > threshold, size, 1.0)
+    return jnp.where(size > threshold, threshold / safe, 1.0)
+
+
+def _masked_median(values, mask):
+    ordered = jnp.sort(jnp.where(mask, values, jnp.inf))
+    n = jnp.sum(mask)
+    lo, hi = jnp.maximum((n - 1) // 2, 0), jnp.maximum(n // 2, 0)
+    median = 0.5 * (ordered[lo] + ordered[hi])
+    return jnp.where(n > 0, median, 0.0)
+
+
+class _Fit(NamedTuple):
+    forward: jax.Array
+    discount: jax.Array
+    var_forward: jax.Array
+    var_discount: jax.Array
+    n_used: jax.Array
+    n_params: jax.Array
+
+
+def _weighted_fit(x, parity, weight, anchor, forward_in, discount_in):
+    """WLS in the mode the supplied values allow (both, D only, F only, neither)."""
+    known_d, known_f = jnp.isfinite(discount_in), jnp.isfinite(forward_in)
+    full = _fit_both(x, parity, weight, anchor)
+    given_d = _fit_forward(x, parity, weight, anchor, jnp.where(known_d, discount_in, 1.0))
+    given_f = _fit_discount(x, parity, weight, anchor, jnp.where(known_f, forward_in, 1.0))
+    chosen = jax.tree.map(lambda a, b: jnp.where(known_d, a, b), given_d,
+                          jax.tree.map(lambda a, b: jnp.where(known_f, a, b), given_f, full))
+    return chosen
+
+
+def _sums(x, parity, weight):
+    used = weight > 0
+    return (jnp.sum(weight), jnp.sum(weight * x), jnp.sum(weight * x * x),
+            jnp.sum(weight * parity), jnp.sum(weight * x * parity), jnp.sum(used))
+
+
+def _sigma2(residual, weight, n_used, n_params):
+    dof = jnp.maximum(n_used - n_params, 1).astype(residual.dtype)
+    return jnp.sum(weight * residual**2) / dof
+
+
+def _fit_both(x, parity, weight, anchor):
+    sw, sx, sxx, sy, sxy, n = _sums(x, parity, weight)
+    det = sw * sxx - sx * sx
+    safe_det = jnp.where(det > 0, det, 1.0)
+    safe_sw = jnp.where(sw > 0, sw, 1.0)
+    slope = (sw * sxy - sx * sy) / safe_det
+    level = (sy - slope * sx) / safe_sw
+    s2 = _sigma2(parity - level - slope * x, weight, n, 2)
+    var_a, var_b, cov = s2 * sxx / safe_det, s2 * sw / safe_det, -s2 * sx / safe_det
+    discount = -slope
+    safe_d = jnp.where(discount != 0, discount, 1.0)
+    offset = level / safe_d
+    var_f = (var_a + offset**2 * var_b + 2.0 * offset * cov) / safe_d**2
+    return _Fit(anchor + offset, discount, var_f, var_b, n, jnp.full_like(n, 2))
+
+
+def _fit_forward(x, parity, weight, anchor, discount):
+    sw, _, _, sy, _, n = _sums(x + 0.0, parity + discount * x, weight)
+    safe_sw = jnp.where(sw > 0, sw, 1.0)
+    level = sy / safe_sw
+    s2 = _sigma2(parity + discount * x - level, weight, n, 1)
+    safe_d = jnp.where(discount != 0, discount, 1.0)
+    return _Fit(anchor + level / safe_d, discount + 0 * level, s2 / safe_sw / safe_d**2,
+                0 * level, n, jnp.full_like(n, 1))
+
+
+def _fit_discount(x, parity, weight, anchor, forward):
+    moneyness = forward - anchor - x  # F - K
+    sxx = jnp.sum(weight * moneyness**2)
+    safe = jnp.where(sxx > 0, sxx, 1.0)
+    discount = jnp.sum(weight * moneyness * parity) / safe
+    n = jnp.sum(weight > 0)
+    s2 = _sigma2(parity - discount * moneyness, weight, n, 1)
+    return _Fit(forward + 0 * discount, discount, 0 * discount, s2 / safe, n,
+                jnp.full_like(n, 1))
+
+
+def _residual(fit: _Fit, x, parity, anchor):
+    return parity - fit.discount * (fit.forward - anchor - x)
+
+
+def _finish(fit: _Fit, weight, forward_in, discount_in) -> ForwardResult:
+    supplied = jnp.isfinite(forward_in) & jnp.isfinite(discount_in)
+    ok = ((fit.forward > 0) & (fit.discount > 0) & jnp.isfinite(fit.forward)
+          & jnp.isfinite(fit.discount))
+    status = jnp.where(supplied, ForwardStatus.SUPPLIED,
+                       jnp.where(fit.n_used < fit.n_params, ForwardStatus.TOO_FEW_PAIRS,
+                                 jnp.where(ok, ForwardStatus.OK, ForwardStatus.NON_POSITIVE)))
+    good = (status == ForwardStatus.OK) | supplied
+    forward = jnp.where(supplied, forward_in, jnp.where(good, fit.forward, jnp.nan))
+    discount = jnp.where(supplied, discount_in, jnp.where(good, fit.discount, jnp.nan))
+    se = lambda v: jnp.where(supplied, 0.0, jnp.where(good, jnp.sqrt(jnp.maximum(v, 0.0)),  # noqa: E731
+                                                       jnp.nan))
+    return ForwardResult(forward, discount, se(fit.var_forward), se(fit.var_discount),
+                         fit.n_used.astype(jnp.int32), status.astype(jnp.int32))
