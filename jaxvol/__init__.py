@@ -7,6 +7,7 @@ Importing jaxvol never changes JAX's global configuration: enable float64 in you
 from jaxvol._runtime import configure
 from jaxvol import calibrate  # noqa: E402,F401  (batched Levenberg–Marquardt, optax path)
 from jaxvol import indices  # noqa: E402,F401  (model-free variance, VIX/VXJ)
+from jaxvol import chains  # noqa: E402,F401  (option chains: flags, packing, forwards, arbitrage)
 
 __all__ = ["configure"]
 __version__ = "0.1.0"
