@@ -20,17 +20,21 @@ failed_from = FitStatus.NON_FINITE  # statuses >= this have no solution
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def solve(batched_solver, fn, u0, args, weights, mask):
-    """Run ``batched_solver(u0, args, weights, mask) -> (u, status, iterations)``."""
+def solve(batched_solver, gradient_fn, u0, args, weights, mask):
+    """Run ``batched_solver(u0, args, weights, mask) -> (u, status, iterations)``.
+
+    ``gradient_fn(u, args, weights, mask) -> [P]`` is one lane's optimality condition (zero at
+    the solution); it defines the implicit derivative of u.
+    """
     return batched_solver(u0, args, weights, mask)
 
 
 @solve.defjvp
-def _solve_jvp(batched_solver, fn, primals, tangents):
+def _solve_jvp(batched_solver, gradient_fn, primals, tangents):
     u0, args, weights, mask = primals
     _, d_args, d_weights, _ = tangents
     u, status, iterations = batched_solver(u0, args, weights, mask)
-    lane = functools.partial(_lane_tangent, fn)
+    lane = functools.partial(_lane_tangent, gradient_fn)
     ok = status < failed_from  # lanes with a solution; the others get zero tangents
     du = jax.vmap(lane)(ok, u, args, weights, mask, d_args, d_weights)
     zero_int = lambda x: jnp.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
@@ -48,10 +52,15 @@ def optimality_gradient(fn, u, args, weights, mask):
     return jacobian.T @ residuals
 
 
-def _lane_tangent(fn, ok, u, args, weights, mask, d_args, d_weights):
+def least_squares_gradient(fn):
+    """The optimality condition J^T r of the residual function fn(u, args, weights, mask)."""
+    return lambda u, args, weights, mask: optimality_gradient(fn, u, args, weights, mask)
+
+
+def _lane_tangent(gradient_fn, ok, u, args, weights, mask, d_args, d_weights):
     ok = ok & jnp.all(jnp.isfinite(u))
     u_safe = jnp.where(ok, u, 0)
-    gradient = lambda v, a, w: optimality_gradient(fn, v, a, w, mask)  # noqa: E731
+    gradient = lambda v, a, w: gradient_fn(v, a, w, mask)  # noqa: E731
     hessian = jax.jacfwd(gradient)(u_safe, args, weights)
     hessian = jnp.where(ok, hessian, jnp.eye(u.shape[0], dtype=u.dtype))
     d_args = jax.tree.map(lambda t: _keep_if(ok, t), d_args)

@@ -204,7 +204,8 @@ def _least_squares(residual_fn, config, bounds, params0, args, weights, mask):
     fn = weighted_residual_fn(residual_fn, bounds)
     u0 = jax.vmap(lambda x: to_unbounded(x, bounds))(params0)
     u, status, iterations = _implicit.solve(
-        lambda *a: _batched_loop(fn, *a, config), fn, u0, args, weights, mask)
+        lambda *a: _batched_loop(fn, *a, config), _implicit.least_squares_gradient(fn),
+        u0, args, weights, mask)
     failed = status >= FitStatus.NON_FINITE
     # Double where: failed lanes are evaluated at a safe point, then overwritten with NaN, so a
     # zero cotangent on a NaN output cannot turn into NaN upstream.
