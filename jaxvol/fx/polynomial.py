@@ -1,0 +1,38 @@
+"""Polynomial-in-delta smile (Clark, "Foreign Exchange Option Pricing", 2011, sec. 3.7).
+
+``ln sigma(K) = sum_j c_j x^j`` with the "simple delta" ``x = N(ln(F/K) / (sigma_ATM sqrt(T)))``,
+which uses the ATM vol instead of sigma(K) so that the smile is explicit in the strike (no fixed
+point). A quadratic (3 coefficients) fits ATM, the 25-delta risk reversal and market strangle; a
+quartic (5 coefficients) adds the 10-delta pair. Working in ln sigma keeps the smile positive.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxvol.fx._math import as_float, float_dtype, norm_cdf
+
+
+def simple_delta(log_moneyness, atm_std_dev):
+    """Clark's simple delta N(-ln(K/F) / (sigma_ATM sqrt(T)))."""
+    return norm_cdf(-log_moneyness / atm_std_dev)
+
+
+def polynomial_kernel(log_moneyness, coefficients, atm_std_dev):
+    """sigma at ``log_moneyness`` = ln(K/F) for coefficients c_0.. (lowest order first)."""
+    x = simple_delta(log_moneyness, atm_std_dev)
+    log_vol = jnp.zeros_like(x)
+    for c in coefficients[::-1]:  # Horner
+        log_vol = log_vol * x + c
+    return jnp.exp(log_vol)
+
+
+def polynomial_vol(strike, *, forward, expiry, atm_vol, coefficients):
+    """Polynomial-in-delta vol at ``strike``; ``coefficients`` on the last axis (broadcasts)."""
+    dtype = float_dtype(strike, forward, expiry, atm_vol, coefficients)
+    strike, forward, expiry, atm_vol = (as_float(a, dtype)
+                                        for a in (strike, forward, expiry, atm_vol))
+    coefficients = as_float(coefficients, dtype)
+    y = jnp.log(strike / forward)
+    kernel = jnp.vectorize(lambda yy, c, s: polynomial_kernel(yy, c, s), signature="(),(n),()->()")
+    return kernel(y, coefficients, atm_vol * jnp.sqrt(expiry))
