@@ -1,0 +1,241 @@
+"""The nightly job: chunks of underlyings through the stages, checkpoints, partitions, merge.
+
+``run_nightly`` plans the chunks (consecutive underlyings in order of first appearance), takes
+this process's share (chunk ``c`` belongs to process ``c % num_processes``), runs every stage of
+:mod:`jaxvol.jobs.stages` on each chunk not yet checkpointed, and writes each finished chunk
+atomically to ``out/chunks/chunk-NNNNN/``. A single-process run then merges; with several
+processes ``merge`` assembles the partitions once all have finished. Restarted with the same
+arguments, a run skips the chunks already on disk and produces the same outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jaxvol.jobs import config as config_mod
+from jaxvol.jobs.source import FileSource, make_source
+from jaxvol.jobs.stages import STAGES, Chunk, JobEnv, StageUnavailable
+
+__all__ = ["JobError", "SimulatedCrash", "run_nightly", "plan_chunks", "chunk_owner",
+           "CRASH_ENV"]
+
+log = logging.getLogger("jaxvol.jobs")
+
+CRASH_ENV = "JAXVOL_TEST_CRASH_AFTER_CHUNK"
+"""Test hook: when set to k, the run stops with :class:`SimulatedCrash` right after chunk k is
+checkpointed (as if the machine had died there)."""
+
+
+class JobError(RuntimeError):
+    """The job cannot run as asked (wrong output folder, missing partitions, ...)."""
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by the test hook :data:`CRASH_ENV`."""
+
+
+def plan_chunks(names: list[str], chunk_underlyings: int) -> list[tuple[int, int]]:
+    """(start, stop) ranges of consecutive underlyings, ``chunk_underlyings`` per chunk."""
+    return [(start, min(start + chunk_underlyings, len(names)))
+            for start in range(0, len(names), chunk_underlyings)]
+
+
+def chunk_owner(chunk: int, num_processes: int) -> int:
+    """The process that computes ``chunk`` (round robin: balanced and deterministic)."""
+    return chunk % num_processes
+
+
+# ------------------------------------------------------------------------------ bookkeeping
+def _fingerprint(config: dict, source_identity: dict, warm_start: str | None) -> str:
+    relevant = {k: v for k, v in config.items() if k not in ("report",)}
+    relevant["job"] = {k: v for k, v in config["job"].items() if k not in ("fail_fast", "name")}
+    payload = json.dumps({"config": relevant, "source": source_identity,
+                          "warm_start": warm_start}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _write_json(path: pathlib.Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _claim_output(out: pathlib.Path, manifest: dict, fresh: bool) -> None:
+    path = out / "manifest.json"
+    if fresh and out.exists():
+        for name in ("chunks", "partitions", "work"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        path.unlink(missing_ok=True)
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing.get("fingerprint") != manifest["fingerprint"]:
+            raise JobError(f"{out} holds a run with other inputs or settings (fingerprint "
+                           f"{existing.get('fingerprint')} != {manifest['fingerprint']}); "
+                           "use another --out or --fresh")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(path, manifest)
+
+
+def _chunk_dir(out: pathlib.Path, index: int) -> pathlib.Path:
+    return out / "chunks" / f"chunk-{index:05d}"
+
+
+def _save_chunk(out: pathlib.Path, chunk: Chunk, stage_log: list[dict]) -> None:
+    final = _chunk_dir(out, chunk.index)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, table in chunk.tables().items():
+        table.reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
+    _write_json(tmp / "stages.json", stage_log)
+    os.replace(tmp, final)
+
+
+# ------------------------------------------------------------------------------ stages
+def _run_stage(name: str, chunk: Chunk, env: JobEnv) -> dict:
+    started = time.perf_counter()
+    entry = {"chunk": chunk.index, "stage": name, "status": "ok", "message": ""}
+    try:
+        STAGES[name](chunk, env)
+    except StageUnavailable as reason:
+        entry.update(status="skipped", message=str(reason))
+    except Exception as error:  # noqa: BLE001 - a stage failure is logged, not fatal
+        if env.config["job"]["fail_fast"]:
+            raise
+        log.exception("chunk %d: stage %s failed", chunk.index, name)
+        entry.update(status="failed", message=f"{type(error).__name__}: {error}")
+    entry["seconds"] = time.perf_counter() - started
+    return entry
+
+
+def _process_chunk(index: int, rows: pd.DataFrame, env: JobEnv, load_seconds: float):
+    chunk = Chunk(index=index, rows=rows)
+    stage_log = [{"chunk": index, "stage": "load", "status": "ok", "message": "",
+                  "seconds": load_seconds}]
+    for name in STAGES:
+        stage_log.append(_run_stage(name, chunk, env))
+    return chunk, stage_log
+
+
+def _load_previous(warm_start: str | None):
+    if not warm_start:
+        return None, None
+    folder = pathlib.Path(warm_start)
+    tables = []
+    for name in ("slices", "underlyings"):
+        path = folder / f"{name}.parquet"
+        tables.append(pd.read_parquet(path) if path.exists() else None)
+    if tables[0] is None:
+        raise JobError(f"--warm-start {folder}: no slices.parquet there (not a job output?)")
+    return tables[0], tables[1]
+
+
+def _make_env(config: dict, warm_start: str | None) -> JobEnv:
+    from jaxvol.jobs.sharding import local_mesh
+    previous_slices, previous_underlyings = _load_previous(warm_start)
+    return JobEnv(config, local_mesh(config["job"]["devices"]), previous_slices,
+                  previous_underlyings)
+
+
+# ------------------------------------------------------------------------------ the run
+def _setup_logging(out: pathlib.Path, process_id: int, num_processes: int) -> logging.Handler:
+    name = "run.log" if num_processes == 1 else f"run-process-{process_id}-of-{num_processes}.log"
+    handler = logging.FileHandler(out / name)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("jaxvol").addHandler(handler)
+    logging.getLogger("jaxvol").setLevel(logging.INFO)
+    return handler
+
+
+def run_nightly(config: dict, *, out: str | os.PathLike, input_path: str | None = None,
+                warm_start: str | None = None, num_processes: int = 1, process_id: int = 0,
+                fresh: bool = False) -> dict:
+    """Run (or resume) this process's chunks; merge when it is the only process.
+
+    Returns the run summary (also written to ``out/run.json`` by the merge).
+    """
+    if not 0 <= process_id < num_processes:
+        raise JobError(f"--process-id {process_id} must be in 0..{num_processes - 1}")
+    out = pathlib.Path(out)
+    config = config_mod.validate_config(config)  # a copy, checked
+    if input_path:
+        config["input"]["path"] = str(input_path)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(out, process_id, num_processes)
+    try:
+        return _run(config, out, warm_start, num_processes, process_id, fresh)
+    finally:
+        logging.getLogger("jaxvol").removeHandler(handler)
+        handler.close()
+
+
+def _run(config, out, warm_start, num_processes, process_id, fresh):
+    started = time.perf_counter()
+    work = out / "work" / f"process-{process_id}"
+    source = make_source(config["input"]["path"], config["market"], work)
+    chunks = plan_chunks(source.names, config["job"]["chunk_underlyings"])
+    fingerprint = _fingerprint(config, source.identity(), warm_start)
+    _claim_output(out, {"fingerprint": fingerprint, "chunks": len(chunks),
+                        "underlyings": len(source.names), "warm_start": warm_start,
+                        "input": config["input"]["path"] or "synthetic"}, fresh)
+    (out / "config.toml").write_text(config_mod.dump_toml(config))
+    mine = [c for c in range(len(chunks)) if chunk_owner(c, num_processes) == process_id]
+    if isinstance(source, FileSource):
+        chunk_of = {name: c for c, (a, b) in enumerate(chunks) for name in source.names[a:b]}
+        source.split(chunk_of, set(mine))
+    env = _make_env(config, warm_start)
+    log.info("process %d/%d: %d of %d chunks, %d underlyings, %d device(s), warm start: %s",
+             process_id, num_processes, len(mine), len(chunks), len(source.names), env.devices,
+             warm_start or "no")
+    _run_chunks(config, out, source, chunks, mine, env, started)
+    partition = {"process_id": process_id, "num_processes": num_processes, "chunks": mine,
+                 "seconds": time.perf_counter() - started}
+    (out / "partitions").mkdir(exist_ok=True)
+    _write_json(out / "partitions" / f"process-{process_id}-of-{num_processes}.json", partition)
+    if num_processes == 1:
+        from jaxvol.jobs.merge import merge
+        return merge(out)
+    log.info("process %d done; run `jaxvol merge --out %s` once every process has finished",
+             process_id, out)
+    return partition
+
+
+def _run_chunks(config, out, source, chunks, mine, env, started):
+    crash_after = os.environ.get(CRASH_ENV)
+    done = 0
+    for position, index in enumerate(mine):
+        if _chunk_dir(out, index).exists():
+            log.info("chunk %d already checkpointed: skipped (resume)", index)
+            continue
+        t0 = time.perf_counter()
+        start, stop = chunks[index]
+        rows = (source.chunk_rows(index) if isinstance(source, FileSource)
+                else source.rows(start, stop))
+        chunk, stage_log = _process_chunk(index, rows, env, time.perf_counter() - t0)
+        _save_chunk(out, chunk, stage_log)
+        done += 1
+        _progress(position + 1, len(mine), index, source.names[start], source.names[stop - 1],
+                  time.perf_counter() - t0, time.perf_counter() - started, stage_log)
+        if crash_after is not None and int(crash_after) == index:
+            raise SimulatedCrash(f"simulated crash after chunk {index}")
+
+
+def _progress(position, total, index, first, last, seconds, elapsed, stage_log):
+    bar_width = 24
+    filled = int(round(bar_width * position / total))
+    eta = elapsed / position * (total - position)
+    problems = [f"{e['stage']}:{e['status']}" for e in stage_log if e["status"] != "ok"]
+    log.info("[%s%s] %d/%d chunks | chunk %d (%s..%s) %.1f s | elapsed %.0f s, ETA %.0f s%s",
+             "#" * filled, "." * (bar_width - filled), position, total, index, first, last,
+             seconds, elapsed, eta, (" | " + ", ".join(problems)) if problems else "")

@@ -1,0 +1,94 @@
+"""Per-slice arrays for the fits: out-of-the-money quotes of each (underlying, expiry).
+
+From the analysed rows (``chains.analyze`` output) each slice keeps its usable out-of-the-money
+quotes (no quality flag, finite mid implied vol: puts below the forward, calls at or above it),
+sorted by strike, packed into ``[slices, strikes]`` arrays padded to a strike bucket with a mask.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["STRIKE_BUCKETS", "SliceBatch", "slice_index", "pack_otm", "strike_bucket"]
+
+STRIKE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def strike_bucket(count: int) -> int:
+    """The smallest bucket holding ``count`` strikes (a multiple of 256 beyond the table)."""
+    for bucket in STRIKE_BUCKETS:
+        if count <= bucket:
+            return bucket
+    return int(np.ceil(count / 256) * 256)
+
+
+class SliceBatch(NamedTuple):
+    """Packed out-of-the-money quotes; rows of ``table`` index the leading axis."""
+
+    table: pd.DataFrame           # underlying, expiry, forward, discount, n_quotes
+    strike: np.ndarray            # [slices, width]
+    log_moneyness: np.ndarray     # [slices, width] log(strike / forward)
+    total_variance: np.ndarray    # [slices, width] iv_mid^2 * expiry
+    implied_vol: np.ndarray       # [slices, width] iv_mid
+    weight: np.ndarray            # [slices, width] 1 / vol spread (normalised)
+    mask: np.ndarray              # [slices, width] bool
+
+
+def slice_index(rows: pd.DataFrame) -> np.ndarray:
+    """Slice number of every row (order of first appearance of (underlying, expiry))."""
+    return rows.groupby(["underlying", "expiry"], sort=False).ngroup().to_numpy()
+
+
+def _usable(rows: pd.DataFrame) -> np.ndarray:
+    forward = rows["forward"].to_numpy()
+    strike = rows["strike"].to_numpy()
+    is_call = rows["option_type"].astype(str).str.upper().str.startswith("C").to_numpy()
+    otm = np.where(is_call, strike >= forward, strike < forward)
+    clean = (rows["usable"].to_numpy(bool) if "usable" in rows.columns
+             else rows["quality_flags"].to_numpy() == 0)
+    return (otm & clean
+            & np.isfinite(rows["iv_mid"].to_numpy()) & np.isfinite(forward))
+
+
+def _weights(rows: pd.DataFrame) -> np.ndarray:
+    """1 / bid-ask spread in vol (floored at 0.5 vol point; 2 vol points when a side is NaN)."""
+    spread = (rows["iv_ask"] - rows["iv_bid"]).to_numpy()
+    spread = np.where(np.isfinite(spread), np.maximum(spread, 0.005), 0.02)
+    return 0.01 / spread
+
+
+def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
+    """Pack the usable OTM quotes of every slice of ``rows`` (slices with fewer than
+    ``min_strikes`` quotes keep their table row but an all-False mask)."""
+    slice_id = slice_index(rows)
+    table = (rows.assign(slice=slice_id).groupby("slice", sort=True)
+             .agg(underlying=("underlying", "first"), expiry=("expiry", "first"),
+                  forward=("forward", "median"), discount=("discount", "median"))
+             .reset_index(drop=True))
+    usable = rows[_usable(rows)].assign(slice=slice_id[_usable(rows)],
+                                        weight=_weights(rows[_usable(rows)]))
+    usable = usable.sort_values(["slice", "strike"], kind="stable")
+    counts = np.bincount(usable["slice"].to_numpy(), minlength=len(table))
+    table["n_quotes"] = counts
+    width = strike_bucket(max(int(counts.max(initial=0)), 1))
+    position = usable.groupby("slice").cumcount().to_numpy()
+    index = (usable["slice"].to_numpy(), position)
+    arrays = {}
+    for name, column, fill in (("strike", "strike", 1.0), ("implied_vol", "iv_mid", 0.2),
+                               ("weight", "weight", 0.0)):
+        out = np.full((len(table), width), fill)
+        out[index] = usable[column].to_numpy()
+        arrays[name] = out
+    mask = np.zeros((len(table), width), bool)
+    mask[index] = True
+    mask &= (counts >= min_strikes)[:, None]
+    forward = table["forward"].to_numpy()[:, None]
+    forward = np.where(np.isfinite(forward) & (forward > 0), forward, 1.0)
+    expiry = table["expiry"].to_numpy()[:, None]
+    strike = np.where(mask, arrays["strike"], forward)
+    vol = np.where(mask, arrays["implied_vol"], 0.2)
+    return SliceBatch(table, strike, np.log(strike / forward), vol ** 2 * expiry, vol,
+                      np.where(mask, arrays["weight"], 0.0), mask)

@@ -1,0 +1,518 @@
+"""The per-chunk stages of the nightly job.
+
+Each stage reads and extends a :class:`Chunk` (the rows of a few hundred underlyings and what
+has been computed from them) and calls one domain's public API:
+
+``analyze``    jaxvol.chains.analyze: quality flags, forwards, bid/mid/ask implied vols
+``arbitrage``  jaxvol.chains.arbitrage_report: static no-arbitrage violations per slice
+``svi``        jaxvol.svi.fit per slice (sharded over the local devices)
+``sabr``       jaxvol.sabr.implied_vol through jaxvol.calibrate.least_squares per slice
+``ssvi``       jaxvol.ssvi fit per underlying (all expiries at once)
+``heston``     jaxvol.heston calibration per underlying (vega-scaled price residuals)
+``indices``    jaxvol.indices: Cboe-method 30-day index and VXJ-method term structure
+
+A stage whose domain module is missing raises :class:`StageUnavailable` (recorded as skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from jaxvol.jobs import slices as slices_mod
+from jaxvol.jobs.domains import StageUnavailable, require
+from jaxvol.jobs.sharding import pad_leading, padded_size, shard_leading
+
+__all__ = ["Chunk", "JobEnv", "STAGES", "StageUnavailable"]
+
+log = logging.getLogger("jaxvol.jobs")
+MINUTES_PER_YEAR = 525600.0
+
+
+@dataclasses.dataclass
+class JobEnv:
+    """What every chunk shares: the resolved config, the device mesh, yesterday's fits."""
+
+    config: dict
+    mesh: Any
+    previous_slices: pd.DataFrame | None = None
+    previous_underlyings: pd.DataFrame | None = None
+
+    @property
+    def devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def warm(self) -> bool:
+        return self.previous_slices is not None
+
+    def iterations(self, section: str) -> int:
+        base = self.config[section]["max_iterations"]
+        return min(base, self.config["warm_start"]["max_iterations"]) if self.warm else base
+
+
+@dataclasses.dataclass
+class Chunk:
+    """One chunk of underlyings flowing through the stages."""
+
+    index: int
+    rows: pd.DataFrame
+    analysis: Any = None
+    batch: slices_mod.SliceBatch | None = None
+    slices: pd.DataFrame | None = None
+    underlyings: pd.DataFrame | None = None
+    indices: pd.DataFrame | None = None
+    arbitrage: pd.DataFrame | None = None
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        names = ("rows", "slices", "underlyings", "indices", "arbitrage")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def _accepted(fn: Callable, options: dict) -> dict:
+    """The subset of ``options`` that ``fn`` accepts as keywords."""
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    return {k: v for k, v in options.items() if k in parameters}
+
+
+def _needs(chunk: Chunk, *columns: str) -> None:
+    missing = [c for c in columns if c not in chunk.rows.columns]
+    if missing:
+        raise StageUnavailable(f"needs columns {missing} from the analyze stage")
+
+
+# --------------------------------------------------------------------------------- analyze
+def _input_table(chunk: Chunk) -> pd.DataFrame:
+    return chunk.rows.drop(columns=["row_id"])
+
+
+def _chain_options(env: JobEnv) -> dict:
+    options = {"min_strikes": env.config["chains"]["min_strikes"]}
+    if env.config["chains"]["max_relative_spread"] > 0:
+        options["max_relative_spread"] = env.config["chains"]["max_relative_spread"]
+    return options
+
+
+def analyze(chunk: Chunk, env: JobEnv) -> None:
+    """chains.compute once (flags, forwards, IVs, arbitrage), then its per-row frame."""
+    compute, rows_frame = require("jaxvol.chains", "compute", "rows_frame")
+    table = _input_table(chunk)
+    chunk.analysis = compute(table, **_accepted(compute, _chain_options(env)))
+    result = rows_frame(chunk.analysis)
+    if len(result) != len(table):
+        raise RuntimeError(f"chains.analyze returned {len(result)} rows for {len(table)}")
+    new = [c for c in result.columns if c not in chunk.rows.columns]
+    chunk.rows = pd.concat([chunk.rows, result[new].set_axis(chunk.rows.index)], axis=1)
+
+
+def arbitrage(chunk: Chunk, env: JobEnv) -> None:
+    if not env.config["chains"]["arbitrage"]:
+        raise StageUnavailable("disabled by chains.arbitrage = false")
+    if chunk.analysis is None:
+        raise StageUnavailable("needs the analyze stage")
+    report = require("jaxvol.chains", "report")
+    chunk.arbitrage = pd.DataFrame(report(chunk.analysis)).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------- packing
+def _ensure_batch(chunk: Chunk, env: JobEnv) -> slices_mod.SliceBatch:
+    if chunk.batch is None:
+        _needs(chunk, "quality_flags", "forward", "discount", "iv_mid", "iv_bid", "iv_ask")
+        chunk.batch = slices_mod.pack_otm(chunk.rows, env.config["chains"]["min_strikes"])
+        chunk.slices = chunk.batch.table.copy()
+    return chunk.batch
+
+
+def pack(chunk: Chunk, env: JobEnv) -> None:
+    """Per-slice OTM arrays and the slice table (forward, discount, usable quotes)."""
+    _ensure_batch(chunk, env)
+
+
+def _sharded_call(env: JobEnv, fn: Callable, lane_arrays: list[np.ndarray], **kwargs):
+    """``fn(*arrays, **kwargs)`` with the lane axis padded and sharded over the mesh; the
+    outputs (a PyTree of arrays with a lane axis) come back as numpy, unpadded."""
+    lanes = lane_arrays[0].shape[0]
+    size = padded_size(lanes, env.config["job"]["slice_multiple"], env.devices)
+    padded = [pad_leading(np.asarray(a), size, None) for a in lane_arrays]
+    result = fn(*shard_leading(env.mesh, *padded), **kwargs)
+    return jax.tree.map(lambda leaf: np.asarray(leaf)[:lanes], result)
+
+
+def _previous_for(env: JobEnv, table: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
+    """Yesterday's ``columns`` for each slice of ``table`` (nearest expiry within 10 days of the
+    same underlying), NaN where there is none; None when not warm-starting."""
+    previous = env.previous_slices
+    if previous is None or not set(columns) <= set(previous.columns):
+        return None
+    left = table[["underlying", "expiry"]].reset_index().sort_values("expiry")
+    right = previous[["underlying", "expiry"] + columns].dropna().sort_values("expiry")
+    matched = pd.merge_asof(left, right.astype({"underlying": str}), on="expiry",
+                            by="underlying", direction="nearest", tolerance=10 / 365)
+    return matched.sort_values("index")[columns].to_numpy(np.float64)
+
+
+def _fallback(status: np.ndarray, params: np.ndarray, previous: np.ndarray | None,
+              bad_codes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Failed lanes (status in ``bad_codes``) take yesterday's parameters where they exist."""
+    if previous is None:
+        return params, np.zeros(len(params), bool)
+    use = np.isin(status, bad_codes) & np.all(np.isfinite(previous), axis=1)
+    return np.where(use[:, None], previous, params), use
+
+
+def _rmse(model_vol: np.ndarray, batch: slices_mod.SliceBatch) -> np.ndarray:
+    error = np.where(batch.mask, model_vol - batch.implied_vol, 0.0)
+    count = batch.mask.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.sqrt((error ** 2).sum(axis=1) / count), np.nan)
+
+
+# --------------------------------------------------------------------------------- SVI
+SVI_PARAMS = ["svi_a", "svi_b", "svi_rho", "svi_m", "svi_sigma"]
+
+
+def svi(chunk: Chunk, env: JobEnv) -> None:
+    if not env.config["svi"]["enabled"]:
+        raise StageUnavailable("disabled by svi.enabled = false")
+    svi_mod = require("jaxvol.svi", "fit", "total_variance")
+    batch = _ensure_batch(chunk, env)
+    previous = _previous_for(env, batch.table, SVI_PARAMS)
+    options = {"max_iterations": env.iterations("svi")}
+    arrays = [batch.log_moneyness, batch.total_variance, batch.weight, batch.mask]
+    fit = _svi_fit(svi_mod.fit, env, arrays, previous, options)
+    params, status = np.asarray(fit.params), np.asarray(fit.status)
+    params, used_previous = _fallback(status, params, previous, (2, 3))
+    expiry = batch.table["expiry"].to_numpy()[:, None]
+    model = np.asarray(svi_mod.total_variance(batch.log_moneyness, *np.moveaxis(
+        params[:, None, :], -1, 0)))
+    table = chunk.slices
+    table[SVI_PARAMS] = params
+    table["svi_status"] = status.astype(np.int32)
+    table["svi_previous"] = used_previous
+    table["svi_rmse"] = _rmse(np.sqrt(np.maximum(model, 0.0) / expiry), batch)
+    _row_model_vol(chunk, svi_mod, params)
+
+
+def _init_keyword(fit_fn) -> str | None:
+    parameters = inspect.signature(fit_fn).parameters
+    return next((n for n in ("params0", "init", "initial") if n in parameters), None)
+
+
+def _svi_fit(fit_fn, env, arrays, previous, options):
+    """svi.fit, sharded; warm lanes start from yesterday's parameters, the others from a
+    generic start (only when warm-starting and svi.fit takes start parameters)."""
+    kwargs = _accepted(fit_fn, options)
+    init_name = _init_keyword(fit_fn)
+    if previous is None or init_name is None:
+        return _sharded_call(env, lambda k, w, weight, mask: fit_fn(
+            k, w, weights=weight, mask=mask, **kwargs), arrays)
+    k, w, _, mask = arrays
+    atm = np.nanmin(np.where(mask, w, np.nan), axis=1, initial=np.inf)
+    atm = np.where(np.isfinite(atm), atm, 0.01)
+    generic = np.stack([0.8 * atm, np.full_like(atm, 0.1), np.full_like(atm, -0.3),
+                        np.zeros_like(atm), np.full_like(atm, 0.1)], axis=1)
+    start = np.where(np.isfinite(previous).all(axis=1, keepdims=True), previous, generic)
+    return _sharded_call(env, lambda k, w, weight, mask, p0: fit_fn(
+        k, w, weights=weight, mask=mask, **{init_name: p0}, **kwargs), arrays + [start])
+
+
+def _row_model_vol(chunk: Chunk, svi_mod, params: np.ndarray) -> None:
+    """``iv_svi``: the fitted SVI vol at every row's strike (NaN where the slice has none)."""
+    rows = chunk.rows
+    slice_id = slices_mod.slice_index(rows)
+    p = params[slice_id]
+    forward = rows["forward"].to_numpy()
+    ok = np.isfinite(forward) & (forward > 0) & np.all(np.isfinite(p), axis=1)
+    k = np.log(rows["strike"].to_numpy() / np.where(ok, forward, 1.0))
+    w = np.asarray(svi_mod.total_variance(np.where(ok, k, 0.0), *np.where(ok[:, None], p, 0.1).T))
+    expiry = rows["expiry"].to_numpy()
+    rows["iv_svi"] = np.where(ok & (w > 0), np.sqrt(np.maximum(w, 0.0) / expiry), np.nan)
+
+
+# --------------------------------------------------------------------------------- SABR
+SABR_PARAMS = ["sabr_alpha", "sabr_rho", "sabr_nu"]
+
+
+def _sabr_residual(params, forward, strike, expiry, vol, beta):
+    from jaxvol import sabr
+    alpha, rho, nu = params[0], params[1], params[2]
+    return sabr.implied_vol(forward, strike, expiry, alpha, beta, rho, nu) - vol
+
+
+def sabr(chunk: Chunk, env: JobEnv) -> None:
+    if not env.config["sabr"]["enabled"]:
+        raise StageUnavailable("disabled by sabr.enabled = false")
+    require("jaxvol.sabr", "implied_vol")
+    least_squares, lm_config = require("jaxvol.calibrate", "least_squares", "LMConfig")
+    batch = _ensure_batch(chunk, env)
+    beta = env.config["sabr"]["beta"]
+    table = chunk.slices
+    forward = table["forward"].to_numpy()
+    forward = np.where(np.isfinite(forward) & (forward > 0), forward, 1.0)
+    expiry = table["expiry"].to_numpy()
+    atm = _atm_vol(batch)
+    start = np.stack([atm * forward ** (1.0 - beta), np.full_like(atm, -0.3),
+                      np.full_like(atm, 0.8)], axis=1)
+    previous = _previous_for(env, table, SABR_PARAMS)
+    if previous is not None:
+        start = np.where(np.isfinite(previous), previous, start)
+    config = lm_config(max_iterations=env.iterations("sabr"))
+
+    def call(p0, f, k, t, vol, weight, mask, b):
+        return least_squares(_sabr_residual, p0, f, k, t, vol, b, weights=weight, mask=mask,
+                             lower=[1e-8, -0.999, 1e-4], upper=[np.inf, 0.999, 10.0],
+                             config=config)
+
+    fit = _sharded_call(env, call, [start, forward, batch.strike, expiry, batch.implied_vol,
+                                    batch.weight, batch.mask, np.full_like(expiry, beta)])
+    params, status = np.asarray(fit.params), np.asarray(fit.status)
+    params, used_previous = _fallback(status, params, previous, (2, 3))
+    table[SABR_PARAMS] = params
+    table["sabr_beta"] = beta
+    table["sabr_status"] = status.astype(np.int32)
+    table["sabr_previous"] = used_previous
+    model = np.where(batch.mask, batch.implied_vol + np.asarray(fit.residuals), np.nan)
+    table["sabr_rmse"] = _rmse(np.where(batch.mask, model, 0.0), batch)
+
+
+def _atm_vol(batch: slices_mod.SliceBatch) -> np.ndarray:
+    """Implied vol of the usable quote nearest the money in each slice (0.2 where none)."""
+    distance = np.where(batch.mask, np.abs(batch.log_moneyness), np.inf)
+    nearest = np.argmin(distance, axis=1)
+    vol = np.take_along_axis(batch.implied_vol, nearest[:, None], axis=1)[:, 0]
+    return np.where(batch.mask.any(axis=1), vol, 0.2)
+
+
+# --------------------------------------------------------------------------------- Heston
+HESTON_PARAMS = ["heston_v0", "heston_kappa", "heston_theta", "heston_sigma", "heston_rho"]
+HESTON_LOWER = [1e-4, 0.05, 1e-4, 0.01, -0.999]
+HESTON_UPPER = [4.0, 20.0, 4.0, 4.0, 0.999]
+
+
+def _heston_residual(params, strike, expiry, spot, rate, is_call, price, vega):
+    """Vega-scaled price error of one quote set (about the implied-vol error)."""
+    from jaxvol import heston
+    model = heston.price(strike, expiry, spot=spot, rate=rate, div=0.0, v0=params[0],
+                         kappa=params[1], theta=params[2], sigma=params[3], rho=params[4],
+                         is_call=is_call)
+    return (model - price) / vega
+
+
+def _pick_quotes(batch: slices_mod.SliceBatch, per_slice: int) -> np.ndarray:
+    """Column indices [slices, per_slice] spread evenly over each slice's usable quotes (which
+    sit at columns 0..count-1 in strike order); -1 marks an unused slot."""
+    count = batch.mask.sum(axis=1)[:, None]
+    slot = np.arange(per_slice)[None, :]
+    spread = np.round(np.linspace(0.0, 1.0, per_slice)[None, :] * (count - 1)).astype(np.int64)
+    return np.where(count >= per_slice, spread, np.where(slot < count, slot, -1))
+
+
+def _heston_quotes(chunk: Chunk, env: JobEnv):
+    """Per underlying: strike, expiry, spot, rate, is_call, price, vega, mask [U, width]."""
+    import jaxvol
+    batch = chunk.batch
+    per_slice = env.config["heston"]["strikes_per_expiry"]
+    pick = _pick_quotes(batch, per_slice)
+    valid = pick >= 0
+    take = np.maximum(pick, 0)
+    table = chunk.slices
+    forward = table["forward"].to_numpy()[:, None]
+    discount = table["discount"].to_numpy()[:, None]
+    expiry = np.broadcast_to(table["expiry"].to_numpy()[:, None], pick.shape)
+    strike = np.take_along_axis(batch.strike, take, axis=1)
+    vol = np.take_along_axis(batch.implied_vol, take, axis=1)
+    valid &= np.take_along_axis(batch.mask, take, axis=1)
+    is_call = strike >= forward
+    price = np.asarray(jaxvol.black_price(forward, strike, expiry, vol, is_call,
+                                          discount=discount))
+    std = vol * np.sqrt(expiry)
+    d1 = np.log(forward / strike) / std + 0.5 * std
+    vega = discount * forward * np.sqrt(expiry) * np.exp(-0.5 * d1 ** 2) / np.sqrt(2 * np.pi)
+    fields = {"strike": strike, "expiry": expiry, "spot": forward * discount + 0 * strike,
+              "rate": -np.log(discount) / expiry + 0 * strike, "is_call": is_call,
+              "price": price, "vega": np.maximum(vega, 1e-8), "mask": valid}
+    return _by_underlying(table["underlying"].to_numpy(), fields)
+
+
+def _by_underlying(underlying: np.ndarray, fields: dict[str, np.ndarray]):
+    """Regroup [slices, q] fields into [underlyings, slots] (slots = a strike bucket)."""
+    names, slot = np.unique(underlying, return_inverse=True)
+    order = pd.Series(underlying).drop_duplicates().to_numpy()
+    rank = {name: i for i, name in enumerate(order)}
+    lane = np.array([rank[u] for u in underlying])
+    per = pd.Series(lane).groupby(lane).cumcount().to_numpy()
+    q = next(iter(fields.values())).shape[1]
+    width = slices_mod.strike_bucket(int((np.bincount(lane) * q).max()))
+    out = {}
+    for name, value in fields.items():
+        fill = False if value.dtype == bool else (1.0 if name in ("vega", "strike", "expiry",
+                                                                   "spot") else 0.0)
+        grid = np.full((len(order), width), fill, dtype=value.dtype)
+        grid[lane[:, None], per[:, None] * q + np.arange(q)[None, :]] = value
+        out[name] = grid
+    return order, out
+
+
+def heston(chunk: Chunk, env: JobEnv) -> None:
+    if not env.config["heston"]["enabled"]:
+        raise StageUnavailable("disabled by heston.enabled = false")
+    require("jaxvol.heston", "price")
+    least_squares, lm_config = require("jaxvol.calibrate", "least_squares", "LMConfig")
+    _ensure_batch(chunk, env)
+    names, q = _heston_quotes(chunk, env)
+    start = _heston_start(chunk, names, env)
+    config = lm_config(max_iterations=env.iterations("heston"))
+
+    def call(p0, strike, expiry, spot, rate, is_call, price, vega, mask):
+        return least_squares(_heston_residual, p0, strike, expiry, spot, rate, is_call, price,
+                             vega, mask=mask, lower=HESTON_LOWER, upper=HESTON_UPPER,
+                             config=config)
+
+    fit = _sharded_call(env, call, [start, q["strike"], q["expiry"], q["spot"], q["rate"],
+                                    q["is_call"], q["price"], q["vega"], q["mask"]])
+    params, status = np.asarray(fit.params), np.asarray(fit.status)
+    previous = _previous_underlyings(env, names)
+    params, used_previous = _fallback(status, params, previous, (2, 3))
+    count = q["mask"].sum(axis=1)
+    residual = np.where(q["mask"], np.asarray(fit.residuals), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmse = np.where(count > 0, np.sqrt((residual ** 2).sum(axis=1) / count), np.nan)
+    table = pd.DataFrame(params, columns=HESTON_PARAMS)
+    table.insert(0, "underlying", names)
+    table["heston_status"] = status.astype(np.int32)
+    table["heston_previous"] = used_previous
+    table["heston_rmse"] = rmse
+    table["heston_quotes"] = count
+    chunk.underlyings = _merge_underlyings(chunk.underlyings, table)
+
+
+def _heston_start(chunk: Chunk, names: np.ndarray, env: JobEnv) -> np.ndarray:
+    atm = pd.Series(_atm_vol(chunk.batch), index=chunk.slices.index)
+    by = chunk.slices.assign(atm=atm).sort_values("expiry").groupby("underlying", sort=False)
+    first = by["atm"].first().reindex(names).to_numpy()
+    last = by["atm"].last().reindex(names).to_numpy()
+    start = np.stack([first ** 2, np.full_like(first, 2.0), last ** 2,
+                      np.full_like(first, 0.6), np.full_like(first, -0.6)], axis=1)
+    previous = _previous_underlyings(env, names)
+    if previous is not None:
+        start = np.where(np.isfinite(previous).all(axis=1, keepdims=True), previous, start)
+    return np.clip(start, np.array(HESTON_LOWER) * 1.01 + 1e-6, np.array(HESTON_UPPER) * 0.99)
+
+
+def _previous_underlyings(env: JobEnv, names: np.ndarray) -> np.ndarray | None:
+    previous = env.previous_underlyings
+    if previous is None or not set(HESTON_PARAMS) <= set(previous.columns):
+        return None
+    return previous.set_index("underlying")[HESTON_PARAMS].reindex(names).to_numpy(np.float64)
+
+
+def _merge_underlyings(current: pd.DataFrame | None, table: pd.DataFrame) -> pd.DataFrame:
+    if current is None:
+        return table
+    return current.merge(table, on="underlying", how="outer", sort=False)
+
+
+# --------------------------------------------------------------------------------- indices
+def _cboe_terms(rows: pd.DataFrame, target_years: float):
+    """Per underlying, the two expiries bracketing the target (near <= target < next, or the
+    two nearest) as padded [U, 2, strikes] quote arrays."""
+    frame = rows[["underlying", "expiry", "strike", "option_type", "bid", "ask"]].copy()
+    frame["is_call"] = frame["option_type"].astype(str).str.upper().str.startswith("C")
+    expiries = frame.groupby("underlying", sort=False)["expiry"].unique()
+    chosen = {u: _bracket(np.sort(e), target_years) for u, e in expiries.items()}
+    chosen = {u: pair for u, pair in chosen.items() if pair is not None}
+    if not chosen:
+        return [], None
+    names = list(chosen)
+    term_of = {(u, t): i for u in names for i, t in enumerate(chosen[u])}
+    frame["term"] = [term_of.get(key, -1) for key in zip(frame["underlying"], frame["expiry"])]
+    frame = frame[frame["term"] >= 0]
+    wide = frame.pivot_table(index=["underlying", "term", "strike"], columns="is_call",
+                             values=["bid", "ask"], aggfunc="first")
+    wide.columns = [f"{side}_{'call' if is_call else 'put'}" for side, is_call in wide.columns]
+    wide = wide.reset_index()
+    return names, _pad_terms(wide, names, chosen)
+
+
+def _bracket(expiries: np.ndarray, target: float):
+    if len(expiries) < 2:
+        return None
+    after = np.searchsorted(expiries, target, side="right")
+    after = min(max(after, 1), len(expiries) - 1)
+    return (expiries[after - 1], expiries[after])
+
+
+def _pad_terms(wide: pd.DataFrame, names: list[str], chosen: dict):
+    lane = {u: i for i, u in enumerate(names)}
+    u_index = wide["underlying"].map(lane).to_numpy()
+    term = wide["term"].to_numpy().astype(np.int64)
+    position = wide.groupby(["underlying", "term"]).cumcount().to_numpy()
+    width = slices_mod.strike_bucket(int(position.max()) + 1)
+    shape = (len(names), 2, width)
+    arrays = {}
+    for name, column in (("strike", "strike"), ("call_bid", "bid_call"),
+                         ("call_ask", "ask_call"), ("put_bid", "bid_put"),
+                         ("put_ask", "ask_put")):
+        grid = np.full(shape, np.nan)
+        values = wide[column].to_numpy(np.float64) if column in wide.columns else np.nan
+        grid[u_index, term, position] = values
+        arrays[name] = grid
+    arrays["mask"] = np.isfinite(arrays["strike"]) & np.isfinite(arrays["call_bid"]) & \
+        np.isfinite(arrays["put_bid"])
+    for name in ("strike", "call_bid", "call_ask", "put_bid", "put_ask"):
+        arrays[name] = np.where(arrays["mask"], arrays[name], 0.0)
+    arrays["strike"] = np.where(arrays["mask"], arrays["strike"],
+                                1e9 + np.arange(width)[None, None, :])  # padding sorts last
+    years = np.array([[chosen[u][0], chosen[u][1]] for u in names])
+    arrays["minutes"] = years * MINUTES_PER_YEAR
+    return arrays
+
+
+def _term_rates(rows: pd.DataFrame, names: list[str], years: np.ndarray) -> np.ndarray:
+    """Continuous rate of each chosen term: the input ``rate`` column, else -log(D)/T."""
+    source = "rate" if "rate" in rows.columns else None
+    rates = np.zeros_like(years)
+    by = rows.groupby(["underlying", "expiry"], sort=False)
+    rate_of = (by["rate"].first() if source else
+               -np.log(by["discount"].median()) / by["expiry"].first())
+    for i, u in enumerate(names):
+        for j in range(2):
+            value = rate_of.get((u, years[i, j]), np.nan)
+            rates[i, j] = value if np.isfinite(value) else 0.0
+    return rates
+
+
+def indices(chunk: Chunk, env: JobEnv) -> None:
+    if not env.config["indices"]["enabled"]:
+        raise StageUnavailable("disabled by indices.enabled = false")
+    cboe_vix_batch = require("jaxvol.indices", "cboe_vix_batch")
+    target_days = env.config["indices"]["target_days"]
+    names, arrays = _cboe_terms(chunk.rows, target_days / 365.0)
+    if not names:
+        return
+    rate = _term_rates(chunk.rows, names, arrays["minutes"] / MINUTES_PER_YEAR)
+    lane_arrays = [arrays[n] for n in ("strike", "call_bid", "call_ask", "put_bid", "put_ask",
+                                       "mask", "minutes")] + [rate]
+    result = _sharded_call(env, lambda *a: cboe_vix_batch(
+        *a, target_minutes=float(target_days * 1440)), lane_arrays)
+    table = pd.DataFrame({"underlying": names,
+                          f"cboe_{target_days}d": np.asarray(result.index),
+                          "cboe_status": np.asarray(result.status).astype(np.int32),
+                          "cboe_near_expiry": arrays["minutes"][:, 0] / MINUTES_PER_YEAR,
+                          "cboe_next_expiry": arrays["minutes"][:, 1] / MINUTES_PER_YEAR})
+    chunk.indices = table
+
+
+STAGES: dict[str, Callable[[Chunk, JobEnv], None]] = {
+    "analyze": analyze, "arbitrage": arbitrage, "pack": pack, "svi": svi, "sabr": sabr, "heston": heston,
+    "indices": indices,
+}
