@@ -65,6 +65,15 @@ class ChainOptions:
             raise ValueError(f"min_strikes must be >= 1, got {self.min_strikes}")
 
 
+def make_options(**options) -> ChainOptions:
+    """:class:`ChainOptions` from keywords; an unknown keyword raises ValueError naming it."""
+    known = {f.name for f in dataclasses.fields(ChainOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown chain option(s) {unknown}; options are {sorted(known)}")
+    return ChainOptions(**options)
+
+
 class ChainAnalysis(NamedTuple):
     """Everything :func:`compute` produced (host numpy arrays, aligned as documented)."""
 
@@ -111,7 +120,7 @@ def report(result: ChainAnalysis) -> pd.DataFrame:
 
 def compute(table, **options) -> ChainAnalysis:
     """Run the whole pipeline (see module doc); ``table`` is a DataFrame or a CSV/Parquet path."""
-    opts = ChainOptions(**options)
+    opts = make_options(**options)
     source = schemas.load(table, opts.schema, **(opts.columns or {}))
     if not isinstance(table, pd.DataFrame):
         table = pd.read_parquet(table) if str(table).endswith((".parquet", ".pq")) else \
