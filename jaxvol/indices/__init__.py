@@ -1,6 +1,8 @@
 """Model-free implied variance and volatility indices.
 
 - :func:`cboe_vix` / :func:`cboe_vix_batch` / :func:`cboe_variance`: the Cboe VIX method.
+- :func:`vxj_index` / :func:`vxj_index_batch` / :func:`vxj_variance` / :func:`smile_variance`:
+  the VXJ Gaussian integral over the smile.
 - :func:`term_structure`, :func:`interpolate_variance`: constant-maturity interpolation.
 """
 
@@ -8,6 +10,9 @@ from jaxvol.indices._example import PUBLISHED as CBOE_EXAMPLE_PUBLISHED
 from jaxvol.indices._example import CboeExample, load_cboe_example
 from jaxvol.indices.cboe import (CboeBatch, CboeStatus, CboeTerm, CboeVix, cboe_variance,
                                  cboe_vix, cboe_vix_batch)
+from jaxvol.indices.vxj import (VxjBatch, VxjIndex, VxjStatus, VxjTerm, smile_variance,
+                               vxj_index, vxj_index_batch, vxj_variance,
+                               vxj_variance_from_prices)
 from jaxvol.indices.term import (MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance,
                                  term_structure, variance_to_index)
 
@@ -15,4 +20,6 @@ __all__ = [
     "CBOE_EXAMPLE_PUBLISHED", "CboeBatch", "CboeExample", "CboeStatus", "CboeTerm", "CboeVix",
     "MINUTES_30_DAYS", "MINUTES_PER_YEAR", "cboe_variance", "cboe_vix", "cboe_vix_batch",
     "interpolate_variance", "load_cboe_example", "term_structure", "variance_to_index",
+    "VxjBatch", "VxjIndex", "VxjStatus", "VxjTerm", "smile_variance", "vxj_index",
+    "vxj_index_batch", "vxj_variance", "vxj_variance_from_prices",
 ]

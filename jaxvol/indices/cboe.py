@@ -153,7 +153,7 @@ def _neighbour_delta_k(strike, basis):
 
 def _select_strip(strike, mask, call_bid, put_bid, k0_index, rules):
     """Used-strike mask: walked put wing, K0, walked call wing."""
-    position = jnp.arange(strike.shape[-1])
+    position = jnp.arange(strike.shape[-1], dtype=jnp.int32)
     put_wing = mask & (position < k0_index)
     call_wing = mask & (position > k0_index)
     puts = _walk_wing(~_has_bid(put_bid)[::-1], put_wing[::-1], rules)[::-1]
@@ -179,7 +179,7 @@ def _cboe_term_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes,
     candidate = mask & _has_bid(call_bid) & _has_bid(put_bid)
     candidate = candidate & jnp.isfinite(call_mid) & jnp.isfinite(put_mid)
     forward = _forward(strike, call_mid, put_mid, candidate, growth, rules)
-    k0_index = jnp.sum(mask & (strike <= forward)) - 1
+    k0_index = jnp.sum(mask & (strike <= forward), dtype=jnp.int32) - 1
     puts, calls, at_k0 = _select_strip(strike, mask, call_bid, put_bid, k0_index, rules)
     used = puts | calls | at_k0
     k0 = jnp.where(k0_index >= 0, strike[jnp.maximum(k0_index, 0)], jnp.nan)
