@@ -3,6 +3,8 @@
 - :func:`cboe_vix` / :func:`cboe_vix_batch` / :func:`cboe_variance`: the Cboe VIX method.
 - :func:`vxj_index` / :func:`vxj_index_batch` / :func:`vxj_variance` / :func:`smile_variance`:
   the VXJ Gaussian integral over the smile.
+- :func:`fair_variance_strike`, :func:`replication_variance`, :func:`realized_variance`:
+  variance swaps.
 - :func:`term_structure`, :func:`interpolate_variance`: constant-maturity interpolation.
 """
 
@@ -13,6 +15,7 @@ from jaxvol.indices.cboe import (CboeBatch, CboeStatus, CboeTerm, CboeVix, cboe_
 from jaxvol.indices.vxj import (VxjBatch, VxjIndex, VxjStatus, VxjTerm, smile_variance,
                                vxj_index, vxj_index_batch, vxj_variance,
                                vxj_variance_from_prices)
+from jaxvol.indices.varswap import fair_variance_strike, realized_variance, replication_variance
 from jaxvol.indices.term import (MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance,
                                  term_structure, variance_to_index)
 
@@ -22,4 +25,5 @@ __all__ = [
     "interpolate_variance", "load_cboe_example", "term_structure", "variance_to_index",
     "VxjBatch", "VxjIndex", "VxjStatus", "VxjTerm", "smile_variance", "vxj_index",
     "vxj_index_batch", "vxj_variance", "vxj_variance_from_prices",
+    "fair_variance_strike", "realized_variance", "replication_variance",
 ]

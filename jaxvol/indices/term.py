@@ -51,9 +51,9 @@ def _term_structure_lane(minutes, variance, valid, target_minutes):
     key = jnp.where(valid & jnp.isfinite(variance), minutes, jnp.inf)
     order = jnp.argsort(key)
     minutes_sorted, variance_sorted = minutes[order], variance[order]
-    count = jnp.sum(jnp.isfinite(key))
+    count = jnp.sum(jnp.isfinite(key), dtype=jnp.int32)
     # Upper bracketing expiry: first quoted expiry at or after the target, kept inside [1, count-1]
-    upper = jnp.searchsorted(minutes_sorted, target_minutes, side="left")
+    upper = jnp.searchsorted(minutes_sorted, target_minutes, side="left").astype(jnp.int32)
     upper = jnp.clip(upper, 1, jnp.maximum(count - 1, 1))
     lower = upper - 1
     result = interpolate_variance(minutes_sorted[lower], variance_sorted[lower],
