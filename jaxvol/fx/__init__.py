@@ -6,10 +6,12 @@ from jaxvol.fx.conventions import (
     rate_from_discount, strike_from_delta)
 from jaxvol.fx.polynomial import polynomial_vol
 from jaxvol.fx.strangle import SmileCalibration, SmileModel, SmileStatus, calibrate_smile
+from jaxvol.fx.surface import FXVolSurface
+from jaxvol.fx.table import calibrate_quotes
 from jaxvol.fx.vannavolga import vanna_volga_vol
 
 __all__ = [
-    "AtmType", "DeltaType", "SmileCalibration", "SmileModel", "SmileStatus", "StrikeFromDelta",
-    "StrikeStatus", "atm_strike", "calibrate_smile", "delta", "max_call_delta_pa",
+    "AtmType", "DeltaType", "FXVolSurface", "SmileCalibration", "SmileModel", "SmileStatus", "StrikeFromDelta",
+    "StrikeStatus", "atm_strike", "calibrate_quotes", "calibrate_smile", "delta", "max_call_delta_pa",
     "polynomial_vol", "rate_from_discount", "strike_from_delta", "vanna_volga_vol",
 ]

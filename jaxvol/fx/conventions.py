@@ -147,8 +147,12 @@ def delta(strike, *, spot, expiry, vol, rd, rf, is_call, delta_type="spot", deli
     dtype = float_dtype(strike, spot, expiry, vol, rd, rf, delivery)
     args = [as_float(a, dtype) for a in (strike, spot, expiry, vol, rd, rf)]
     delivery = args[2] if delivery is None else as_float(delivery, dtype)
-    kernel = functools.partial(_delta_kernel, delta_type=delta_type)
-    return jnp.vectorize(kernel)(*args, _phi(is_call, dtype), delivery)
+    return _delta_batch(*args, _phi(is_call, dtype), delivery, delta_type=delta_type)
+
+
+@functools.partial(jax.jit, static_argnames=("delta_type",))
+def _delta_batch(*args, delta_type):
+    return jnp.vectorize(functools.partial(_delta_kernel, delta_type=delta_type))(*args)
 
 
 # --------------------------------------------------------------- bracketed root finding
@@ -297,9 +301,13 @@ def strike_from_delta(delta, *, spot, expiry, vol, rd, rf, is_call, delta_type="
     dtype = float_dtype(delta, spot, expiry, vol, rd, rf, delivery)
     args = [as_float(a, dtype) for a in (delta, spot, expiry, vol, rd, rf)]
     delivery = args[2] if delivery is None else as_float(delivery, dtype)
-    kernel = functools.partial(_strike_kernel, delta_type=delta_type)
-    strike, status = jnp.vectorize(kernel)(*args, _phi(is_call, dtype), delivery)
+    strike, status = _strike_batch(*args, _phi(is_call, dtype), delivery, delta_type=delta_type)
     return StrikeFromDelta(strike, status)
+
+
+@functools.partial(jax.jit, static_argnames=("delta_type",))
+def _strike_batch(*args, delta_type):
+    return jnp.vectorize(functools.partial(_strike_kernel, delta_type=delta_type))(*args)
 
 
 # ------------------------------------------------------------------------------- ATM

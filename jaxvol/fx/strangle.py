@@ -119,7 +119,7 @@ def smile_vol(spec: _Spec, params, y, lane: _Lane):
     if spec.model == SmileModel.POLYNOMIAL:
         return polynomial_kernel(y, model_params, lane.atm * jnp.sqrt(lane.expiry))
     if spec.model == SmileModel.SABR:
-        from jaxvol import sabr  # the smile issue's module, imported when SABR is asked for
+        from jaxvol.smile import sabr  # the smile issue's module, imported when SABR is used
 
         alpha, rho, nu = model_params[0], model_params[1], model_params[2]
         return sabr.implied_vol(lane.forward, lane.forward * jnp.exp(y), lane.expiry, alpha,
@@ -418,6 +418,7 @@ def calibrate_smile(*, spot, expiry, rd, rf, atm, rr25, bf25, rr10=None, bf10=No
     return _calibrate_flat(inputs, spec, atm_type, config, shape)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _calibrate_flat(inputs, spec, atm_type, config, shape):
     status = _screen(inputs, spec.pillars)
     market, lane = _prepare(_masked(inputs, status == SmileStatus.OK), spec, atm_type)
