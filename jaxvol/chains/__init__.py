@@ -13,7 +13,8 @@ from jaxvol.chains.api import (ChainAnalysis, ChainOptions, analyze, arbitrage_r
                                report, rows_frame)
 from jaxvol.chains.arbitrage import (ArbitrageResult, Relation, calendar_arbitrage,
                                      static_arbitrage)
-from jaxvol.chains.flags import DEFAULT_EXCLUDE, QUOTE_LEVEL, Flag, describe, row_flags
+from jaxvol.chains.flags import (DEFAULT_EXCLUDE, QUOTE_LEVEL, Flag, describe, flagged,
+                                 row_flags)
 from jaxvol.chains.forwards import ForwardResult, ForwardStatus, parity_forwards
 from jaxvol.chains.implied import QuoteVols, quote_vols, total_variance_otm
 from jaxvol.chains.pack import (ChainBatch, PackedChain, gather_slices, iter_blocks, pack,
@@ -24,7 +25,7 @@ __all__ = [
     "ArbitrageResult", "ChainAnalysis", "ChainBatch", "ChainOptions", "ChainSchema",
     "DEFAULT_EXCLUDE", "Flag", "ForwardResult", "ForwardStatus", "PackedChain", "QUOTE_LEVEL",
     "QuoteVols", "Relation", "SchemaError", "analyze", "arbitrage_report", "calendar_arbitrage",
-    "compute", "describe", "gather_slices", "iter_blocks", "load", "make_schema", "pack",
+    "compute", "describe", "flagged", "gather_slices", "iter_blocks", "load", "make_schema", "pack",
     "parity_forwards", "quote_vols", "report", "row_flags", "rows_frame", "slice_capacity",
     "static_arbitrage", "strike_capacity", "total_variance_otm", "unpack_cells", "unpack_slices",
     "validate",

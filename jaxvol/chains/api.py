@@ -37,7 +37,7 @@ class ChainOptions:
     max_relative_spread, locked_tolerance: WIDE_SPREAD / LOCKED thresholds (``flags``).
     exclude: Flag bits that take a row out of fits and checks.
     min_strikes: a slice with fewer usable strikes is flagged SLICE_TOO_FEW_STRIKES.
-    near_strikes, iterations, huber: parity regression (``forwards.parity_forwards``).
+    near_strikes, iterations, huber, reject: parity regression (``forwards.parity_forwards``).
     tolerance: relative size below which an arbitrage violation counts as zero.
     calendar_tolerance: the same, absolute, in total-variance units.
     strike_buckets, slice_block: packing (``pack.pack``); dtype: float32 or float64.
@@ -52,6 +52,7 @@ class ChainOptions:
     near_strikes: int = 12
     iterations: int = 20
     huber: float = 1.345
+    reject: float = 10.0
     tolerance: float = 1e-10
     calendar_tolerance: float = 1e-12
     strike_buckets: tuple = packing.DEFAULT_STRIKE_BUCKETS
@@ -137,19 +138,21 @@ def compute(table, **options) -> ChainAnalysis:
 def _run_batch(batch: packing.ChainBatch, slice_block: int, opts: ChainOptions) -> dict:
     kernel = functools.partial(_block_kernel, near_strikes=opts.near_strikes,
                                iterations=opts.iterations, huber=opts.huber,
-                               tolerance=opts.tolerance)
+                               reject=opts.reject, tolerance=opts.tolerance)
     blocks = [jax.device_get(kernel(block)) for block in packing.iter_blocks(batch, slice_block)]
     return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
 
 
-@functools.partial(jax.jit, static_argnames=("near_strikes", "iterations", "huber", "tolerance"))
-def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber, tolerance):
+@functools.partial(jax.jit, static_argnames=("near_strikes", "iterations", "huber", "reject",
+                                              "tolerance"))
+def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber, reject,
+                  tolerance):
     TRACE_COUNTS["block"] += 1
     fwd = forwards.parity_forwards(
         batch.strike, batch.call_bid, batch.call_ask, batch.put_bid, batch.put_ask,
         batch.call_mask, batch.put_mask, batch.forward_in, batch.discount_in,
         call_mid=batch.call_mid, put_mid=batch.put_mid, near_strikes=near_strikes,
-        iterations=iterations, huber=huber)
+        iterations=iterations, huber=huber, reject=reject)
     vols = implied.quote_vols(batch.strike, batch.expiry, fwd.forward, fwd.discount,
                               (batch.call_bid, batch.call_mid, batch.call_ask),
                               (batch.put_bid, batch.put_mid, batch.put_ask))

@@ -45,6 +45,15 @@ QUOTE_LEVEL = Flag(
     | Flag.ZERO_BID | Flag.LOCKED | Flag.WIDE_SPREAD | Flag.EXPIRED | Flag.DUPLICATE)
 
 
+def flagged(quality_flags, flag: int) -> np.ndarray:
+    """Boolean array: rows whose ``quality_flags`` have any bit of ``flag`` set.
+
+    (Use this or ``int(flag)``: pandas refuses ``series & Flag.X`` because IntFlag members are
+    iterable.)
+    """
+    return (np.asarray(quality_flags, dtype=np.int64) & int(flag)) != 0
+
+
 def describe(value: int) -> list[str]:
     """Names of the bits set in one ``quality_flags`` value, e.g. ``['CROSSED', 'ZERO_BID']``."""
     return [f.name for f in Flag if f.value and (int(value) & f.value) == f.value

@@ -8,6 +8,9 @@ C - P quote interval ((call spread + put spread) / 2): tight quotes count more. 
 damped by iteratively reweighted least squares with Huber weights min(1, c / |u|) on the
 standardised residual u = r / (h s), s a robust scale (MAD of r / h, at least 1, so that
 residuals within the quoted spreads are never damped); a fixed number of iterations per slice.
+IRLS starts from a high-breakdown Theil-Sen line (median pairwise slope), residuals beyond
+``reject`` (10) scale units get weight 0 (gross errors), and no half-width counts below the slice's median one
+(a locked quote, bid = ask, must not outweigh the slice).
 
 Known values replace fitted ones: both supplied -> no fit (status SUPPLIED); D supplied -> a
 one-parameter fit of F; F supplied -> a one-parameter fit of D.  Standard errors come from the
@@ -24,6 +27,8 @@ import jax
 import jax.numpy as jnp
 
 _SPREAD_FLOOR = 1e-12  # relative to the anchor strike: keeps 1/h^2 finite on locked quotes
+_MEDIAN_FLOOR = 1.0    # no pair's half-width counts below the slice's median one: a
+#                        locked (bid = ask) quote would otherwise outweigh the whole slice
 
 
 class ForwardStatus(enum.IntEnum):
@@ -49,55 +54,81 @@ class ForwardResult(NamedTuple):
 def parity_forwards(strike, call_bid, call_ask, put_bid, put_ask, call_mask, put_mask,
                     forward_in, discount_in, *, call_mid=None, put_mid=None,
                     near_strikes: int = 12, iterations: int = 20,
-                    huber: float = 1.345) -> ForwardResult:
+                    huber: float = 1.345, reject: float = 10.0) -> ForwardResult:
     """Forwards and discount factors of a batch of slices.
 
     Quotes and masks are [slices, strikes]; ``forward_in``/``discount_in`` are [slices] (NaN
     where unknown).  Mids default to (bid + ask) / 2.  Returns the input's float dtype.
     """
-    if near_strikes < 2 or iterations < 0 or not huber > 0:
-        raise ValueError(f"need near_strikes >= 2, iterations >= 0, huber > 0; got "
-                         f"{near_strikes}, {iterations}, {huber}")
+    if near_strikes < 2 or iterations < 0 or not huber > 0 or not reject > 0:
+        raise ValueError(f"need near_strikes >= 2, iterations >= 0, huber > 0, reject > 0; "
+                         f"got {near_strikes}, {iterations}, {huber}, {reject}")
     call_mid = 0.5 * (call_bid + call_ask) if call_mid is None else call_mid
     put_mid = 0.5 * (put_bid + put_ask) if put_mid is None else put_mid
     kernel = jax.vmap(lambda *a: _slice_forward(*a, near_strikes=near_strikes,
-                                                iterations=iterations, huber=huber))
+                                                iterations=iterations, huber=huber,
+                                                reject=reject))
     return kernel(strike, call_mid - put_mid, (call_ask - call_bid) + (put_ask - put_bid),
                   call_mask & put_mask, forward_in, discount_in)
 
 
 def _slice_forward(strike, parity, spread, pair, forward_in, discount_in, *, near_strikes,
-                   iterations, huber):
+                   iterations, huber, reject):
     pair = pair & jnp.isfinite(strike) & jnp.isfinite(parity) & jnp.isfinite(spread)
     strike = jnp.where(pair, strike, 0.0)
     parity = jnp.where(pair, parity, 0.0)
     anchor = strike[jnp.argmin(jnp.where(pair, jnp.abs(parity), jnp.inf))]
-    near = pair & _nearest(jnp.where(pair, jnp.abs(strike - anchor), jnp.inf), near_strikes)
-    half = jnp.maximum(0.5 * jnp.where(near, spread, 1.0), _SPREAD_FLOOR * jnp.abs(anchor))
+    near, x, parity, spread = _near_the_money(pair, strike - anchor, parity, spread,
+                                              min(near_strikes, strike.shape[0]))
+    half = 0.5 * jnp.where(near, spread, 1.0)
+    floor = jnp.maximum(_MEDIAN_FLOOR * _masked_median(half, near), _SPREAD_FLOOR * jnp.abs(anchor))
+    half = jnp.maximum(half, floor)
     half = jnp.where(half > 0, half, 1.0)
-    x = jnp.where(near, strike - anchor, 0.0)
+    x = jnp.where(near, x, 0.0)
     base = jnp.where(near, 1.0 / half**2, 0.0)
     fit = lambda w: _weighted_fit(x, parity, w, anchor, forward_in, discount_in)  # noqa: E731
-
-    def reweight(_, weight):
-        return base * _huber_weights(_residual(fit(weight), x, parity, anchor) / half, near,
-                                     huber)
-
-    weight = jax.lax.fori_loop(0, iterations, reweight, base)
+    reweight = lambda f: base * _huber_weights(  # noqa: E731
+        _residual(f, x, parity, anchor) / half, near, huber, reject)
+    start = _robust_start(x, parity, near, anchor, forward_in, discount_in)
+    weight = jax.lax.fori_loop(0, iterations, lambda _, w: reweight(fit(w)), reweight(start))
     return _finish(fit(weight), weight, forward_in, discount_in)
 
 
-def _nearest(distance, count):
-    """True for the ``count`` smallest finite distances."""
-    rank = jnp.argsort(jnp.argsort(distance))
-    return (rank < count) & jnp.isfinite(distance)
+def _near_the_money(pair, x, parity, spread, count):
+    """The ``count`` pairs nearest the anchor, compacted to the front (static size ``count``)."""
+    distance = jnp.where(pair, jnp.abs(x), jnp.inf)
+    order = jnp.argsort(distance)[:count]
+    return jnp.isfinite(distance[order]), x[order], parity[order], spread[order]
 
 
-def _huber_weights(u, mask, threshold):
+def _robust_start(x, parity, mask, anchor, forward_in, discount_in) -> "_Fit":
+    """A high-breakdown first line: Theil-Sen (median pairwise slope, median intercept), or the
+    median of the one free parameter when D or F is supplied.  IRLS starts from its residuals,
+    so a few gross outliers at high leverage cannot capture the fit."""
+    both = mask[:, None] & mask[None, :] & (x[:, None] < x[None, :])
+    gap = jnp.where(both, x[None, :] - x[:, None], 1.0)
+    slope = _masked_median(((parity[None, :] - parity[:, None]) / gap).ravel(), both.ravel())
+    discount = jnp.where(jnp.isfinite(discount_in), discount_in, -slope)
+    safe_d = jnp.where(discount != 0, discount, 1.0)
+    forward = anchor + _masked_median((parity + discount * x) / safe_d, mask)
+    moneyness = jnp.where(jnp.isfinite(forward_in), forward_in, 0.0) - anchor - x
+    usable = mask & (jnp.abs(moneyness) > 0)
+    implied_d = _masked_median(parity / jnp.where(usable, moneyness, 1.0), usable)
+    known_f = jnp.isfinite(forward_in)
+    discount = jnp.where(known_f & ~jnp.isfinite(discount_in), implied_d, discount)
+    forward = jnp.where(known_f, forward_in, forward)
+    zero = jnp.zeros_like(forward)
+    n = jnp.sum(mask)
+    return _Fit(forward, discount, zero, zero, n, n)
+
+
+def _huber_weights(u, mask, threshold, reject):
+    """Huber weights min(1, c/|u|) on u scaled by a robust scale; 0 beyond ``reject``."""
     scale = jnp.maximum(1.0, 1.4826 * _masked_median(jnp.abs(u), mask))
     size = jnp.where(mask, jnp.abs(u) / scale, 0.0)
     safe = jnp.where(size > threshold, size, 1.0)
-    return jnp.where(size > threshold, threshold / safe, 1.0)
+    weight = jnp.where(size > threshold, threshold / safe, 1.0)
+    return jnp.where(size > reject, 0.0, weight)
 
 
 def _masked_median(values, mask):
