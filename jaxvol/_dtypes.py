@@ -1,0 +1,45 @@
+"""Dtype helpers shared by the public edge of every domain."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def float_dtype(*values):
+    """The floating dtype of the inputs (Python scalars are weak); ints/bools give the default."""
+    dtype = jnp.result_type(*values)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    return dtype
+
+
+def as_float(dtype, *values):
+    """Cast each value to ``dtype`` (a tuple of arrays)."""
+    return tuple(jnp.asarray(v, dtype=dtype) for v in values)
+
+
+def as_bool(is_call):
+    """Option type as a boolean array: True (or any non-zero number) is a call."""
+    is_call = jnp.asarray(is_call)
+    if is_call.dtype == jnp.bool_:
+        return is_call
+    return is_call != 0
+
+
+def dekker_split_constant(dtype) -> float:
+    """Veltkamp/Dekker splitting constant 2**ceil(p/2) + 1 for the dtype's precision p."""
+    return 134217729.0 if jnp.finfo(dtype).bits == 64 else 4097.0
+
+
+def two_product(a, b):
+    """Error-free product: a*b = p + e exactly (Dekker's algorithm, no FMA needed)."""
+    c = dekker_split_constant(a.dtype)
+    p = a * b
+    ah = a * c
+    ah = ah - (ah - a)
+    al = a - ah
+    bh = b * c
+    bh = bh - (bh - b)
+    bl = b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e

@@ -1,0 +1,174 @@
+"""Special functions at full double precision: erfcx, the normal CDF, Mills-ratio helpers.
+
+JAX has no ``erfcx`` and its ``ndtr`` loses relative accuracy in the far left tail because
+``exp(-z**2/2)`` amplifies the rounding error of ``z**2``. These are elementwise, jit/vmap-safe
+functions that keep ~1e-16 relative accuracy:
+
+* :func:`erfcx` follows W. J. Cody, "Rational Chebyshev approximations for the error function",
+  Math. Comp. 23 (1969) 631-638 (the published coefficients of his CALERF routine).
+* :func:`norm_cdf` uses ``erfc(y) = erfcx(y) * exp(-y**2)`` with Cody's split of ``y**2`` into an
+  exactly representable part and a small remainder, so that the exponential is accurate.
+* :func:`mills_complement` returns ``1 + h*Y(h)`` with ``Y(h) = Phi(h)/phi(h)`` for ``h <= 0``
+  without cancellation (Laplace's continued fraction in the tail).
+
+All functions return the dtype of their input (float32 or float64).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+SQRT_PI_INV = 0.56418958354775628695  # 1/sqrt(pi)
+SQRT_2PI_INV = 0.39894228040143267794  # 1/sqrt(2 pi)
+SQRT_2PI = 2.50662827463100050242
+SQRT_HALF = 0.70710678118654752440
+SQRT_2 = 1.41421356237309504880
+
+# Cody (1969) coefficients, as published in CALERF.
+_A = (3.1611237438705656, 113.864154151050156, 377.485237685302021, 3209.37758913846947,
+      0.185777706184603153)
+_B = (23.6012909523441209, 244.024637934444173, 1282.61652607737228, 2844.23683343917062)
+_C = (0.564188496988670089, 8.88314979438837594, 66.1191906371416295, 298.635138197400131,
+      881.95222124176909, 1712.04761263407058, 2051.07837782607147, 1230.33935479799725,
+      2.15311535474403846e-8)
+_D = (15.7449261107098347, 117.693950891312499, 537.181101862009858, 1621.38957456669019,
+      3290.79923573345963, 4362.61909014324716, 3439.36767414372164, 1230.33935480374942)
+_P = (0.305326634961232344, 0.360344899949804439, 0.125781726111229246, 0.0160837851487422766,
+      6.58749161529837803e-4, 0.0163153871373020978)
+_Q = (2.56852019228982242, 1.87295284992346047, 0.527905102951428412, 0.0605183413124413191,
+      0.00233520497626869185)
+_THRESH = 0.46875
+
+
+def _erf_small(y):
+    """erf(y) for |y| <= 0.46875 (Cody's first rational approximation)."""
+    ysq = y * y
+    num = _A[4] * ysq
+    den = ysq
+    for i in range(3):
+        num = (num + _A[i]) * ysq
+        den = (den + _B[i]) * ysq
+    return y * (num + _A[3]) / (den + _B[3])
+
+
+def _erfcx_mid(y):
+    """erfcx(y) for 0.46875 < y <= 4."""
+    num = _C[8] * y
+    den = y
+    for i in range(7):
+        num = (num + _C[i]) * y
+        den = (den + _D[i]) * y
+    return (num + _C[7]) / (den + _D[7])
+
+
+def _erfcx_large(y):
+    """erfcx(y) for y > 4 (asymptotic rational form, no exponential)."""
+    ysq = 1.0 / (y * y)
+    num = _P[5] * ysq
+    den = ysq
+    for i in range(4):
+        num = (num + _P[i]) * ysq
+        den = (den + _Q[i]) * ysq
+    r = ysq * (num + _P[4]) / (den + _Q[4])
+    return (SQRT_PI_INV - r) / y
+
+
+def exp_minus_square(y):
+    """exp(-y**2) accurate to a few ulp for large |y| (Cody's split of y**2)."""
+    y = jnp.abs(y)
+    ysq = jnp.trunc(y * 16.0) / 16.0
+    rest = (y - ysq) * (y + ysq)
+    return jnp.exp(-ysq * ysq) * jnp.exp(-rest)
+
+
+def exp_minus_half_square(z):
+    """exp(-z**2/2) accurate to a few ulp for large |z| (same split as above)."""
+    z = jnp.abs(z)
+    zhi = jnp.trunc(z * 16.0) / 16.0
+    rest = (z - zhi) * (z + zhi)
+    return jnp.exp(-0.5 * zhi * zhi) * jnp.exp(-0.5 * rest)
+
+
+def _erfcx_nonneg(y):
+    """erfcx for y >= 0, elementwise; every branch is evaluated at a safe argument."""
+    small = y <= _THRESH
+    large = y > 4.0
+    y_small = jnp.where(small, y, 0.0)
+    y_mid = jnp.clip(y, _THRESH, 4.0)
+    y_large = jnp.where(large, y, 5.0)
+    v_small = jnp.exp(y_small * y_small) * (1.0 - _erf_small(y_small))
+    return jnp.where(small, v_small, jnp.where(large, _erfcx_large(y_large), _erfcx_mid(y_mid)))
+
+
+def erfcx(x):
+    """Scaled complementary error function ``exp(x**2) * erfc(x)``, elementwise.
+
+    Relative accuracy about 1e-16 in float64 for all x (Cody 1969); overflows to ``inf`` for
+    ``x < -26.6`` as the true value does.
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    pos = _erfcx_nonneg(jnp.abs(x))
+    neg_x = jnp.where(x < 0, x, 0.0)
+    big = 2.0 / exp_minus_square(neg_x)
+    return jnp.where(x < 0, big - pos, pos)
+
+
+def norm_pdf(z):
+    """Standard normal density."""
+    z = jnp.asarray(z)
+    return SQRT_2PI_INV * exp_minus_half_square(z)
+
+
+def norm_cdf(z):
+    """Standard normal CDF with full relative accuracy in the left tail (to ~1e-16)."""
+    z = jnp.asarray(z)
+    y = -z * SQRT_HALF  # Phi(z) = erfc(y)/2
+    ay = jnp.abs(y)
+    # erfc(|y|)/2 = erfcx(|y|) exp(-z**2/2)/2; the exponential is split on z itself (not on the
+    # rounded y) so that the rounding of z/sqrt(2) is not amplified by z**2.
+    tail = 0.5 * _erfcx_nonneg(ay) * exp_minus_half_square(z)
+    y_small = jnp.where(ay <= _THRESH, y, 0.0)
+    centre = 0.5 - 0.5 * _erf_small(y_small)
+    return jnp.where(ay <= _THRESH, centre, jnp.where(y > 0, tail, 1.0 - tail))
+
+
+def mills_ratio_left(h):
+    """``Y(h) = Phi(h)/phi(h)`` (the Mills ratio of ``-h``), accurate for all h."""
+    return (0.5 * SQRT_2PI) * erfcx(-SQRT_HALF * jnp.asarray(h))
+
+
+def mills_complement(h):
+    """``a(h) = 1 + h*Y(h)`` for ``h <= 0`` without harmful cancellation.
+
+    With y = -h/sqrt(2) > 4, Cody's large-argument form ``erfcx(y) = (1/sqrt(pi) - r(y))/y``
+    gives ``a = sqrt(pi) * r(y)`` exactly, with no subtraction at all; a continued fraction
+    covers 3 <= -h <= 5.66 and the direct form the rest.
+    """
+    h = jnp.asarray(h)
+    y = -SQRT_HALF * h
+    large = y > 4.0
+    y_large = jnp.where(large, y, 5.0)
+    ysq = 1.0 / (y_large * y_large)
+    num = _P[5] * ysq
+    den = ysq
+    for i in range(4):
+        num = (num + _P[i]) * ysq
+        den = (den + _Q[i]) * ysq
+    a_large = (1.0 / SQRT_PI_INV) * ysq * (num + _P[4]) / (den + _Q[4])
+    # 3 <= -h <= 5.66: Laplace's continued fraction Y = 1/(z + K), a = K/(z + K), K = 1/(z +
+    # 2/(z + 3/(z + ...))); a depth of 64 leaves a relative error below 3e-17 for z >= 3.
+    z = -h
+    middle = (~large) & (z >= 3.0)
+    z_mid = jnp.clip(z, 3.0, 4.0 / SQRT_HALF)
+    k = jnp.zeros_like(z_mid)
+    for n in range(64, 1, -1):
+        k = n / (z_mid + k)
+    k = 1.0 / (z_mid + k)
+    a_middle = k / (z_mid + k)
+    # -h < 3: the direct form loses at most one digit (a(-3) = 0.086).
+    h_direct = jnp.where(z < 3.0, h, 0.0)
+    a_direct = 1.0 + h_direct * mills_ratio_left(h_direct)
+    a_direct = jnp.where(middle, a_middle, a_direct)
+    return jnp.where(large, a_large, a_direct)
