@@ -74,7 +74,7 @@ def test_minus_d1_gives_the_gamma_swap():
 
 def test_smile_variance_gradient_and_vmap():
     params = jnp.array(SKEWED)
-    f = lambda p: vxj.smile_variance(svi, EXPIRY, *p)  # noqa: E731
+    f = jax.jit(lambda p: vxj.smile_variance(svi, EXPIRY, *p))
     grad = jax.grad(f)(params)
     h = 1e-6
     fd = [(f(params.at[i].add(h)) - f(params.at[i].add(-h))) / (2 * h) for i in range(5)]
@@ -96,7 +96,10 @@ def test_exact_piecewise_integral_against_quadrature():
     w = jnp.array([0.05, 0.041, 0.033, 0.03, 0.028, 0.027, 0.029, 0.0])
     keep = jnp.array([True, True, True, True, True, True, True, False])
     exact, count = vxj.gaussian_integral_piecewise_linear(z, w, keep)
-    interp = lambda x: float(vxj.interpolated_total_variance(jnp.asarray(x), z, w, keep))  # noqa
+    table = jax.jit(jax.vmap(vxj.interpolated_total_variance, in_axes=(0, None, None, None)))
+    grid = np.linspace(-40.0, 40.0, 160_001)
+    values = np.asarray(table(jnp.asarray(grid), z, w, keep))
+    interp = lambda x: np.interp(x, grid, values)  # noqa: E731  (exact: w is linear on the grid)
     phi = lambda x: np.exp(-x * x / 2) / np.sqrt(2 * np.pi)  # noqa: E731
     breaks = [-40.0, *np.asarray(z[:7]).tolist(), 40.0]
     numeric = sum(quad(lambda x: interp(x) * phi(x), a, b, epsabs=1e-15)[0]
@@ -123,17 +126,43 @@ def _black_chain(vol, forward=100.0, expiry=30 / 365, rate=0.02, strikes=None):
     return strikes, calls, puts, expiry * 525_600, rate
 
 
-def test_black_scholes_chain_gives_sigma_squared():
-    strikes, calls, puts, minutes, rate = _black_chain(0.3)
-    # exact prices as bid = ask; puts far OTM below 1e-300 have zero bids and are dropped
-    out = vxj.vxj_variance(strikes, calls, calls, puts, puts, None, minutes, rate)
-    assert int(out.status) == vxj.VxjStatus.OK
+def _three_lanes(vol):
+    """Lane 0: a Black–Scholes chain; lane 1: NaN quotes; lane 2: negative time."""
+    strikes, calls, puts, minutes, rate = _black_chain(vol)
+    nan = np.full_like(calls, np.nan)
+    stack = lambda *rows: np.stack(rows)  # noqa: E731
+    return (stack(strikes, strikes, strikes), stack(calls, nan, calls), stack(calls, nan, calls),
+            stack(puts, nan, puts), stack(puts, nan, puts), None,
+            np.array([minutes, minutes, -1.0]), np.array([rate, rate, rate]))
+
+
+def test_black_scholes_chain_gives_sigma_squared_and_bad_lanes_are_isolated():
+    # exact prices as bid = ask; puts far out of the money with zero prices are dropped
+    out = vxj.vxj_variance(*_three_lanes(0.3))
+    assert int(out.status[0]) == vxj.VxjStatus.OK
     # A flat smile is constant in z, so the interpolation and the flat tails are exact; the
     # remaining error is the implied-vol inversion (machine precision): 1e-10.
-    np.testing.assert_allclose(float(out.variance), 0.09, rtol=1e-10)
-    gamma = vxj.vxj_variance(strikes, calls, calls, puts, puts, None, minutes, rate,
-                             measure="gamma")
-    np.testing.assert_allclose(float(gamma.variance), 0.09, rtol=1e-10)
+    np.testing.assert_allclose(float(out.variance[0]), 0.09, rtol=1e-10)
+    assert int(out.status[1]) == vxj.VxjStatus.BAD_INPUT      # no forward from NaN quotes
+    assert int(out.status[2]) == vxj.VxjStatus.BAD_INPUT      # negative time
+    assert np.isnan(np.asarray(out.variance[1:])).all()
+    # lane 0 does not depend on the other lanes (same compiled shape, other lanes healthy)
+    strikes, calls, calls_, puts, puts_, _, minutes, rates = _three_lanes(0.3)
+    healthy = vxj.vxj_variance(strikes, np.stack([calls[0]] * 3), np.stack([calls[0]] * 3),
+                               np.stack([puts[0]] * 3), np.stack([puts[0]] * 3), None,
+                               np.full(3, minutes[0]), rates)
+    assert float(healthy.variance[0]) == float(out.variance[0])
+    gamma = vxj.vxj_variance(*_three_lanes(0.3), measure="gamma")
+    np.testing.assert_allclose(float(gamma.variance[0]), 0.09, rtol=1e-10)
+
+
+def test_float32_preserved():
+    lanes = _three_lanes(0.25)
+    f32 = [None if a is None else a.astype(np.float32) for a in lanes]
+    out = vxj.vxj_variance(*f32)
+    assert out.variance.dtype == jnp.float32 and out.z.dtype == jnp.float32
+    # float32 implied vols are good to ~1e-6 relative; the integral to ~1e-5.
+    np.testing.assert_allclose(float(out.variance[0]), 0.0625, rtol=1e-4)
 
 
 def test_cboe_example_vxj_and_monotone_map():
@@ -148,33 +177,18 @@ def test_cboe_example_vxj_and_monotone_map():
     from jaxvol.indices.cboe import _pack_terms
 
     arrays, mask = _pack_terms([example.near, example.next], len(example.near))
-    term = vxj.vxj_variance(*arrays, mask, [example.near_minutes, example.next_minutes],
-                            [example.near_rate, example.next_rate])
+    batch = vxj.vxj_index_batch(*arrays, mask, np.array([example.near_minutes,
+                                                         example.next_minutes]),
+                                np.array([example.near_rate, example.next_rate]),
+                                target_minutes=np.float64(43_200.0))
+    assert float(batch.index) == result.index
+    term = batch.terms
     for row in range(2):
         kept = np.asarray(term.node_used[row])
         z, w = term.z[row], term.node_variance[row]
         assert np.all(np.diff(np.asarray(z)[kept]) > 0) and kept.sum() > 100
         grid = jnp.linspace(float(z[kept][0]), float(z[kept][-1]), 4001)
-        w_grid = jax.vmap(lambda q: vxj.interpolated_total_variance(q, z, w, term.node_used[row]))(grid)
+        used = term.node_used[row]
+        w_grid = jax.vmap(lambda q: vxj.interpolated_total_variance(q, z, w, used))(grid)
         log_moneyness = grid * jnp.sqrt(w_grid) - 0.5 * w_grid   # the implied map k = g(z)
         assert np.all(np.diff(np.asarray(log_moneyness)) > 0)
-
-
-def test_bad_lanes_isolated_and_float32():
-    strikes, calls, puts, minutes, rate = _black_chain(0.25)
-    stack = lambda *rows: np.stack(rows)  # noqa: E731
-    nan = np.full_like(calls, np.nan)
-    out = vxj.vxj_variance(stack(strikes, strikes, strikes), stack(calls, nan, calls),
-                           stack(calls, nan, calls), stack(puts, nan, puts),
-                           stack(puts, nan, puts), None, np.array([minutes, minutes, -1.0]),
-                           np.array([rate, rate, rate]))
-    alone = vxj.vxj_variance(strikes, calls, calls, puts, puts, None, minutes, rate)
-    assert float(out.variance[0]) == float(alone.variance)
-    assert int(out.status[1]) == vxj.VxjStatus.BAD_INPUT      # no forward from NaN quotes
-    assert int(out.status[2]) == vxj.VxjStatus.BAD_INPUT      # negative time
-    assert np.isnan(np.asarray(out.variance[1:])).all()
-    f32 = vxj.vxj_variance(*(a.astype(np.float32) for a in (strikes, calls, calls, puts, puts)),
-                           None, np.float32(minutes), np.float32(rate))
-    assert f32.variance.dtype == jnp.float32
-    # float32 implied vols are good to ~1e-6 relative where prices are well above 1e-38.
-    np.testing.assert_allclose(float(f32.variance), 0.0625, rtol=1e-4)

@@ -85,7 +85,6 @@ def replication_variance(strike, call_price, put_price, mask, forward, expiry, d
                 cast(forward), cast(expiry), cast(discount), cast(boundary), cast(dk))
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
 def fair_variance_strike(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                          method="vxj"):
     """Annualised fair variance-swap strike of each chain: "vxj" (default) or "cboe".

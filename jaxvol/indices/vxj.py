@@ -150,7 +150,7 @@ def interpolated_total_variance(z_query, z, w, keep):
 
 def _vxj_from_prices_lane(strike, price, is_call, usable, forward, expiry, discount, sign):
     """One lane: OTM prices (discounted) at sorted strikes -> model-free total variance."""
-    import jaxvol  # the foundation inverter; imported late to keep package import acyclic
+    from jaxvol.implied import implied_vol  # the foundation inverter (late: acyclic import)
 
     inputs_ok = (expiry > 0) & (forward > 0) & (discount > 0)
     inputs_ok = inputs_ok & jnp.isfinite(expiry) & jnp.isfinite(forward) & jnp.isfinite(discount)
@@ -161,7 +161,7 @@ def _vxj_from_prices_lane(strike, price, is_call, usable, forward, expiry, disco
     safe_strike = jnp.where(usable, strike, safe_forward)
     atm_price = safe_discount * safe_forward * 0.2 * jnp.sqrt(safe_expiry) * _INV_SQRT_2PI
     safe_price = jnp.where(usable, price, atm_price)
-    solved = jaxvol.implied_vol(safe_price, safe_forward, safe_strike, safe_expiry, is_call,
+    solved = implied_vol(safe_price, safe_forward, safe_strike, safe_expiry, is_call,
                                 discount=safe_discount)
     vol_ok = usable & (solved.status == 0) & jnp.isfinite(solved.vol) & (solved.vol > 0)
     total = jnp.where(vol_ok, solved.vol, 0.2) ** 2 * safe_expiry
@@ -247,10 +247,13 @@ def vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, ra
     return VxjTerm(*jnp.vectorize(lane, signature=signature)(*args))
 
 
-@functools.partial(jax.jit, static_argnames=("measure",))
 def vxj_index_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                     target_minutes=MINUTES_30_DAYS, measure="variance") -> VxjBatch:
-    """VXJ index of many underlyings: inputs as :func:`jaxvol.indices.cboe_vix_batch`."""
+    """VXJ index of many underlyings: inputs as :func:`jaxvol.indices.cboe_vix_batch`.
+
+    Not jitted itself: the heavy part is the jitted :func:`vxj_variance`, whose compiled kernel
+    is shared with every other caller of the same shape.
+    """
     terms = vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
                          measure=measure)
     minutes = jnp.asarray(minutes).astype(terms.variance.dtype)
