@@ -8,6 +8,9 @@ import jaxvol
 from jaxvol.chains import ForwardStatus, compute
 from jaxvol.chains.boards import black_board
 
+# Blocks of 8 slices: every board of this file compiles the same few kernel shapes.
+BLOCKS = dict(slice_block=8)
+
 
 def _slices(result):
     slices = result.packed.slices[["underlying", "expiry"]].copy()
@@ -24,7 +27,7 @@ def test_exact_board_recovers_forward_and_discount_to_1e10():
     # Exact Black quotes: C - P is exactly linear in K, so only float64 round-off remains
     # (prices up to ~1e3, ~1e-13 relative in the 2x2 normal equations); 1e-10 is the bar.
     board, truth = black_board(6, 3, 25, seed=1)
-    slices = _against_truth(compute(board), truth)
+    slices = _against_truth(compute(board, **BLOCKS), truth)
     assert (slices["status"] == ForwardStatus.OK).all()
     np.testing.assert_allclose(slices["forward"], slices["forward_true"], rtol=1e-10, atol=0)
     np.testing.assert_allclose(slices["discount"], slices["discount_true"], rtol=1e-10, atol=0)
@@ -36,7 +39,7 @@ def test_noisy_board_parity_line_within_the_spread():
     # (measured worst 0.68 of it), and the forward error must stay within the ATM half-width
     # (measured worst 0.45 of it).
     board, truth = black_board(40, 4, 31, seed=3, noise=1.0)
-    result = compute(board)
+    result = compute(board, **BLOCKS)
     rows = jaxvol.chains.rows_frame(result)
     wide = rows.pivot_table(index=["underlying", "expiry", "strike"], columns="option_type",
                             values=["bid", "ask", "forward", "discount"]).reset_index()
@@ -57,7 +60,7 @@ def test_standard_errors_are_consistent_with_the_errors():
     # Uniform noise, 160 slices: |error| / se is a roughly normal score; measured max 3.3,
     # median 0.6.  Bounds 5 and 1.5 fail if the se were off by a factor ~2 either way.
     board, truth = black_board(40, 4, 31, seed=3, noise=1.0)
-    slices = _against_truth(compute(board), truth)
+    slices = _against_truth(compute(board, **BLOCKS), truth)
     score_f = np.abs(slices["forward"] - slices["forward_true"]) / slices["forward_se"]
     score_d = np.abs(slices["discount"] - slices["discount_true"]) / slices["discount_se"]
     for score in (score_f, score_d):
@@ -145,7 +148,7 @@ def test_cboe_spx_forwards_within_the_atm_quote_interval(with_rate):
     # 12 pairs nearest the money.  Both must agree within the half-width of the 1960 C - P quote
     # interval (1.55 near, 0.50 next); measured differences 0.12 / -0.11 (0.12 / -0.11 with D
     # fitted too).
-    result = compute(cboe_board(with_rate))
+    result = compute(cboe_board(with_rate), strike_buckets=(16, 32, 64, 256))  # one shape
     forward = result.slice_forwards.forward
     published = np.array([_TERMS["near"][2], _TERMS["next"][2]])
     half_width = np.array([0.5 * (1.7 + 1.4), 0.5 * (0.6 + 0.4)])

@@ -85,7 +85,8 @@ class ChainAnalysis(NamedTuple):
     slice_forwards: forwards.ForwardResult  #: [slices] numpy, global slice order
     rows: dict                 #: [rows] arrays: forward, discount, *_se, iv_bid/mid/ask
     arbitrage: arbitrage.ArbitrageResult     #: worst/count/worst_strike [slices, 8]
-    batch_results: tuple       #: per batch dict of [slices, ...] arrays (sizes, vols, ...)
+    batch_results: tuple       #: per batch dict of [slices, ...] arrays; vols, iv_status and
+    #:                            bound_flags are [slices, 2 (call, put), strikes]
     options: ChainOptions
 
 
@@ -163,8 +164,10 @@ def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber,
                                                   vols.bid[0], vols.bid[1])
     _, w_ask = implied.total_variance_otm(batch.strike, batch.expiry, fwd.forward,
                                           vols.ask[0], vols.ask[1])
-    return dict(**fwd._asdict(), iv_bid=vols.bid, iv_mid=vols.mid, iv_ask=vols.ask,
-                iv_status=vols.mid_status, bound_flags=_bound_flags(batch, fwd, tolerance),
+    by_slice = lambda a: jnp.moveaxis(a, 0, 1)  # noqa: E731  [2, S, N] -> [S, 2, N]
+    return dict(**fwd._asdict(), iv_bid=by_slice(vols.bid), iv_mid=by_slice(vols.mid),
+                iv_ask=by_slice(vols.ask), iv_status=by_slice(vols.mid_status),
+                bound_flags=by_slice(_bound_flags(batch, fwd, tolerance)),
                 arb_size=arb.size, arb_worst=arb.worst, arb_count=arb.count,
                 arb_strike=arb.worst_strike, moneyness=moneyness, variance_bid=w_bid,
                 variance_ask=w_ask)
@@ -186,7 +189,7 @@ def _assemble(table, source, packed, flags, batch_results, opts) -> ChainAnalysi
     per_slice = lambda name: packing.gather_slices(  # noqa: E731
         packed, [r[name] for r in batch_results])
     fwd = forwards.ForwardResult(*(per_slice(name) for name in forwards.ForwardResult._fields))
-    cells = lambda name, side: [r[name][side] for r in batch_results]  # noqa: E731
+    cells = lambda name, side: [r[name][:, side] for r in batch_results]  # noqa: E731
     flags = flags | packing.unpack_cells(packed, cells("bound_flags", 0),
                                          cells("bound_flags", 1), fill=0).astype(np.int64)
     iv_status = packing.unpack_cells(packed, cells("iv_status", 0), cells("iv_status", 1), fill=0)
