@@ -13,8 +13,10 @@ Both run the same pipeline, :func:`compute`, which the nightly job can call dire
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import time
 from typing import NamedTuple
 
 import jax
@@ -88,6 +90,7 @@ class ChainAnalysis(NamedTuple):
     batch_results: tuple       #: per batch dict of [slices, ...] arrays; vols, iv_status and
     #:                            bound_flags are [slices, 2 (call, put), strikes]
     options: ChainOptions
+    timings: dict              #: wall seconds per stage (see :func:`compute`)
 
 
 def analyze(table: pd.DataFrame, **options) -> pd.DataFrame:
@@ -121,19 +124,38 @@ def report(result: ChainAnalysis) -> pd.DataFrame:
 
 
 def compute(table, **options) -> ChainAnalysis:
-    """Run the whole pipeline (see module doc); ``table`` is a DataFrame or a CSV/Parquet path."""
+    """Run the whole pipeline (see module doc); ``table`` is a DataFrame or a CSV/Parquet path.
+
+    ``ChainAnalysis.timings`` holds wall seconds per stage: ``validate``, ``flags``, ``pack``,
+    ``assemble`` (pandas/numpy) and ``jax_block``, ``jax_calendar`` (JAX, compile included).
+    """
     opts = make_options(**options)
-    source = schemas.load(table, opts.schema, **(opts.columns or {}))
-    if not isinstance(table, pd.DataFrame):
-        table = pd.read_parquet(table) if str(table).endswith((".parquet", ".pq")) else \
-            pd.read_csv(table)
-    flags = row_flags(source, max_relative_spread=opts.max_relative_spread,
-                      locked_tolerance=opts.locked_tolerance, exclude=opts.exclude)
-    packed = packing.pack(source, flags, exclude=opts.exclude,
-                          strike_buckets=opts.strike_buckets, slice_block=opts.slice_block,
-                          dtype=np.dtype(opts.dtype))
-    batch_results = tuple(_run_batch(batch, packed.slice_block, opts) for batch in packed.batches)
-    return _assemble(table, source, packed, flags, batch_results, opts)
+    timings = {}
+    with _timed(timings, "validate"):
+        source = schemas.load(table, opts.schema, **(opts.columns or {}))
+        if not isinstance(table, pd.DataFrame):
+            table = pd.read_parquet(table) if str(table).endswith((".parquet", ".pq")) else \
+                pd.read_csv(table)
+    with _timed(timings, "flags"):
+        flags = row_flags(source, max_relative_spread=opts.max_relative_spread,
+                          locked_tolerance=opts.locked_tolerance, exclude=opts.exclude)
+    with _timed(timings, "pack"):
+        packed = packing.pack(source, flags, exclude=opts.exclude,
+                              strike_buckets=opts.strike_buckets, slice_block=opts.slice_block,
+                              dtype=np.dtype(opts.dtype))
+    with _timed(timings, "jax_block"):
+        batch_results = tuple(_run_batch(b, packed.slice_block, opts) for b in packed.batches)
+    with _timed(timings, "assemble"):
+        result = _assemble(table, source, packed, flags, batch_results, opts, timings)
+    timings["assemble"] -= timings["jax_calendar"]
+    return result
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def _run_batch(batch: packing.ChainBatch, slice_block: int, opts: ChainOptions) -> dict:
@@ -185,7 +207,7 @@ def _bound_flags(batch, fwd, tolerance):
             | jnp.where(above, int(Flag.ABOVE_MAX_PRICE), 0)).astype(jnp.int32)
 
 
-def _assemble(table, source, packed, flags, batch_results, opts) -> ChainAnalysis:
+def _assemble(table, source, packed, flags, batch_results, opts, timings) -> ChainAnalysis:
     per_slice = lambda name: packing.gather_slices(  # noqa: E731
         packed, [r[name] for r in batch_results])
     fwd = forwards.ForwardResult(*(per_slice(name) for name in forwards.ForwardResult._fields))
@@ -201,8 +223,10 @@ def _assemble(table, source, packed, flags, batch_results, opts) -> ChainAnalysi
         ("discount_se", fwd.discount_se))}
     for name in ("iv_bid", "iv_mid", "iv_ask"):
         rows[name] = packing.unpack_cells(packed, cells(name, 0), cells(name, 1))
-    arb = _with_calendar(packed, batch_results, per_slice, fwd.forward, opts)
-    return ChainAnalysis(table, source, packed, flags, fwd, rows, arb, batch_results, opts)
+    with _timed(timings, "jax_calendar"):
+        arb = _with_calendar(packed, batch_results, per_slice, fwd.forward, opts)
+    return ChainAnalysis(table, source, packed, flags, fwd, rows, arb, batch_results, opts,
+                         timings)
 
 
 def _slice_flags(packed, flags, forward_status, opts):

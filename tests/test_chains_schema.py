@@ -1,0 +1,93 @@
+"""Input schema: validation errors, renamed columns, timestamps, files; IVs on the SPX board."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxvol
+from jaxvol.chains import SchemaError, analyze, validate
+from jaxvol.chains.boards import black_board
+
+
+@pytest.fixture(scope="module")
+def board():
+    return black_board(1, 2, 9, seed=31)[0]
+
+
+def test_missing_column_is_named(board):
+    with pytest.raises(SchemaError, match="'ask'"):
+        validate(board.drop(columns="ask"))
+
+
+def test_mistyped_values_name_column_and_rows(board):
+    bad = board.copy()
+    bad.index = [f"q{i}" for i in range(len(bad))]
+    bad["strike"] = bad["strike"].astype(object)
+    bad.loc["q3", "strike"] = "abc"
+    with pytest.raises(SchemaError, match=r"'strike'.*q3"):
+        validate(bad)
+    bad = board.copy()
+    bad["option_type"] = bad["option_type"].astype(object)
+    bad.loc[5, "option_type"] = "X"
+    with pytest.raises(SchemaError, match=r"'option_type'.*\[5\]"):
+        validate(bad)
+    bad = board.copy()
+    bad.loc[2, "underlying"] = None
+    with pytest.raises(SchemaError, match=r"'underlying'.*\[2\]"):
+        validate(bad)
+    with pytest.raises(ValueError, match="not_an_option"):
+        analyze(board, not_an_option=1)
+
+
+def test_renamed_columns_and_option_words(board):
+    renamed = board.rename(columns={"strike": "K", "option_type": "cp", "bid": "b"})
+    renamed["cp"] = renamed["cp"].map({"C": "Call", "P": "put"})
+    out = analyze(renamed, columns={"strike": "K", "option_type": "cp", "bid": "b"})
+    reference = analyze(board)
+    assert list(out.columns[:len(renamed.columns)]) == list(renamed.columns)
+    np.testing.assert_array_equal(out["forward"], reference["forward"])
+    np.testing.assert_array_equal(out["quality_flags"], reference["quality_flags"])
+
+
+def test_timestamp_expiries_use_act_365(board):
+    quote = pd.Timestamp("2026-11-21 16:00")
+    stamped = board.assign(quote_time=quote,
+                           expiry=quote + pd.to_timedelta(board["expiry"] * 365.0, unit="D"))
+    frame = validate(stamped)
+    np.testing.assert_allclose(frame["expiry"], board["expiry"], rtol=1e-12)
+    with pytest.raises(SchemaError, match="quote_time"):
+        validate(stamped.drop(columns="quote_time"))
+
+
+def test_csv_and_parquet_files(board, tmp_path):
+    reference = validate(board)
+    for name, write in (("chain.csv", lambda p: board.to_csv(p, index=False)),
+                        ("chain.parquet", lambda p: board.to_parquet(p))):
+        write(tmp_path / name)
+        loaded = jaxvol.chains.load(tmp_path / name)
+        pd.testing.assert_frame_equal(loaded, reference, check_exact=False, rtol=1e-15)
+    out = jaxvol.chains.analyze(str(tmp_path / "chain.csv"))
+    assert len(out) == len(board)
+
+
+def test_mid_column_replaces_bid_ask_average(board):
+    with_mid = board.assign(mid=board["bid"] + 0.25 * (board["ask"] - board["bid"]))
+    frame = validate(with_mid)
+    np.testing.assert_array_equal(frame["mid"], with_mid["mid"])
+
+
+def test_spx_board_implied_vols_are_ordered_and_plausible():
+    # Real SPX quotes (Cboe VIX worked example).  Wherever bid, mid and ask vols all solve they
+    # must be ordered (vol is increasing in price), every usable row must have a mid vol, and
+    # the at-the-money mid vols must be near the published index level (VIX 13.93: the near
+    # and next ATM vols lie within 0.10-0.16).
+    from test_chains_forwards import cboe_board
+    out = analyze(cboe_board(), strike_buckets=(16, 32, 64, 256))
+    solved = out[["iv_bid", "iv_mid", "iv_ask"]].notna().all(axis=1)
+    assert solved.sum() > 300
+    assert (out.loc[solved, "iv_bid"] <= out.loc[solved, "iv_mid"]).all()
+    assert (out.loc[solved, "iv_mid"] <= out.loc[solved, "iv_ask"]).all()
+    assert out.loc[out["usable"], "iv_mid"].notna().all()
+    atm = out[out["strike"] == 1960]
+    assert ((atm["iv_mid"] > 0.10) & (atm["iv_mid"] < 0.16)).all()
+    assert len(out) == len(cboe_board())
