@@ -230,15 +230,19 @@ class SmileCalibration(eqx.Module):
 
     def vol(self, strike):
         """Fitted smile vol at ``strike`` [..., n] (batch axes as the result's); NaN unless OK."""
-        strike = jnp.asarray(strike, self.forward.dtype)
-        y = jnp.log(strike / self.forward[..., None])
-        lane_fn = functools.partial(_lane_vol, self.spec)
-        fn = jnp.vectorize(lane_fn, signature="(p),(n),(),(),(),(),(k)->(n)")
-        pillar_ys = jnp.log(jnp.concatenate(
-            [self.k25] + ([] if self.k10 is None else [self.k10]), axis=-1)
-            / self.forward[..., None])
-        atm_y = jnp.log(self.k_atm / self.forward)
-        return fn(self.params, y, self.forward, self.expiry, self.atm, atm_y, pillar_ys)
+        pillars = [self.k25] + ([] if self.k10 is None else [self.k10])
+        return _smile_vols(self.spec, self.params, jnp.asarray(strike, self.forward.dtype),
+                           self.forward, self.expiry, self.atm, self.k_atm,
+                           jnp.concatenate(pillars, axis=-1))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _smile_vols(spec, params, strike, forward, expiry, atm, k_atm, pillar_strikes):
+    y = jnp.log(strike / forward[..., None])
+    pillar_ys = jnp.log(pillar_strikes / forward[..., None])
+    fn = jnp.vectorize(functools.partial(_lane_vol, spec),
+                       signature="(p),(n),(),(),(),(),(k)->(n)")
+    return fn(params, y, forward, expiry, atm, jnp.log(k_atm / forward), pillar_ys)
 
 
 def _lane_vol(spec, params, ys, forward, expiry, atm, atm_y, pillar_ys):
@@ -323,6 +327,22 @@ def _prepare(inputs, spec: _Spec, atm_type):
                  jnp.stack([m[0] for m in ms], axis=-2), jnp.stack([m[1] for m in ms], axis=-1),
                  jnp.stack([m[2] for m in ms], axis=-1))
     return market, lane
+
+
+def _below_convexity_bound(lane: _Lane):
+    """Market strangle cheaper than any arbitrage-free smile through the ATM quote can price.
+
+    Call prices fall with slope >= -1 (undiscounted) and put prices rise with slope <= 1, so
+    C(Kc) >= C(K_ATM) - max(Kc - K_ATM, 0) and P(Kp) >= P(K_ATM) - max(K_ATM - Kp, 0).
+    """
+    std_atm = lane.atm * jnp.sqrt(lane.expiry)
+    straddle = (_black(lane.forward, lane.atm_y, std_atm, 1.0)
+                + _black(lane.forward, lane.atm_y, std_atm, -1.0))
+    k_atm = lane.forward * jnp.exp(lane.atm_y)
+    strikes = lane.forward[:, None, None] * jnp.exp(lane.ms_y)
+    bound = (straddle[:, None] - jnp.maximum(strikes[..., 0] - k_atm[:, None], 0.0)
+             - jnp.maximum(k_atm[:, None] - strikes[..., 1], 0.0))
+    return jnp.any(lane.ms_value < bound, axis=-1)
 
 
 def _masked(inputs, good):
@@ -424,7 +444,9 @@ def _calibrate_flat(inputs, spec, atm_type, config, shape):
     market, lane = _prepare(_masked(inputs, status == SmileStatus.OK), spec, atm_type)
     has_strikes = jnp.all(jnp.isfinite(lane.ms_y), axis=(-1, -2))
     status = jnp.where((status == SmileStatus.OK) & ~has_strikes,
-                       SmileStatus.NO_STRIKE_FOR_DELTA, status).astype(jnp.int32)
+                       SmileStatus.NO_STRIKE_FOR_DELTA, status)
+    status = jnp.where((status == SmileStatus.OK) & _below_convexity_bound(lane),
+                       SmileStatus.STRANGLE_TOO_LOW, status).astype(jnp.int32)
     good = status == SmileStatus.OK
     _, safe_lane = _prepare(_masked(inputs, jnp.zeros_like(good)), spec, atm_type)
     fit_lane = jax.tree.map(lambda a, b: jnp.where(_expand(good, a), a, b), lane, safe_lane)
