@@ -37,9 +37,9 @@ import numpy as np
 NODES = 96  #: quadrature nodes per contour (rule and evidence: module docstring, docs/heston.md)
 TAIL_LOG = 40.0  #: truncation: integrand decayed by e^-40 ~ 4e-18 relative
 T_LO = -3.6  #: lower end of t: u = lam * exp(-3.6 - e^3.6) ~ 1e-16 lam
-STRIP_FRACTION = 0.5  #: contour kept within this fraction of the moment-explosion boundary
-MARGIN = 0.5  #: minimum distance of the contour from the poles at w = 0 and w = 1
-BISECTION_STEPS = 48
+STRIP_FRACTION = 0.9  #: contour kept within this fraction of the moment-explosion boundary
+BISECTION_STEPS = 48  #: bisection steps for the critical moments
+SADDLE_STEPS = 12  #: safeguarded Newton steps for the saddle-point contour
 TILT = math.pi / 12  #: angle of the tilted contour (QuantLib's AngledContour uses pi/12)
 CONTOURS = 8  #: contours per smile shared by its strikes (contours // 2 per side)
 
@@ -115,22 +115,10 @@ def fair_variance(expiry, v0, kappa, theta):
 
 
 def _strip(expiry, kappa, sigma, rho):
-    """Usable contour range (lo < 0, hi > 1): STRIP_FRACTION of the way to the critical moments."""
+    """Contour range (lo < 0, hi > 1): STRIP_FRACTION of the way to the critical moments."""
     w_lo = _critical_moment(expiry, kappa, sigma, rho, False)
     w_hi = _critical_moment(expiry, kappa, sigma, rho, True)
     return STRIP_FRACTION * w_lo, 1.0 + STRIP_FRACTION * (w_hi - 1.0)
-
-
-def _targets(log_moneyness, variance, strip):
-    """Per-strike contour abscissa: the Gaussian saddle 1/2 + k/s^2 moved off the poles at 0 and
-    1 by max(MARGIN, 1/s) and clipped into the strip; < 0 (put) for k < 0, > 1 (call) otherwise."""
-    lo, hi = strip
-    call = log_moneyness >= 0
-    saddle = 0.5 + log_moneyness / variance
-    margin = jnp.maximum(MARGIN, 1.0 / jnp.sqrt(variance))
-    put_a = jnp.maximum(jnp.minimum(saddle, jnp.maximum(-margin, 0.5 * lo)), lo)
-    call_a = jnp.minimum(jnp.maximum(saddle, jnp.minimum(1.0 + margin, 0.5 * (1.0 + hi))), hi)
-    return jnp.where(call, call_a, put_a)
 
 
 def _nodes(n):
@@ -140,17 +128,47 @@ def _nodes(n):
     return frac, trap
 
 
-def _curvature(a, expiry, v0, kappa, theta, sigma, rho):
-    """(log M)''(a) and the pole term 1/a^2 + 1/(a - 1)^2: together the second derivative of the
-    log integrand at u = 0, whose inverse square root is the width of its central bump."""
+def _log_m_derivatives(a, expiry, v0, kappa, theta, sigma, rho):
+    """First and second derivatives of log M at real a (nested forward mode)."""
     def log_m(x):
         return log_mgf(_complex(x, jnp.zeros_like(x)), expiry, v0, kappa, theta, sigma, rho).real
 
     def slope(x):
         return jax.jvp(log_m, (x,), (jnp.ones_like(x),))[1]
 
-    second = jax.jvp(slope, (a,), (jnp.ones_like(a),))[1]
-    return second, 1.0 / (a * a) + 1.0 / ((a - 1.0) * (a - 1.0))
+    return jax.jvp(slope, (a,), (jnp.ones_like(a),))
+
+
+def _pole_terms(a):
+    """First and second derivatives of -log(a^2 - a)."""
+    return -(2.0 * a - 1.0) / (a * a - a), 1.0 / (a * a) + 1.0 / ((a - 1.0) * (a - 1.0))
+
+
+def _saddle(log_moneyness, variance, strip, params):
+    """Contour abscissa minimising psi(a) = (1 - a) k + log M(a) - log(a^2 - a) over the
+    out-of-the-money side ((1, hi) for k >= 0, (lo, 0) for k < 0): the integrand is then a
+    non-oscillating bump at u = 0 (Lord & Kahl 2007). psi is convex, so SADDLE_STEPS safeguarded
+    Newton steps from the Gaussian guess 1/2 + k/s^2 converge; a saddle beyond the strip is
+    clipped to its edge."""
+    lo, hi = strip
+    call = log_moneyness >= 0
+    lower, upper = jnp.where(call, 1.0, lo), jnp.where(call, hi, 0.0)
+    guess = 0.5 + log_moneyness / variance
+    inset = 1e-3 * (upper - lower)
+    a = jnp.clip(guess, lower + inset, upper - inset)
+
+    def step(_, state):
+        a, lower, upper = state
+        first, second = _log_m_derivatives(a, *params)
+        pole1, pole2 = _pole_terms(a)
+        slope, curvature = first - log_moneyness + pole1, second + pole2
+        lower, upper = jnp.where(slope < 0, a, lower), jnp.where(slope > 0, a, upper)
+        newton = a - slope / curvature
+        inside = (newton > lower) & (newton < upper)
+        return jnp.where(inside, newton, 0.5 * (lower + upper)), lower, upper
+
+    a, _, _ = jax.lax.fori_loop(0, SADDLE_STEPS, step, (a, lower, upper))
+    return a
 
 
 def _tail_rate(expiry, v0, kappa, theta, sigma, rho):
@@ -173,7 +191,8 @@ def _contour(a, tilt, decay, expiry, v0, kappa, theta, sigma, rho, nodes):
     """Nodes u[N] and complex coefficients c[N] on the contour w = a + (tilt - i) u, such that
     the OTM value / (D F) of log-moneyness k is
     exp((1 - a) k) / pi * sum_j Re[c_j exp((i - tilt) u_j k)]."""
-    gaussian, poles = _curvature(a, expiry, v0, kappa, theta, sigma, rho)
+    gaussian = _log_m_derivatives(a, expiry, v0, kappa, theta, sigma, rho)[1]
+    poles = _pole_terms(a)[1]
     width = 1.0 / jnp.sqrt(gaussian + poles)
     u_max = jnp.maximum(jnp.sqrt(2.0 * TAIL_LOG / gaussian), TAIL_LOG / decay)
     t_hi = jnp.maximum(jnp.log(u_max / width), 1.0)
@@ -187,35 +206,42 @@ def _contour(a, tilt, decay, expiry, v0, kappa, theta, sigma, rho, nodes):
 
 
 def _apply(log_moneyness, a, tilt, u, coeff):
-    """OTM value / (D F) of one strike from the contour (a, tilt, u, coeff)."""
-    phase = jnp.exp(_complex(-tilt * u * log_moneyness, u * log_moneyness))
-    return jnp.exp((1.0 - a) * log_moneyness) * jnp.sum((coeff * phase).real) / math.pi
+    """OTM value / (D F) of one strike from the contour (a, tilt, u, coeff), in real arithmetic
+    (vectorises better than complex exponentials): Re[c e^{(i - tilt) x}], x = u k."""
+    x = u * log_moneyness
+    terms = jnp.exp(-tilt * x) * (coeff.real * jnp.cos(x) - coeff.imag * jnp.sin(x))
+    return jnp.exp((1.0 - a) * log_moneyness) * jnp.sum(terms) / math.pi
 
 
-def _abscissae(targets, contours):
-    """Choose ``contours`` abscissae for a smile: the per-strike targets themselves when the smile
-    has at most that many strikes; otherwise contours // 2 per side, evenly spaced between that
-    side's extreme targets. Returns (abscissae[M], index[nK]) with each strike's contour."""
-    n = targets.shape[0]
+def _abscissae(log_moneyness, variance, strip, params, contours):
+    """Contours of a smile and each strike's contour.
+
+    With at most ``contours`` strikes every strike gets its own saddle. Otherwise each side gets
+    contours // 2 abscissae evenly spaced between the saddles of its innermost and outermost
+    strike, and a strike uses the contour whose own saddle strike k_m = (log M)'(a_m) +
+    (pole term)'(a_m) is nearest to its k. Returns (abscissae[M], index[nK])."""
+    n = log_moneyness.shape[0]
     if n <= contours:
-        return targets, jnp.arange(n)
+        return _saddle(log_moneyness, variance, strip, params), jnp.arange(n)
     per_side = contours // 2
-    call = targets > 1.0
-    big = jnp.finfo(targets.dtype).max
-    grid = jnp.linspace(0.0, 1.0, per_side, dtype=targets.dtype)
+    call = log_moneyness >= 0
+    big = jnp.finfo(log_moneyness.dtype).max
+    grid = jnp.linspace(0.0, 1.0, per_side, dtype=log_moneyness.dtype)
 
     def side(mask, empty):
-        lo = jnp.min(jnp.where(mask, targets, big))
-        hi = jnp.max(jnp.where(mask, targets, -big))
-        lo, hi = jnp.where(lo <= hi, lo, empty), jnp.where(lo <= hi, hi, empty)
-        span = jnp.where(hi > lo, hi - lo, 1.0)
-        pos = jnp.clip((targets - lo) / span, 0.0, 1.0)
-        return lo + (hi - lo) * grid, jnp.round(pos * (per_side - 1)).astype(jnp.int32)
+        k_in = jnp.where(mask, jnp.abs(log_moneyness), big).min()
+        k_out = jnp.where(mask, jnp.abs(log_moneyness), -big).max()
+        sign = 1.0 if empty > 0 else -1.0
+        ends = jnp.where(k_in <= k_out, sign * jnp.stack([k_in, k_out]), empty)
+        a_ends = _saddle(ends, variance, strip, params)
+        return a_ends[0] + (a_ends[1] - a_ends[0]) * grid
 
-    put_a, put_i = side(~call, -0.5)
-    call_a, call_i = side(call, 1.5)
-    index = jnp.where(call, call_i + per_side, put_i)
-    return jnp.concatenate([put_a, call_a]), index
+    abscissae = jnp.concatenate([side(~call, -1e-3), side(call, 1e-3)])
+    first = jax.vmap(lambda a: _log_m_derivatives(a, *params)[0])(abscissae)
+    own_k = first + _pole_terms(abscissae)[0]
+    distance = jnp.abs(log_moneyness[:, None] - own_k[None, :])
+    wrong_side = call[:, None] != (jnp.arange(contours) >= per_side)[None, :]
+    return abscissae, jnp.argmin(jnp.where(wrong_side, big, distance), axis=1)
 
 
 def _inner_strikes(log_moneyness, index, size):
@@ -235,8 +261,8 @@ def smile_otm(log_moneyness, expiry, v0, kappa, theta, sigma, rho, *, nodes=NODE
     """
     params = (expiry, v0, kappa, theta, sigma, rho)
     variance = integrated_variance(expiry, v0, kappa, theta)
-    targets = _targets(log_moneyness, variance, _strip(expiry, kappa, sigma, rho))
-    abscissae, index = _abscissae(targets, contours)
+    strip = _strip(expiry, kappa, sigma, rho)
+    abscissae, index = _abscissae(log_moneyness, variance, strip, params, contours)
     inner_k = _inner_strikes(log_moneyness, index, abscissae.shape[0])
     tilt, drift = _tilt(inner_k, *params)
     decay = _tail_rate(*params) + tilt * (inner_k + drift)
