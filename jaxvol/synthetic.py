@@ -149,12 +149,17 @@ def _black(forward, strike, expiry, vol, is_call, discount):
 
 
 def _heston(params: pd.DataFrame, strike, expiry, is_call, spot_scale) -> np.ndarray:
-    """Heston prices through jaxvol.heston.price."""
+    """Heston prices through jaxvol.heston.price; the underlying axis is padded to a power of
+    two (repeating the first row) so chunks with different Heston counts share compilations."""
     from jaxvol import heston
-    col = {name: params[name].to_numpy()[:, None, None] for name in
+    count = len(params)
+    size = 1 << max(0, (count - 1).bit_length())
+    pad = lambda a: np.concatenate([a, np.repeat(a[:1], size - count, axis=0)])  # noqa: E731
+    col = {name: pad(params[name].to_numpy()[:, None, None]) for name in
            ("spot", "rate", "div", "v0", "kappa", "theta", "sigma", "rho")}
-    spot = col.pop("spot") * spot_scale
-    return np.asarray(heston.price(strike, expiry, spot=spot, is_call=is_call, **col))
+    spot = col.pop("spot") * pad(spot_scale)
+    price = heston.price(pad(strike), expiry, spot=spot, is_call=pad(is_call), **col)
+    return np.asarray(price)[:count]
 
 
 def _prices(params: pd.DataFrame, strike, expiry, is_call, spot_scale) -> np.ndarray:
@@ -165,11 +170,11 @@ def _prices(params: pd.DataFrame, strike, expiry, is_call, spot_scale) -> np.nda
     forward = spot * np.exp((rate - div) * expiry)
     discount = np.exp(-rate * expiry)
     vol = _ssvi_vol(params, strike, forward, expiry)
-    price = _black(forward, strike, expiry, vol, is_call, discount)
+    price = np.array(_black(forward, strike, expiry, vol, is_call, discount))
     heston_rows = (params["model"] == "heston").to_numpy()
     if heston_rows.any():
         price[heston_rows] = _heston(params[heston_rows], strike[heston_rows], expiry,
-                                     is_call, spot_scale[heston_rows])
+                                     is_call[heston_rows], spot_scale[heston_rows])
     return price, _vega(forward, strike, expiry, vol, discount)
 
 
@@ -290,3 +295,28 @@ def spx_board() -> pd.DataFrame:
         parts.append(part)
     board = pd.concat(parts).sort_values(["expiry", "strike", "option_type"], kind="stable")
     return board.drop(columns="term").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# FX quotes (ATM, risk reversals, market strangles per pair and tenor)
+
+FX_TENORS = {"1W": 7, "1M": 30, "3M": 91, "6M": 182, "1Y": 365}
+
+
+def fx_quotes(n_pairs: int = 4, *, seed: int = 20261121) -> pd.DataFrame:
+    """A quotes table for :func:`jaxvol.fx.calibrate_smile`: one row per pair and tenor with
+    spot, expiry (years), continuous rd and rf, and ATM / 25- and 10-delta RR and market BF vols
+    (decimals) in the ranges of G10 pairs; spot delta, delta-neutral-straddle ATM."""
+    rows = []
+    for index in range(n_pairs):
+        rng = np.random.default_rng([seed, 424242, index])
+        spot, rd, rf = 10 ** rng.uniform(-0.3, 2.2), rng.uniform(0.0, 0.05), rng.uniform(0, 0.05)
+        atm0, rr0, bf0 = rng.uniform(0.05, 0.14), rng.uniform(-0.025, 0.01), rng.uniform(
+            0.002, 0.007)
+        for tenor, days in FX_TENORS.items():
+            scale = (days / 91.0) ** 0.1
+            rows.append({"pair": f"FX{index:03d}", "tenor": tenor, "spot": spot,
+                         "expiry": days / 365.0, "rd": rd, "rf": rf, "atm": atm0 * scale,
+                         "rr25": rr0 * scale, "bf25": bf0 * scale, "rr10": 1.9 * rr0 * scale,
+                         "bf10": 3.2 * bf0 * scale, "delta_type": "spot", "atm_type": "dns"})
+    return pd.DataFrame(rows)

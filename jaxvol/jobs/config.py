@@ -83,6 +83,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "svi": {
         "enabled": Key(bool, True, "fit raw SVI per slice"),
         "max_iterations": Key(int, 60, "Levenberg-Marquardt iterations", _positive, "> 0"),
+        "no_arbitrage": Key(bool, False, "penalise butterfly arbitrage (Durrleman g >= 0) and "
+                            "Lee's wing bound in the fit"),
     },
     "sabr": {
         "enabled": Key(bool, True, "fit SABR per slice"),
@@ -131,16 +133,17 @@ def default_config() -> dict[str, dict[str, Any]]:
 
 def _check_value(section: str, name: str, value: Any, source: str) -> Any:
     key = SCHEMA[section][name]
-    where = f"{section}.{name}" + (f" in {source}" if source else "")
+    where = f"{section}.{name}"
+    origin = f" (in {source})" if source else ""
     if key.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) and key.kind is not bool:
-        raise ConfigError(f"{where} must be {key.kind.__name__}, got a boolean {value!r}")
+        raise ConfigError(f"{where} must be {key.kind.__name__}, got a boolean {value!r}{origin}")
     if not isinstance(value, key.kind):
         raise ConfigError(f"{where} must be {key.kind.__name__}, got "
-                          f"{type(value).__name__} {value!r}")
+                          f"{type(value).__name__} {value!r}{origin}")
     if key.check is not None and not key.check(value):
-        raise ConfigError(f"{where} = {value!r} is out of range (must be {key.rule})")
+        raise ConfigError(f"{where} = {value!r} is out of range (must be {key.rule}){origin}")
     return value
 
 
@@ -152,7 +155,8 @@ def validate_config(raw: dict, source: str = "") -> dict[str, dict[str, Any]]:
             raise ConfigError(f"unknown section [{section}]" + (f" in {source}" if source else "")
                               + f"; known sections: {', '.join(SCHEMA)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{section} must be a table ([{section}]), got {values!r}")
+            raise ConfigError(f"{section} must be a table ([{section}]), got {values!r}"
+                              + (f" (in {source})" if source else ""))
         for name, value in values.items():
             if name not in SCHEMA[section]:
                 raise ConfigError(f"unknown key {section}.{name}"

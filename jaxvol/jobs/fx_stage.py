@@ -44,6 +44,9 @@ def _as_columns(result, n: int) -> dict[str, np.ndarray]:
             columns[f"{name}_call"], columns[f"{name}_put"] = array[:, 0], array[:, 1]
         elif array.ndim <= 1:
             columns[name] = np.broadcast_to(array, (n,))
+    params = np.asarray(result.params).reshape(n, -1)
+    for i in range(params.shape[1]):
+        columns[f"param_{i}"] = params[:, i]
     return columns
 
 
@@ -57,7 +60,7 @@ def calibrate_table(quotes: pd.DataFrame, model: str) -> pd.DataFrame:
     for (delta_type, atm_type), group in quotes.groupby(["delta_type", "atm_type"], sort=False):
         kwargs = {name: group[name].to_numpy(np.float64)
                   for name in ("spot", "expiry", "rd", "rf", "atm", "rr25", "bf25")}
-        for name in ("rr10", "bf10"):
+        for name in ("rr10", "bf10") if model != "vanna_volga" else ():  # VV: 25-delta only
             if name in group and group[name].notna().all():
                 kwargs[name] = group[name].to_numpy(np.float64)
         result = calibrate_smile(**kwargs, delta_type=delta_type, atm_type=atm_type, model=model)

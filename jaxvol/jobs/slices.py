@@ -35,6 +35,8 @@ class SliceBatch(NamedTuple):
     implied_vol: np.ndarray       # [slices, width] iv_mid
     weight: np.ndarray            # [slices, width] 1 / vol spread (normalised)
     mask: np.ndarray              # [slices, width] bool
+    price: np.ndarray             # [slices, width] mid price (bid + ask) / 2
+    is_call: np.ndarray           # [slices, width] bool: calls at/above the forward
 
 
 def slice_index(rows: pd.DataFrame) -> np.ndarray:
@@ -68,8 +70,9 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
              .agg(underlying=("underlying", "first"), expiry=("expiry", "first"),
                   forward=("forward", "median"), discount=("discount", "median"))
              .reset_index(drop=True))
-    usable = rows[_usable(rows)].assign(slice=slice_id[_usable(rows)],
-                                        weight=_weights(rows[_usable(rows)]))
+    keep = _usable(rows)
+    usable = rows[keep].assign(slice=slice_id[keep], weight=_weights(rows[keep]),
+                               price=0.5 * (rows["bid"][keep] + rows["ask"][keep]))
     usable = usable.sort_values(["slice", "strike"], kind="stable")
     counts = np.bincount(usable["slice"].to_numpy(), minlength=len(table))
     table["n_quotes"] = counts
@@ -78,7 +81,7 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     index = (usable["slice"].to_numpy(), position)
     arrays = {}
     for name, column, fill in (("strike", "strike", 1.0), ("implied_vol", "iv_mid", 0.2),
-                               ("weight", "weight", 0.0)):
+                               ("weight", "weight", 0.0), ("price", "price", 1.0)):
         out = np.full((len(table), width), fill)
         out[index] = usable[column].to_numpy()
         arrays[name] = out
@@ -91,4 +94,5 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     strike = np.where(mask, arrays["strike"], forward)
     vol = np.where(mask, arrays["implied_vol"], 0.2)
     return SliceBatch(table, strike, np.log(strike / forward), vol ** 2 * expiry, vol,
-                      np.where(mask, arrays["weight"], 0.0), mask)
+                      np.where(mask, arrays["weight"], 0.0), mask,
+                      np.where(mask, arrays["price"], 1.0), strike >= forward)

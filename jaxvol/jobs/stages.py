@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from jaxvol.jobs import slices as slices_mod
-from jaxvol.jobs.domains import StageUnavailable, require
+from jaxvol.jobs.domains import StageUnavailable, module, require
 from jaxvol.jobs.sharding import pad_leading, padded_size, shard_leading
 
 __all__ = ["Chunk", "JobEnv", "STAGES", "StageUnavailable"]
@@ -183,10 +183,11 @@ SVI_PARAMS = ["svi_a", "svi_b", "svi_rho", "svi_m", "svi_sigma"]
 def svi(chunk: Chunk, env: JobEnv) -> None:
     if not env.config["svi"]["enabled"]:
         raise StageUnavailable("disabled by svi.enabled = false")
-    svi_mod = require("jaxvol.svi", "fit", "total_variance")
+    svi_mod = module("jaxvol.svi", "fit", "total_variance")
     batch = _ensure_batch(chunk, env)
     previous = _previous_for(env, batch.table, SVI_PARAMS)
-    options = {"max_iterations": env.iterations("svi")}
+    options = {"config": _lm_config(svi_mod.fit, env.iterations("svi")),
+               "no_arbitrage": env.config["svi"]["no_arbitrage"]}
     arrays = [batch.log_moneyness, batch.total_variance, batch.weight, batch.mask]
     fit = _svi_fit(svi_mod.fit, env, arrays, previous, options)
     params, status = np.asarray(fit.params), np.asarray(fit.status)
@@ -197,9 +198,21 @@ def svi(chunk: Chunk, env: JobEnv) -> None:
     table = chunk.slices
     table[SVI_PARAMS] = params
     table["svi_status"] = status.astype(np.int32)
+    if getattr(fit, "iterations", None) is not None:
+        table["svi_iterations"] = np.asarray(fit.iterations).astype(np.int32)
     table["svi_previous"] = used_previous
     table["svi_rmse"] = _rmse(np.sqrt(np.maximum(model, 0.0) / expiry), batch)
     _row_model_vol(chunk, svi_mod, params)
+
+
+def _lm_config(fit_fn, max_iterations: int):
+    """The fit's default LMConfig with ``max_iterations`` replaced."""
+    default = inspect.signature(fit_fn).parameters.get("config")
+    base = default.default if default is not None and default.default is not None else None
+    if base is None or not dataclasses.is_dataclass(base):
+        lm_config = require("jaxvol.calibrate", "LMConfig")
+        return lm_config(max_iterations=max_iterations)
+    return dataclasses.replace(base, max_iterations=max_iterations)
 
 
 def _init_keyword(fit_fn) -> str | None:
@@ -249,39 +262,57 @@ def _sabr_residual(params, forward, strike, expiry, vol, beta):
 
 
 def sabr(chunk: Chunk, env: JobEnv) -> None:
+    """SABR per slice, beta fixed: ``jaxvol.sabr.fit`` (multi-start) on a cold night; from
+    yesterday's parameters through the engine when warm-starting."""
     if not env.config["sabr"]["enabled"]:
         raise StageUnavailable("disabled by sabr.enabled = false")
-    require("jaxvol.sabr", "implied_vol")
-    least_squares, lm_config = require("jaxvol.calibrate", "least_squares", "LMConfig")
+    sabr_mod = module("jaxvol.sabr", "implied_vol")
     batch = _ensure_batch(chunk, env)
     beta = env.config["sabr"]["beta"]
     table = chunk.slices
     forward = table["forward"].to_numpy()
     forward = np.where(np.isfinite(forward) & (forward > 0), forward, 1.0)
     expiry = table["expiry"].to_numpy()
-    atm = _atm_vol(batch)
-    start = np.stack([atm * forward ** (1.0 - beta), np.full_like(atm, -0.3),
-                      np.full_like(atm, 0.8)], axis=1)
     previous = _previous_for(env, table, SABR_PARAMS)
-    if previous is not None:
-        start = np.where(np.isfinite(previous), previous, start)
-    config = lm_config(max_iterations=env.iterations("sabr"))
-
-    def call(p0, f, k, t, vol, weight, mask, b):
-        return least_squares(_sabr_residual, p0, f, k, t, vol, b, weights=weight, mask=mask,
-                             lower=[1e-8, -0.999, 1e-4], upper=[np.inf, 0.999, 10.0],
-                             config=config)
-
-    fit = _sharded_call(env, call, [start, forward, batch.strike, expiry, batch.implied_vol,
-                                    batch.weight, batch.mask, np.full_like(expiry, beta)])
+    lanes = [forward, batch.strike, expiry, batch.implied_vol, batch.weight, batch.mask]
+    if previous is None and hasattr(sabr_mod, "fit"):
+        config = _lm_config(sabr_mod.fit, env.iterations("sabr"))
+        fit = _sharded_call(env, lambda f, k, t, vol, weight, mask: sabr_mod.fit(
+            f, k, t, vol, beta=beta, weights=weight, mask=mask, config=config), lanes)
+    else:
+        fit = _sabr_from_start(env, lanes, _sabr_start(batch, forward, beta, previous), beta)
     params, status = np.asarray(fit.params), np.asarray(fit.status)
     params, used_previous = _fallback(status, params, previous, (2, 3))
     table[SABR_PARAMS] = params
     table["sabr_beta"] = beta
     table["sabr_status"] = status.astype(np.int32)
+    table["sabr_iterations"] = np.asarray(fit.iterations).astype(np.int32)
     table["sabr_previous"] = used_previous
-    model = np.where(batch.mask, batch.implied_vol + np.asarray(fit.residuals), np.nan)
+    model = batch.implied_vol + np.asarray(fit.residuals)
     table["sabr_rmse"] = _rmse(np.where(batch.mask, model, 0.0), batch)
+
+
+def _sabr_start(batch, forward, beta, previous):
+    atm = _atm_vol(batch)
+    start = np.stack([atm * forward ** (1.0 - beta), np.full_like(atm, -0.3),
+                      np.full_like(atm, 0.8)], axis=1)
+    if previous is not None:
+        start = np.where(np.isfinite(previous).all(axis=1, keepdims=True), previous, start)
+    return start
+
+
+def _sabr_from_start(env, lanes, start, beta):
+    least_squares, lm_config = require("jaxvol.calibrate", "least_squares", "LMConfig")
+    config = lm_config(max_iterations=env.iterations("sabr"))
+
+    def call(p0, f, k, t, vol, weight, mask, b):
+        usable = mask & (vol > 0)
+        return least_squares(_sabr_residual, p0, f, k, t, jnp.where(usable, vol, 1.0), b,
+                             weights=jnp.where(usable, weight, 0.0), mask=usable,
+                             lower=[1e-8, -0.999, 1e-4], upper=[np.inf, 0.999, 10.0],
+                             config=config)
+
+    return _sharded_call(env, call, [start] + lanes + [np.full_like(lanes[0], beta)])
 
 
 def _atm_vol(batch: slices_mod.SliceBatch) -> np.ndarray:
@@ -345,7 +376,6 @@ def _heston_quotes(chunk: Chunk, env: JobEnv):
 
 def _by_underlying(underlying: np.ndarray, fields: dict[str, np.ndarray]):
     """Regroup [slices, q] fields into [underlyings, slots] (slots = a strike bucket)."""
-    names, slot = np.unique(underlying, return_inverse=True)
     order = pd.Series(underlying).drop_duplicates().to_numpy()
     rank = {name: i for i, name in enumerate(order)}
     lane = np.array([rank[u] for u in underlying])
@@ -389,6 +419,7 @@ def heston(chunk: Chunk, env: JobEnv) -> None:
     table = pd.DataFrame(params, columns=HESTON_PARAMS)
     table.insert(0, "underlying", names)
     table["heston_status"] = status.astype(np.int32)
+    table["heston_iterations"] = np.asarray(fit.iterations).astype(np.int32)
     table["heston_previous"] = used_previous
     table["heston_rmse"] = rmse
     table["heston_quotes"] = count
@@ -492,24 +523,61 @@ def _term_rates(rows: pd.DataFrame, names: list[str], years: np.ndarray) -> np.n
 
 
 def indices(chunk: Chunk, env: JobEnv) -> None:
+    """Cboe-method and VXJ-method 30-day indices from the raw quotes of the two expiries
+    bracketing the target, and the VXJ term structure from every slice's OTM mids."""
     if not env.config["indices"]["enabled"]:
         raise StageUnavailable("disabled by indices.enabled = false")
-    cboe_vix_batch = require("jaxvol.indices", "cboe_vix_batch")
+    cboe_vix_batch, vxj_index_batch = require("jaxvol.indices", "cboe_vix_batch",
+                                              "vxj_index_batch")
     target_days = env.config["indices"]["target_days"]
     names, arrays = _cboe_terms(chunk.rows, target_days / 365.0)
-    if not names:
-        return
-    rate = _term_rates(chunk.rows, names, arrays["minutes"] / MINUTES_PER_YEAR)
-    lane_arrays = [arrays[n] for n in ("strike", "call_bid", "call_ask", "put_bid", "put_ask",
-                                       "mask", "minutes")] + [rate]
-    result = _sharded_call(env, lambda *a: cboe_vix_batch(
-        *a, target_minutes=float(target_days * 1440)), lane_arrays)
-    table = pd.DataFrame({"underlying": names,
-                          f"cboe_{target_days}d": np.asarray(result.index),
-                          "cboe_status": np.asarray(result.status).astype(np.int32),
-                          "cboe_near_expiry": arrays["minutes"][:, 0] / MINUTES_PER_YEAR,
-                          "cboe_next_expiry": arrays["minutes"][:, 1] / MINUTES_PER_YEAR})
+    table = pd.DataFrame({"underlying": pd.unique(chunk.rows["underlying"])})
+    if names:
+        rate = _term_rates(chunk.rows, names, arrays["minutes"] / MINUTES_PER_YEAR)
+        lanes = [arrays[n] for n in ("strike", "call_bid", "call_ask", "put_bid", "put_ask",
+                                     "mask", "minutes")] + [rate]
+        target = float(target_days * 1440)
+        cboe = _sharded_call(env, lambda *a: cboe_vix_batch(*a, target_minutes=target), lanes)
+        vxj = _sharded_call(env, lambda *a: vxj_index_batch(*a, target_minutes=target), lanes)
+        found = pd.DataFrame({
+            "underlying": names, f"cboe_{target_days}d": cboe.index,
+            "cboe_status": cboe.status.astype(np.int32), f"vxj_{target_days}d": vxj.index,
+            "vxj_status": vxj.status.astype(np.int32),
+            "near_expiry": arrays["minutes"][:, 0] / MINUTES_PER_YEAR,
+            "next_expiry": arrays["minutes"][:, 1] / MINUTES_PER_YEAR})
+        table = table.merge(found, on="underlying", how="left")
+    if chunk.batch is not None:
+        table = table.merge(_vxj_term_structure(chunk, env), on="underlying", how="left")
     chunk.indices = table
+
+
+def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
+    """``vxj_{d}d`` columns: constant-maturity VXJ indices (vol points) per underlying."""
+    from_prices, term_structure = require("jaxvol.indices", "vxj_variance_from_prices",
+                                          "term_structure")
+    batch, table = chunk.batch, chunk.slices
+    forward = table["forward"].to_numpy()
+    ok = np.isfinite(forward) & (forward > 0)
+    forward = np.where(ok, forward, 1.0)
+    discount = np.where(np.isfinite(table["discount"]), table["discount"], 1.0)
+    expiry = table["expiry"].to_numpy()
+    term = _sharded_call(env, lambda k, p, c, m, f, t, d: from_prices(k, p, c, m, f, t, d),
+                         [batch.strike, batch.price, batch.is_call, batch.mask, forward, expiry,
+                          discount])
+    variance = np.where(ok & (np.asarray(term.status) == 0), term.variance, np.nan)
+    names, grid = _by_underlying(table["underlying"].to_numpy(), {
+        "minutes": (expiry * MINUTES_PER_YEAR)[:, None], "variance": variance[:, None],
+        "valid": np.isfinite(variance)[:, None]})
+    days = env.config["indices"]["term_days"]
+    targets = np.asarray(days, np.float64) * 1440.0
+    valid = grid["valid"]
+    annual = np.asarray(term_structure(np.where(valid, grid["minutes"], 1.0),
+                                       np.where(valid, grid["variance"], 0.0), valid, targets))
+    index = 100.0 * np.sqrt(np.maximum(annual, 0.0))
+    out = pd.DataFrame(np.where(np.isfinite(annual), index, np.nan),
+                       columns=[f"vxj_term_{d}d" for d in days])
+    out.insert(0, "underlying", names)
+    return out
 
 
 STAGES: dict[str, Callable[[Chunk, JobEnv], None]] = {

@@ -111,7 +111,8 @@ def _histogram_sections(tables) -> list[str]:
         if table is None:
             continue
         columns = [c for c in table.columns if c.startswith(prefix) and c not in (
-            f"{prefix}status", f"{prefix}previous", f"{prefix}quotes", f"{prefix}beta")]
+            f"{prefix}status", f"{prefix}previous", f"{prefix}quotes", f"{prefix}beta",
+            f"{prefix}iterations")]
         if columns:
             parts.append(_section(title, _img(plots.histograms(table, columns, title))))
     return parts
@@ -122,7 +123,7 @@ def _index_section(config, tables) -> list[str]:
     if indices is None:
         return [_section("Volatility indices", "<p>no indices in this run</p>")]
     days = config["indices"]["term_days"]
-    columns = [f"vxj_{d}d" for d in days]
+    columns = [f"vxj_term_{d}d" for d in days]
     body = ""
     if all(c in indices for c in columns):
         body += _img(plots.term_structures(indices, columns, days, 8))
