@@ -8,6 +8,6 @@ per-lane :class:`FitStatus`.
 
 from jaxvol.calibrate._types import FitResult, FitStatus, LMConfig
 from jaxvol.calibrate.gradient_descent import minimize
-from jaxvol.calibrate.levenberg_marquardt import least_squares
+from jaxvol.calibrate.levenberg_marquardt import least_squares, multistart
 
-__all__ = ["FitResult", "FitStatus", "LMConfig", "least_squares", "minimize"]
+__all__ = ["FitResult", "FitStatus", "LMConfig", "least_squares", "minimize", "multistart"]

@@ -27,7 +27,9 @@ class LMConfig:
     ``xtol * (|u| + xtol)``. ``gtol``: stop when the cosine between the residual vector and every
     Jacobian column is below ``gtol`` (MINPACK's scale-free gradient test). Each tolerance is
     raised to a few machine epsilons of the working dtype so float32 fits can converge.
-    ``initial_damping``: Nielsen's tau; the first damping is ``tau * max(diag(J^T J))``.
+    ``initial_damping``: the first lambda of the damped normal equations
+    ``(J^T J + lambda D) delta = -J^T r``, D = running max of diag(J^T J) (Marquardt's scaling),
+    so lambda is dimensionless; it then follows Nielsen's update.
     ``max_iterations``: every lane runs this many iterations of fixed work (converged lanes are
     frozen with ``jnp.where``); ``early_exit`` lets the batched loop stop once *every* lane is
     frozen, which changes no lane's result (frozen lanes never move) and only saves time.

@@ -62,7 +62,7 @@ def _tolerances(config: LMConfig, dtype):
     return (max(config.ftol, 4 * eps), max(config.xtol, 4 * eps), max(config.gtol, 4 * eps))
 
 
-def _init(fn, u0, args, weights, mask, num_params):
+def _init(fn, u0, args, weights, mask, num_params, initial_damping):
     residuals, jacobian = _residuals_and_jacobian(fn, u0, args, weights, mask)
     cost = _cost(residuals)
     usable = jnp.sum(mask.astype(jnp.int32))
@@ -71,7 +71,8 @@ def _init(fn, u0, args, weights, mask, num_params):
     status = jnp.where(bad, FitStatus.BAD_INPUT,
                        jnp.where(non_finite, FitStatus.NON_FINITE, _RUNNING)).astype(jnp.int32)
     diag = jnp.sum(jacobian * jacobian, axis=0)
-    return _State(u0, residuals, jacobian, cost, jnp.max(diag), jnp.asarray(2.0, u0.dtype),
+    damping = jnp.asarray(initial_damping, u0.dtype)  # relative: multiplies scaled diag(J^T J)
+    return _State(u0, residuals, jacobian, cost, damping, jnp.asarray(2.0, u0.dtype),
                   diag, status, jnp.asarray(0, jnp.int32))
 
 
@@ -125,7 +126,8 @@ def _iterate(fn, args, weights, mask, config: LMConfig, state: _State) -> _State
 def _batched_loop(fn, u0, args, weights, mask, config: LMConfig):
     """Run the lanes ([lanes, ...] inputs) for config.max_iterations frozen-aware iterations."""
     num_params = u0.shape[-1]
-    init = jax.vmap(lambda u, a, w, m: _init(fn, u, a, w, m, num_params))(u0, args, weights, mask)
+    start = lambda u, a, w, m: _init(fn, u, a, w, m, num_params, config.initial_damping)  # noqa
+    init = jax.vmap(start)(u0, args, weights, mask)
     step = jax.vmap(lambda s, a, w, m: _iterate(fn, a, w, m, config, s))
 
     if config.early_exit:
@@ -220,3 +222,28 @@ def _least_squares(residual_fn, config, bounds, params0, args, weights, mask):
         failed.reshape(failed.shape + (1,) * (x.ndim - 1)), jnp.nan, x)
     return FitResult(nan_if_failed(params), status, nan_if_failed(loss), iterations,
                      nan_if_failed(residuals))
+
+
+def multistart(residual_fn, starts, *args, weights=None, mask=None, lower=None, upper=None,
+               config: LMConfig = LMConfig()) -> FitResult:
+    """:func:`least_squares` from several start points per lane; keeps each lane's best.
+
+    ``starts`` is [lanes, S, P]; every (lane, start) pair is one engine lane (args, weights and
+    mask are repeated S times), and per lane the start with the lowest loss among those that
+    did not fail wins (ties: the first). A lane whose starts all fail reports the first start's
+    status.
+    """
+    starts = jnp.asarray(starts)
+    if starts.ndim != 3:
+        raise ValueError(f"starts must have shape [lanes, S, P], got {starts.shape}")
+    lanes, count, num_params = starts.shape
+    _check_lanes(args, lanes)
+    repeat = lambda x: None if x is None else jnp.repeat(jnp.asarray(x), count, axis=0)  # noqa
+    result = least_squares(residual_fn, starts.reshape(lanes * count, num_params),
+                           *jax.tree.map(repeat, args), weights=repeat(weights),
+                           mask=repeat(mask), lower=lower, upper=upper, config=config)
+    result = jax.tree.map(lambda x: x.reshape((lanes, count) + x.shape[1:]), result)
+    usable = result.status < FitStatus.NON_FINITE
+    best = jnp.argmin(jnp.where(usable, result.loss, jnp.inf), axis=1)
+    return jax.tree.map(lambda x: jnp.take_along_axis(
+        x, best.reshape((lanes, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0], result)

@@ -1,0 +1,190 @@
+"""Tests of raw SVI (jaxvol.svi): formulas, reference values, quasi-explicit guess and fits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvol
+from jaxvol.calibrate import FitStatus
+from jaxvol.smile import svi
+
+# Gatheral & Jacquier (2014), example 3.1 (Vogt's raw parameters, t = 1), as given in
+# ../shared/reference/README.md: g has its minimum -0.0328636 at k = 0.879263, and the
+# jump-wings form is (v, psi, p, c, v_tilde) = (0.01742625, -0.1752111, 0.6997381, 1.3167982,
+# 0.0116249).
+VOGT = (-0.0410, 0.1331, 0.3060, 0.3586, 0.4153)
+VOGT_G_MIN, VOGT_K_MIN = -0.0328636, 0.879263
+VOGT_JW = (0.01742625, -0.1752111, 0.6997381, 1.3167982, 0.0116249)
+
+STRIKES = 30
+K = np.linspace(-1.2, 0.6, STRIKES)
+
+
+def _synthetic(slices, seed):
+    rng = np.random.default_rng(seed)
+    params = np.stack([rng.uniform(0.005, 0.05, slices), rng.uniform(0.05, 0.3, slices),
+                       rng.uniform(-0.8, 0.3, slices), rng.uniform(-0.2, 0.2, slices),
+                       rng.uniform(0.05, 0.4, slices)], axis=1)
+    k = np.tile(K, (slices, 1))
+    w = np.asarray(svi.total_variance(k, *[params[:, i:i + 1] for i in range(5)]))
+    return params, k, w
+
+
+def test_public_names():
+    assert jaxvol.svi is svi and jaxvol.svi.fit is svi.fit
+
+
+def test_vogt_g_minimum_reference():
+    g_min, k_min = svi.g_minimum(*VOGT)
+    # The reference is printed to 6 significant digits: half a unit in the last digit.
+    assert abs(float(g_min) - VOGT_G_MIN) <= 5e-8
+    assert abs(float(k_min) - VOGT_K_MIN) <= 5e-7
+    # and the minimum is a stationary point of g (Newton-polished): g'(k_min) ~ 0
+    slope = jax.grad(lambda k: svi.durrleman_g(k, *VOGT))(k_min)
+    assert abs(float(slope)) < 1e-10
+
+
+def test_vogt_jump_wings_reference_and_round_trip():
+    jw = svi.raw_to_jump_wings(*VOGT, expiry=1.0)
+    # Printed to 7-8 significant digits: half a unit in the last printed digit.
+    np.testing.assert_allclose(jw, VOGT_JW, atol=5e-8, rtol=0)
+    np.testing.assert_allclose(svi.jump_wings_to_raw(*jw, expiry=1.0), VOGT, rtol=1e-13,
+                               atol=1e-15)
+
+
+@pytest.mark.parametrize("raw", [(0.01, 0.2, -0.4, 0.0, 0.3), (0.02, 0.1, 0.5, 0.2, 0.1),
+                                 (-0.01, 0.3, -0.9, -0.3, 0.5)])
+def test_jump_wings_round_trip_other_shapes(raw):
+    expiry = 0.5
+    back = svi.jump_wings_to_raw(*svi.raw_to_jump_wings(*raw, expiry=expiry), expiry=expiry)
+    # Condition of the inverse is mild for these shapes: 1e-12 leaves ~1e3 ulps of room.
+    np.testing.assert_allclose(back, raw, rtol=1e-12, atol=1e-14)
+
+
+def test_derivatives_and_g_match_autodiff():
+    k = jnp.linspace(-2.0, 2.0, 41)
+    params = (0.02, 0.15, -0.5, 0.1, 0.2)
+    w, dw, d2w = svi.total_variance_derivatives(k, *params)
+    total = lambda x: svi.total_variance(x, *params)  # noqa: E731
+    np.testing.assert_allclose(dw, jax.vmap(jax.grad(total))(k), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(d2w, jax.vmap(jax.grad(jax.grad(total)))(k), rtol=1e-12)
+    # Durrleman's g from its definition with autodiff derivatives (an independent route).
+    dwa, d2wa = jax.vmap(jax.grad(total))(k), jax.vmap(jax.grad(jax.grad(total)))(k)
+    g_ref = (1 - k * dwa / (2 * w)) ** 2 - dwa ** 2 / 4 * (1 / w + 0.25) + d2wa / 2
+    np.testing.assert_allclose(svi.durrleman_g(k, *params), g_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_lee_wing_bound():
+    left, right = svi.lee_wing_slopes(1.5, -0.5)
+    assert (float(left), float(right)) == (2.25, 0.75)  # exact in binary
+    assert not bool(svi.satisfies_lee_bound(1.5, -0.5))
+    assert bool(svi.satisfies_lee_bound(1.0, 0.9))
+
+
+def test_initial_guess_is_already_close_on_clean_slices():
+    params, k, w = _synthetic(8, seed=3)
+    guess = svi.initial_guess(k, w)
+    # Variable projection solves the clean problem almost exactly; 1e-4 only checks that the
+    # guess lands in the basin (a bad grid start is off by O(0.1)).
+    np.testing.assert_allclose(guess, params, atol=1e-4)
+
+
+def test_noiseless_round_trip_recovers_parameters():
+    params, k, w = _synthetic(16, seed=1)
+    result = svi.fit(k, w)
+    assert result.params.shape == (16, 5)
+    assert np.all(result.status == FitStatus.CONVERGED)
+    # The acceptance bound: parameters to 1e-8 (attained ~1e-12).
+    np.testing.assert_allclose(result.params, params, atol=1e-8)
+    assert np.all(result.rmse < 1e-12)
+
+
+def test_noisy_fit_reaches_noise_level():
+    params, k, w = _synthetic(64, seed=2)
+    noise = 1e-4
+    noisy = w + noise * np.random.default_rng(7).standard_normal(w.shape)
+    result = svi.fit(k, noisy)
+    assert np.all(result.status == FitStatus.CONVERGED)
+    # A least-squares fit with 5 parameters leaves rmse ~ noise sqrt((N - 5)/N) = 0.91 noise;
+    # the median over 64 slices lies within a few percent of it.
+    expected = noise * np.sqrt((STRIKES - 5) / STRIKES)
+    assert 0.85 * expected < np.median(result.rmse) < 1.05 * expected
+    # and no slice is stuck in a worse local minimum than the true parameters give
+    true_rmse = np.sqrt(np.mean((w - noisy) ** 2, axis=1))
+    assert np.all(result.rmse <= true_rmse * (1 + 1e-9))
+
+
+def test_garbage_slices_get_status_and_do_not_disturb_others():
+    params, k, w = _synthetic(5, seed=4)
+    garbage = w.copy()
+    garbage[1] = np.nan  # all NaN
+    garbage[2, 2:] = np.nan  # two usable strikes
+    garbage[3, :] = -0.01  # crossed quotes: negative total variance everywhere
+    clean = svi.fit(k, w)
+    dirty = svi.fit(k, garbage)
+    assert dirty.status.tolist() == [FitStatus.CONVERGED, FitStatus.BAD_INPUT,
+                                     FitStatus.BAD_INPUT, FitStatus.BAD_INPUT,
+                                     FitStatus.CONVERGED]
+    assert np.all(np.isnan(dirty.params[1:4])) and np.all(np.isnan(dirty.rmse[1:4]))
+    # Same batch shape, same program: the healthy slices are bit-for-bit unchanged.
+    np.testing.assert_array_equal(np.asarray(dirty.params)[[0, 4]], np.asarray(clean.params)[[0, 4]])
+
+
+def test_masked_and_nan_points_are_ignored():
+    params, k, w = _synthetic(2, seed=5)
+    dirty = w.copy()
+    dirty[0, [3, 17]] = np.nan
+    mask = np.ones_like(w, dtype=bool)
+    mask[1, 5] = False
+    dirty[1, 5] = 99.0  # a wild quote that the mask removes
+    result = svi.fit(k, dirty, mask=mask)
+    np.testing.assert_allclose(result.params, params, atol=1e-8)  # as in the round trip
+
+
+def test_arbitrage_aware_fit_removes_butterfly_arbitrage():
+    k = np.tile(np.linspace(-1.5, 1.5, 40), (1, 1))
+    w = np.asarray(svi.total_variance(k, *VOGT))
+    plain = svi.fit(k, w)
+    np.testing.assert_allclose(plain.params[0], VOGT, atol=1e-8)  # Vogt's slice has g < 0
+    free = svi.fit(k, w, no_arbitrage=True)
+    assert free.status[0] == FitStatus.CONVERGED
+    # The penalty pushes g towards >= 1e-3 at 25 points and at g's polished minimum over
+    # [-3, 3]; checked on an independent dense grid (2001 points + Newton) over that range.
+    g_min, _ = svi.g_minimum(*free.params[0], k_lower=-3.0, k_upper=3.0, num=2001)
+    assert float(g_min) >= 0.0
+    assert bool(svi.satisfies_lee_bound(free.params[0, 1], free.params[0, 2]))
+    # Removing the arbitrage must move the fit (rmse > 0) yet keep it close: within 5% of the
+    # slice's mean total variance (measured: 2.4e-3 against a mean of ~0.07, i.e. ~3.4%).
+    assert 0 < float(free.rmse[0]) < 0.05 * float(np.mean(w))
+
+
+def test_implicit_gradient_of_fit_matches_finite_differences():
+    params, k, w = _synthetic(1, seed=6)
+    noisy = w + 1e-4 * np.random.default_rng(8).standard_normal(w.shape)
+    fit = lambda x: svi.fit(k, x).params[0]  # noqa: E731
+    jacobian = jax.jacfwd(fit)(jnp.asarray(noisy))
+    step = 1e-6
+    columns = [0, 10, 20, 29]
+    for j in columns:
+        e = np.zeros_like(noisy)
+        e[0, j] = step
+        central = (fit(noisy + e) - fit(noisy - e)) / (2 * step)
+        # Central difference of a converged fit: solution noise ~1e-13/step = 1e-7 relative to
+        # entries of O(1-100), truncation O(step^2): 1e-5 relative covers both with margin.
+        np.testing.assert_allclose(jacobian[:, 0, j], central, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_fit():
+    params, k, w = _synthetic(4, seed=9)
+    result = svi.fit(k.astype(np.float32), w.astype(np.float32))
+    assert result.params.dtype == jnp.float32 and result.rmse.dtype == jnp.float32
+    # float32 data carry ~1e-8 absolute error in w; the fit reproduces w to that level.
+    assert np.all(result.rmse < 1e-6)
+
+
+def test_shape_misuse():
+    with pytest.raises(ValueError, match="slices, strikes"):
+        svi.fit(np.zeros(5), np.zeros(5))
+    with pytest.raises(ValueError, match="num"):
+        svi.g_minimum(*VOGT, num=2)
