@@ -180,7 +180,7 @@ def test_cboe_example_vxj_and_monotone_map():
     batch = vxj.vxj_index_batch(*arrays, mask, np.array([example.near_minutes,
                                                          example.next_minutes]),
                                 np.array([example.near_rate, example.next_rate]),
-                                target_minutes=np.float64(43_200.0))
+                                target_minutes=np.float64(43_200.0), presorted=True)
     assert float(batch.index) == result.index
     term = batch.terms
     for row in range(2):

@@ -105,8 +105,12 @@ def _has_bid(bid):
     return jnp.isfinite(bid) & (bid > 0)
 
 
-def _sort_by_strike(strike, mask, *columns):
+def _sort_by_strike(strike, mask, *columns, presorted=False):
+    """Valid strikes ascending, padding last (strike +inf). ``presorted`` skips the sort (the
+    caller guarantees that order; XLA's CPU sort is the most expensive step of the kernel)."""
     key = jnp.where(mask, strike, jnp.inf)
+    if presorted:
+        return (key, mask) + tuple(columns)
     order = jnp.argsort(key)
     return (key[order], mask[order]) + tuple(c[order] for c in columns)
 
@@ -125,10 +129,12 @@ def _forward(strike, call_mid, put_mid, candidate, growth, rules):
 def _walk_wing(zero_bid, wing, rules):
     """Strikes kept when walking in array order through ``wing`` (outward from K0)."""
     zero = zero_bid & wing
+    position = jnp.arange(zero.shape[-1], dtype=jnp.int32)
     if rules.zero_bid_stop == "consecutive":
         previous_zero = jnp.concatenate([jnp.zeros((1,), bool), zero[:-1]])
-        stops = jnp.cumsum((zero & previous_zero).astype(jnp.int32))
-        stopped = stops > 0
+        pair = zero & previous_zero     # second of two consecutive zero bids: the walk stops
+        stop = jnp.min(jnp.where(pair, position, zero.shape[-1]))
+        stopped = position >= stop
     else:
         stopped = jnp.cumsum(zero.astype(jnp.int32)) >= 2
     return wing & ~zero_bid & ~stopped
@@ -168,10 +174,11 @@ def _term_status(expiry_ok, has_forward, puts, calls, finite):
     return jnp.where(expiry_ok, status, CboeStatus.BAD_EXPIRY).astype(jnp.int32)
 
 
-def _cboe_term_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, rules):
+def _cboe_term_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, rules,
+                    presorted=False):
     """One term of one underlying: 1-D quote arrays of equal length, scalar minutes and rate."""
     strike, mask, call_bid, call_ask, put_bid, put_ask = _sort_by_strike(
-        strike, mask, call_bid, call_ask, put_bid, put_ask)
+        strike, mask, call_bid, call_ask, put_bid, put_ask, presorted=presorted)
     expiry_ok = (minutes > 0) & jnp.isfinite(minutes) & jnp.isfinite(rate)
     expiry = jnp.where(expiry_ok, minutes, 1.0) / MINUTES_PER_YEAR
     growth = jnp.exp(jnp.where(expiry_ok, rate, 0.0) * expiry)
@@ -209,9 +216,9 @@ def _cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, ra
     return (*floats, mask, jnp.asarray(minutes).astype(dtype), jnp.asarray(rate).astype(dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("_rules",))
+@functools.partial(jax.jit, static_argnames=("presorted", "_rules"))
 def cboe_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                  _rules: _Rules = CBOE_RULES) -> CboeTerm:
+                  presorted: bool = False, _rules: _Rules = CBOE_RULES) -> CboeTerm:
     """Cboe sigma^2 of one term for a batch of padded chains.
 
     Args:
@@ -219,18 +226,21 @@ def cboe_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, r
         missing quotes may be NaN and count as zero bids).
       mask: ``[..., strikes]`` bool, False for padding (or None: all valid).
       minutes: ``[...]`` minutes to expiry (Cboe's N_T); rate: ``[...]`` continuous rate R.
+      presorted: the caller guarantees valid strikes ascending with padding last (as
+        ``jaxvol.chains`` packs them); skips the per-lane sort, the kernel's costliest step.
 
     Returns a :class:`CboeTerm` in the dtype of ``call_bid``.
     """
     args = _cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
-    lane = functools.partial(_cboe_term_lane, rules=_rules)
+    lane = functools.partial(_cboe_term_lane, rules=_rules, presorted=presorted)
     signature = "(n),(n),(n),(n),(n),(n),(),()->(),(),(),(),(n),(n),(n),(n),(n),()"
     return CboeTerm(*jnp.vectorize(lane, signature=signature)(*args))
 
 
-@functools.partial(jax.jit, static_argnames=("_rules",))
+@functools.partial(jax.jit, static_argnames=("presorted", "_rules"))
 def cboe_vix_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                   target_minutes=MINUTES_30_DAYS, _rules: _Rules = CBOE_RULES) -> CboeBatch:
+                   target_minutes=MINUTES_30_DAYS, presorted: bool = False,
+                   _rules: _Rules = CBOE_RULES) -> CboeBatch:
     """Cboe index of many underlyings at once.
 
     Args:
@@ -238,11 +248,12 @@ def cboe_vix_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, 
         of the near (index 0) and next (index 1) terms.
       minutes, rate: ``[..., 2]`` minutes to expiry and continuous rates of the two terms.
       target_minutes: tenor of the index (43,200 = 30 days), scalar or ``[...]``.
+      presorted: strikes already ascending with padding last (see :func:`cboe_variance`).
 
     Returns a :class:`CboeBatch`; lanes with bad data get NaN and a non-zero status.
     """
     terms = cboe_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
-                          _rules=_rules)
+                          presorted=presorted, _rules=_rules)
     minutes = jnp.asarray(minutes).astype(terms.variance.dtype)
     target = interpolate_variance(minutes[..., 0], terms.variance[..., 0], minutes[..., 1],
                                   terms.variance[..., 1], target_minutes)
@@ -280,13 +291,15 @@ class CboeVix:
 
 
 def _pack_terms(tables, width):
-    """Stack quote tables into [terms, width] arrays padded with NaN (mask False)."""
+    """Stack quote tables into [terms, width] arrays sorted by strike, padded with NaN at the
+    end (mask False): the layout ``presorted=True`` expects."""
     arrays = {name: np.full((len(tables), width), np.nan) for name in QUOTE_COLUMNS}
     mask = np.zeros((len(tables), width), bool)
     for row, table in enumerate(tables):
         missing = [c for c in QUOTE_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"quote table lacks columns {missing}; needs {QUOTE_COLUMNS}")
+        table = table.sort_values("strike", kind="stable")
         for name in QUOTE_COLUMNS:
             arrays[name][row, :len(table)] = np.asarray(table[name], float)
         mask[row, :len(table)] = True
@@ -331,7 +344,7 @@ def cboe_vix(near, next, *, near_minutes, next_minutes, near_rate, next_rate,
     batch = cboe_vix_batch(
         *map(as_array, (strike, call_bid, call_ask, put_bid, put_ask)), mask,
         as_array([near_minutes, next_minutes]), as_array([near_rate, next_rate]),
-        target_minutes=as_array(target_minutes), _rules=_rules)
+        target_minutes=as_array(target_minutes), presorted=True, _rules=_rules)
     return CboeVix(
         index=float(batch.index), variance=np.asarray(batch.variance),
         target_variance=float(batch.target_variance), forward=np.asarray(batch.forward),

@@ -86,16 +86,16 @@ def replication_variance(strike, call_price, put_price, mask, forward, expiry, d
 
 
 def fair_variance_strike(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                         method="vxj"):
+                         method="vxj", presorted=False):
     """Annualised fair variance-swap strike of each chain: "vxj" (default) or "cboe".
 
     Inputs as :func:`jaxvol.indices.cboe_variance`. Returns ``(variance, status)``.
     """
+    quotes = (strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
     if method == "vxj":
-        term = vxj.vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
+        term = vxj.vxj_variance(*quotes, presorted=presorted)
     elif method == "cboe":
-        term = cboe.cboe_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes,
-                                  rate)
+        term = cboe.cboe_variance(*quotes, presorted=presorted)
     else:
         raise ValueError(f"method={method!r}; expected 'vxj' or 'cboe'")
     return term.variance, term.status

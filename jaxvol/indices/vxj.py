@@ -120,18 +120,26 @@ def _compact(z, w, keep):
 def gaussian_integral_piecewise_linear(z, w, keep):
     """Exact int w(z) phi(z) dz for w linear between kept nodes and flat beyond them.
 
-    ``z``, ``w``, ``keep`` are 1-D with kept ``z`` increasing in array order.
+    ``z``, ``w``, ``keep`` are 1-D with kept ``z`` increasing in array order. Each kept node
+    owns the segment up to the next kept node (found by one reverse cumulative minimum; no sort).
     """
-    zc, wc, count = _compact(z, w, keep)
-    z0, z1, w0, w1 = zc[:-1], zc[1:], wc[:-1], wc[1:]
-    width = z1 - z0
+    n = z.shape[-1]
+    position = jnp.arange(n, dtype=jnp.int32)
+    following = jnp.concatenate([jax.lax.cummin(jnp.where(keep, position, n), reverse=True)[1:],
+                                 jnp.full((1,), n, jnp.int32)])
+    has_segment = keep & (following < n)
+    following = jnp.minimum(following, n - 1)
+    z0, w0 = z, w
+    z1, w1 = z[following], w[following]
+    width = jnp.where(has_segment, z1 - z0, 0.0)
     has_width = width > 0
     slope = jnp.where(has_width, (w1 - w0) / jnp.where(has_width, width, 1.0), 0.0)
     segments = (w0 - slope * z0) * _normal_mass(z0, z1) - slope * (_norm_pdf(z1) - _norm_pdf(z0))
-    segments = jnp.where(has_width, segments, 0.0)
-    last = jnp.maximum(count - 1, 0)
-    tails = wc[0] * ndtr(zc[0]) + wc[last] * ndtr(-zc[last])
-    return tails + jnp.sum(segments), count
+    count = jnp.sum(keep, dtype=jnp.int32)
+    first = jnp.min(jnp.where(keep, position, n - 1))
+    last = jnp.max(jnp.where(keep, position, 0))
+    tails = w[first] * ndtr(z[first]) + w[last] * ndtr(-z[last])
+    return tails + jnp.sum(jnp.where(has_width, segments, 0.0)), count
 
 
 def interpolated_total_variance(z_query, z, w, keep):
@@ -176,10 +184,11 @@ def _vxj_from_prices_lane(strike, price, is_call, usable, forward, expiry, disco
     return integral / safe_expiry, integral, z, total, keep, status
 
 
-def _vxj_quotes_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, sign):
+def _vxj_quotes_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, sign,
+                     presorted=False):
     """One term of one underlying from quotes: Cboe parity forward, OTM mids with a bid."""
     strike, mask, call_bid, call_ask, put_bid, put_ask = cboe._sort_by_strike(
-        strike, mask, call_bid, call_ask, put_bid, put_ask)
+        strike, mask, call_bid, call_ask, put_bid, put_ask, presorted=presorted)
     time_ok = (minutes > 0) & jnp.isfinite(rate)
     expiry = jnp.where(time_ok, minutes, jnp.nan) / MINUTES_PER_YEAR
     safe_expiry = jnp.where(time_ok, expiry, 1.0)
@@ -232,30 +241,32 @@ def vxj_variance_from_prices(strike, price, is_call, mask, forward, expiry, disc
         strike, price, is_call, mask, forward, expiry, discount))
 
 
-@functools.partial(jax.jit, static_argnames=("measure",))
+@functools.partial(jax.jit, static_argnames=("measure", "presorted"))
 def vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                 measure="variance") -> VxjTerm:
+                 measure="variance", presorted=False) -> VxjTerm:
     """VXJ model-free variance of one term for a batch of padded quote chains.
 
     Same inputs as :func:`jaxvol.indices.cboe_variance` (``[..., strikes]`` quotes, ``[...]``
     minutes and continuous rates). The forward is Cboe's put–call-parity forward.
+    ``presorted=True`` skips the per-lane sort (strikes ascending, padding last).
     """
     sign = _check_measure(measure)
     args = cboe._cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
-    lane = functools.partial(_vxj_quotes_lane, sign=sign)
+    lane = functools.partial(_vxj_quotes_lane, sign=sign, presorted=presorted)
     signature = "(n),(n),(n),(n),(n),(n),(),()->(),(),(),(),(n),(n),(n),(n),()"
     return VxjTerm(*jnp.vectorize(lane, signature=signature)(*args))
 
 
 def vxj_index_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                    target_minutes=MINUTES_30_DAYS, measure="variance") -> VxjBatch:
+                    target_minutes=MINUTES_30_DAYS, measure="variance",
+                    presorted=False) -> VxjBatch:
     """VXJ index of many underlyings: inputs as :func:`jaxvol.indices.cboe_vix_batch`.
 
     Not jitted itself: the heavy part is the jitted :func:`vxj_variance`, whose compiled kernel
     is shared with every other caller of the same shape.
     """
     terms = vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
-                         measure=measure)
+                         measure=measure, presorted=presorted)
     minutes = jnp.asarray(minutes).astype(terms.variance.dtype)
     target = interpolate_variance(minutes[..., 0], terms.variance[..., 0], minutes[..., 1],
                                   terms.variance[..., 1], target_minutes)
@@ -284,7 +295,7 @@ def vxj_index(near, next, *, near_minutes, next_minutes, near_rate, next_rate,
     batch = vxj_index_batch(*map(as_array, (strike, call_bid, call_ask, put_bid, put_ask)), mask,
                             as_array([near_minutes, next_minutes]),
                             as_array([near_rate, next_rate]),
-                            target_minutes=as_array(target_minutes))
+                            target_minutes=as_array(target_minutes), presorted=True)
     return VxjIndex(float(batch.index), np.asarray(batch.variance),
                     float(batch.target_variance), np.asarray(batch.forward),
                     tuple(VxjStatus(int(s)) for s in np.asarray(batch.terms.status)))
