@@ -8,6 +8,7 @@ quartic (5 coefficients) adds the 10-delta pair. Working in ln sigma keeps the s
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jaxvol.fx._math import as_float, float_dtype, norm_cdf
@@ -33,6 +34,10 @@ def polynomial_vol(strike, *, forward, expiry, atm_vol, coefficients):
     strike, forward, expiry, atm_vol = (as_float(a, dtype)
                                         for a in (strike, forward, expiry, atm_vol))
     coefficients = as_float(coefficients, dtype)
-    y = jnp.log(strike / forward)
-    kernel = jnp.vectorize(lambda yy, c, s: polynomial_kernel(yy, c, s), signature="(),(n),()->()")
-    return kernel(y, coefficients, atm_vol * jnp.sqrt(expiry))
+    return _polynomial_batch(jnp.log(strike / forward), coefficients, atm_vol * jnp.sqrt(expiry))
+
+
+@jax.jit
+def _polynomial_batch(log_moneyness, coefficients, atm_std_dev):
+    kernel = jnp.vectorize(polynomial_kernel, signature="(),(n),()->()")
+    return kernel(log_moneyness, coefficients, atm_std_dev)

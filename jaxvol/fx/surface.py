@@ -50,6 +50,9 @@ class FXVolSurface(eqx.Module):
 
     def vol(self, strike, expiry):
         """Implied vol at ``strike`` and ``expiry`` (arrays broadcast together)."""
+        return _surface_vol(self, strike, expiry)
+
+    def _vol(self, strike, expiry):
         strike, expiry = jnp.broadcast_arrays(jnp.asarray(strike, self.spot.dtype),
                                               jnp.asarray(expiry, self.spot.dtype))
         flat = jax.vmap(self._vol_one)(strike.reshape(-1), expiry.reshape(-1))
@@ -66,17 +69,24 @@ class FXVolSurface(eqx.Module):
 
     def vol_at_delta(self, delta, expiry, *, rd, rf, is_call, delta_type="spot"):
         """(strike, vol) whose smile delta is ``delta`` (rates continuous, to ``expiry``)."""
-        delta_type = parse_delta_type(delta_type)
+        return _surface_vol_at_delta(self, delta, expiry, rd, rf, is_call,
+                                     parse_delta_type(delta_type))
+
+    def _vol_at_delta(self, delta, expiry, rd, rf, is_call, delta_type):
         delta, expiry = jnp.broadcast_arrays(jnp.asarray(delta, self.spot.dtype),
                                              jnp.asarray(expiry, self.spot.dtype))
-        atm = self.vol(self.forward(expiry), expiry)
+        atm = self._vol(self.forward(expiry), expiry)
 
         def step(_, vol):
             strike = strike_from_delta(delta, spot=self.spot, expiry=expiry, vol=vol, rd=rd, rf=rf,
                                        is_call=is_call, delta_type=delta_type).strike
-            return self.vol(strike, expiry)
+            return self._vol(strike, expiry)
 
         vol = jax.lax.fori_loop(0, _DELTA_FIXED_POINT_ITERATIONS, step, atm)
         strike = strike_from_delta(delta, spot=self.spot, expiry=expiry, vol=vol, rd=rd, rf=rf,
                                    is_call=is_call, delta_type=delta_type).strike
         return strike, vol
+
+
+_surface_vol = eqx.filter_jit(FXVolSurface._vol)
+_surface_vol_at_delta = eqx.filter_jit(FXVolSurface._vol_at_delta)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
 from jaxvol.fx._math import as_float, float_dtype
@@ -86,5 +87,10 @@ def vanna_volga_vol(strike, *, forward, expiry, pillar_strikes, pillar_vols, ord
     pillar_strikes, pillar_vols = as_float(pillar_strikes, dtype), as_float(pillar_vols, dtype)
     y = jnp.log(strike / forward)
     pillar_ys = jnp.log(pillar_strikes / forward[..., None])
+    return _vanna_volga_batch(y, pillar_ys, pillar_vols, expiry, order=order)
+
+
+@functools.partial(jax.jit, static_argnames=("order",))
+def _vanna_volga_batch(y, pillar_ys, pillar_vols, expiry, *, order):
     kernel = functools.partial(vanna_volga_kernel, order=order)
     return jnp.vectorize(kernel, signature="(),(n),(n),()->()")(y, pillar_ys, pillar_vols, expiry)
