@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 
@@ -59,8 +60,9 @@ def main() -> None:
         print("  stages: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
         print(f"  batches {shapes}, slice block {result.packed.slice_block}; "
               f"new traces {new}")
-        print(f"  rows out {len(rows):,}, report rows {len(report):,}, "
-              f"violated {int(report['violated'].sum())}")
+        violated = report[report["violated"]]["relation"].value_counts()
+        print(f"  rows out {len(rows):,}, report rows {len(report):,}, violated "
+              f"{dict(violated[violated > 0])}")
     _accuracy(result, truth)
     _peers(board, truth, total, t, args.peer_slices)
 
@@ -78,6 +80,7 @@ def _accuracy(result, truth) -> None:
 def _peers(board, truth, jax_total, timings, peer_slices) -> None:
     import pandas as pd
     import py_vollib_vectorized  # noqa: F401  (registers the vectorised functions)
+    warnings.filterwarnings("ignore", module="py_vollib_vectorized")
     from py_vollib_vectorized import vectorized_implied_volatility_black
 
     n_rows = len(board)
@@ -93,11 +96,10 @@ def _peers(board, truth, jax_total, timings, peer_slices) -> None:
     iv_peer = (time.perf_counter() - start) * n_rows / len(merged)
 
     wide = sample.pivot_table(index=["underlying", "expiry", "strike"], columns="option_type",
-                              values=["bid", "ask"]).reset_index()
-    wide["parity"] = 0.5 * (wide[("bid", "C")] + wide[("ask", "C")]
-                            - wide[("bid", "P")] - wide[("ask", "P")])
-    wide.columns = ["underlying", "expiry", "strike", "ask_c", "ask_p", "bid_c", "bid_p",
-                    "parity"]
+                              values=["bid", "ask"])
+    wide.columns = [f"{price}_{side}" for price, side in wide.columns]
+    wide = wide.reset_index()
+    wide["parity"] = 0.5 * (wide["bid_C"] + wide["ask_C"] - wide["bid_P"] - wide["ask_P"])
     start = time.perf_counter()
     wide.groupby(["underlying", "expiry"]).apply(
         lambda s: pd.Series(np.polyfit(s["strike"], s["parity"], 1)), include_groups=False)

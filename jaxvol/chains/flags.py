@@ -97,13 +97,20 @@ def duplicate_rows(underlying, expiry, strike, is_call, prefer_not) -> np.ndarra
     """
     import pandas as pd
 
-    keys = pd.DataFrame({"u": underlying, "t": expiry, "k": strike, "c": is_call,
-                         "bad": np.asarray(prefer_not, dtype=bool)})
-    keyed = np.isfinite(keys["t"].to_numpy()) & np.isfinite(keys["k"].to_numpy())
-    ranked = keys[keyed].sort_values("bad", kind="stable")
-    duplicate = np.zeros(len(keys), dtype=bool)
-    repeated = ranked.duplicated(subset=["u", "t", "k", "c"], keep="first")
-    duplicate[repeated.index[repeated.to_numpy()]] = True
+    keyed = np.isfinite(np.asarray(expiry, dtype=np.float64)) & np.isfinite(
+        np.asarray(strike, dtype=np.float64))
+    key = (pd.factorize(pd.Series(underlying))[0], pd.factorize(pd.Series(expiry))[0],
+           pd.factorize(pd.Series(strike))[0], np.asarray(is_call, dtype=np.int64))
+    rows = np.flatnonzero(keyed)
+    # sort by key, then clean rows first, then input order; the first of each key is kept
+    order = rows[np.lexsort((rows, np.asarray(prefer_not, dtype=bool)[rows],
+                             *(k[rows] for k in reversed(key))))]
+    same = np.ones(len(order), dtype=bool)
+    for k in key:
+        same[1:] &= k[order][1:] == k[order][:-1]
+    same[:1] = False
+    duplicate = np.zeros(len(keyed), dtype=bool)
+    duplicate[order[same]] = True
     return duplicate
 
 

@@ -147,14 +147,15 @@ def _underlying(table: pd.DataFrame, column: str) -> pd.Series:
 
 
 def _is_call(table: pd.DataFrame, column: str) -> np.ndarray:
-    words = table[column].astype("string").str.strip().str.lower()
-    is_call = words.map(_CALL_WORDS)
-    bad = is_call.isna().to_numpy()
+    codes, words = pd.factorize(table[column], use_na_sentinel=False)  # map distinct values only
+    meaning = pd.Series(words).astype("string").str.strip().str.lower().map(_CALL_WORDS)
+    bad_word = meaning.isna().to_numpy()
+    bad = bad_word[codes]
     if bad.any():
         raise SchemaError(f"column {column!r} must hold 'C'/'P' (or 'call'/'put'); "
                           f"bad values at {_offending(table, bad)}: "
                           f"{list(table[column][bad][:3])}")
-    return is_call.to_numpy(dtype=bool)
+    return meaning.to_numpy(dtype=bool, na_value=False)[codes]
 
 
 def _expiry_years(table: pd.DataFrame, schema: ChainSchema) -> np.ndarray:
