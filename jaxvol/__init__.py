@@ -11,7 +11,6 @@ from jaxvol.black import (Greeks, bachelier_price, black_price, bsm_greeks, bsm_
 from jaxvol.implied import IVStatus, ImpliedVol, implied_normal_vol, implied_vol
 from jaxvol import calibrate  # noqa: E402,F401  (batched Levenberg–Marquardt, optax path)
 from jaxvol.smile import sabr, ssvi, svi  # noqa: E402,F401  (smile models: jaxvol.svi, .ssvi, .sabr)
-from jaxvol.smile import sabr, ssvi, svi  # noqa: E402,F401  (smile models: jaxvol.svi, .ssvi, .sabr)
 from jaxvol import indices  # noqa: E402,F401  (model-free variance, VIX/VXJ)
 from jaxvol import chains  # noqa: E402,F401  (option chains: flags, packing, forwards, arbitrage)
 from jaxvol import fx  # noqa: E402,F401  (FX conventions, strangles, smiles)
