@@ -6,6 +6,8 @@ put-call parity C - P = D (F - K) holds to round-off and the true F, D and vols 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -13,16 +15,28 @@ import pandas as pd
 def black_prices(forward, strike, expiry, vol, is_call, discount):
     """Discounted Black-76 prices (numpy in, numpy out), broadcasting."""
     import jax.numpy as jnp
+
+    arrays = [jnp.asarray(np.asarray(a, dtype=np.float64))
+              for a in (forward, strike, expiry, vol, discount)]
+    return np.asarray(_price_kernel()(*arrays, jnp.asarray(is_call)))
+
+
+@functools.cache
+def _price_kernel():
+    """The jitted Black formula (built on first use: importing boards touches no JAX)."""
+    import jax
+    import jax.numpy as jnp
     from jax.scipy.special import ndtr
 
-    forward, strike, expiry, vol, discount = (jnp.asarray(np.asarray(a, dtype=np.float64))
-                                              for a in (forward, strike, expiry, vol, discount))
-    sd = vol * jnp.sqrt(expiry)
-    d1 = jnp.log(forward / strike) / sd + 0.5 * sd
-    d2 = d1 - sd
-    call = forward * ndtr(d1) - strike * ndtr(d2)
-    put = strike * ndtr(-d2) - forward * ndtr(-d1)
-    return np.asarray(discount * jnp.where(jnp.asarray(is_call), call, put))
+    def price(forward, strike, expiry, vol, discount, is_call):
+        sd = vol * jnp.sqrt(expiry)
+        d1 = jnp.log(forward / strike) / sd + 0.5 * sd
+        d2 = d1 - sd
+        call = forward * ndtr(d1) - strike * ndtr(d2)
+        put = strike * ndtr(-d2) - forward * ndtr(-d1)
+        return discount * jnp.where(is_call, call, put)
+
+    return jax.jit(price)
 
 
 def smile_vol(moneyness, atm=0.2, skew=-0.05, curvature=0.1):
