@@ -200,6 +200,20 @@ def test_atm_strikes():
         assert abs(float(straddle)) <= 1e-15
 
 
+def test_delivery_and_discount_factor_inputs():
+    # vol runs to expiry, carry and discounting to delivery (expiry + 2 days): closed form
+    expiry, delivery, spot, vol, dd, df = 0.5, 0.5 + 2 / 365, 1.1, 0.12, 0.985, 0.991
+    rd, rf = fx.rate_from_discount(dd, delivery), fx.rate_from_discount(df, delivery)
+    forward = spot * df / dd
+    d1 = np.log(forward / 1.15) / (vol * np.sqrt(expiry)) + 0.5 * vol * np.sqrt(expiry)
+    got = fx.delta(1.15, spot=spot, expiry=expiry, vol=vol, rd=rd, rf=rf, is_call=True,
+                   delta_type="spot", delivery=delivery)
+    assert abs(float(got) - df * stats.norm.cdf(d1)) <= 1e-15
+    strike = fx.strike_from_delta(got, spot=spot, expiry=expiry, vol=vol, rd=rd, rf=rf,
+                                  is_call=True, delta_type="spot", delivery=delivery).strike
+    assert abs(float(strike) - 1.15) <= 1e-13
+
+
 def test_unknown_conventions_raise():
     with pytest.raises(ValueError, match="delta_type"):
         fx.delta(1.0, spot=1.0, expiry=1.0, vol=0.1, rd=0.0, rf=0.0, is_call=True,

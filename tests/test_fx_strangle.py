@@ -187,6 +187,15 @@ def test_bad_rows_have_status_and_leave_good_rows_untouched(fits):
     assert jnp.array_equal(again.params[:4], fits["polynomial"].params[:4])
 
 
+def test_any_batch_shape_pairs_by_tenors(fits):
+    # a [pairs, tenors] = [2, 4] grid is the same 8 lanes: same values, same compilation
+    grid = {k: (v.reshape(2, 4) if isinstance(v, jax.Array) else v) for k, v in BATCH.items()}
+    result = fx.calibrate_smile(**grid, delta_type="spot", atm_type="dns", model="polynomial")
+    assert result.k25.shape == (2, 4, 2) and result.status.shape == (2, 4)
+    assert jnp.array_equal(result.k25.reshape(8, 2), fits["polynomial"].k25, equal_nan=True)
+    assert result.vol(jnp.full((2, 4, 1), 1.35)).shape == (2, 4, 1)
+
+
 def test_premium_adjusted_with_10_delta_quotes():
     # Quartic-in-delta smile through ATM (DNS, premium-adjusted), 25- and 10-delta risk reversals
     # and market strangles under forward premium-adjusted deltas: all nine equations to 1e-10.

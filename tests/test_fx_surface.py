@@ -161,5 +161,11 @@ def test_quotes_table_per_row_status(smiles):
     assert np.max(np.abs(out[["k25_call", "k25_put"]].to_numpy()[good]
                          - np.asarray(smiles.k25)[good])) <= 1e-15
     assert out.loc[[2, 5], "smile_strangle"].isna().all()
+    # groups are padded to power-of-two buckets: 5 rows reuse the 8-row compilation
+    compiled = fx.strangle._calibrate_flat._cache_size()
+    fewer = fx.calibrate_quotes(table.iloc[:6])
+    assert fx.strangle._calibrate_flat._cache_size() == compiled
+    assert np.array_equal(fewer["smile_strangle"].to_numpy(), out["smile_strangle"].to_numpy()[:6],
+                          equal_nan=True)
     with pytest.raises(ValueError, match="bf25"):
         fx.calibrate_quotes(table.drop(columns=["bf25"]))

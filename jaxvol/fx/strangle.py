@@ -435,11 +435,12 @@ def calibrate_smile(*, spot, expiry, rd, rf, atm, rr25, bf25, rr10=None, bf10=No
     given = {n: as_float(0.0 if v is None else v, dtype) for n, v in given.items()}
     shape = jnp.broadcast_shapes(*(v.shape for v in given.values()))
     inputs = {n: jnp.broadcast_to(v, shape).reshape(-1) for n, v in given.items()}
-    return _calibrate_flat(inputs, spec, atm_type, config, shape)
+    flat = _calibrate_flat(inputs, spec, atm_type, config)
+    return jax.tree.map(lambda a: a.reshape(shape + a.shape[1:]), flat)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _calibrate_flat(inputs, spec, atm_type, config, shape):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _calibrate_flat(inputs, spec, atm_type, config):
     status = _screen(inputs, spec.pillars)
     market, lane = _prepare(_masked(inputs, status == SmileStatus.OK), spec, atm_type)
     has_strikes = jnp.all(jnp.isfinite(lane.ms_y), axis=(-1, -2))
@@ -455,14 +456,14 @@ def _calibrate_flat(inputs, spec, atm_type, config, shape):
     right = _right_of_max(spec, ys, vols, fit_lane.expiry)
     fit_status = _fit_status(spec, fit, vols, right, fit_lane.forward.dtype)
     status = jnp.where(good, fit_status, status).astype(jnp.int32)
-    return _result(spec, inputs, market, lane, fit, ys, vols, status, shape)
+    return _result(spec, inputs, market, lane, fit, ys, vols, status)
 
 
 def _expand(mask, like):
     return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
-def _result(spec, inputs, market, lane, fit, ys, vols, status, shape):
+def _result(spec, inputs, market, lane, fit, ys, vols, status):
     ok = status == SmileStatus.OK
     ms_ok = jnp.all(jnp.isfinite(lane.ms_y), axis=(-1, -2)) & (
         (status == SmileStatus.OK) | (status >= SmileStatus.NO_STRIKE_FOR_DELTA))
@@ -471,7 +472,6 @@ def _result(spec, inputs, market, lane, fit, ys, vols, status, shape):
     ms_strikes = market.forward[:, None, None] * jnp.exp(lane.ms_y)
     ms_value = lane.ms_value * market.domestic_df[:, None]
     smile_strangle = 0.5 * (vols[..., 0] + vols[..., 1]) - inputs["atm"][:, None]
-    reshape = lambda a: a.reshape(shape + a.shape[1:])  # noqa: E731
     fields = dict(
         forward=market.forward, k_atm=market.forward * jnp.exp(market.atm_y),
         ms_strikes=nan_unless(ms_ok, ms_strikes[:, 0]), ms_value=nan_unless(ms_ok, ms_value[:, 0]),
@@ -489,6 +489,5 @@ def _result(spec, inputs, market, lane, fit, ys, vols, status, shape):
     valid_market &= status != SmileStatus.BAD_INPUT
     fields["forward"] = nan_unless(valid_market, fields["forward"])
     fields["k_atm"] = nan_unless(valid_market, fields["k_atm"])
-    fields = {n: reshape(v) for n, v in fields.items()}
     return SmileCalibration(**fields, model=spec.model, delta_type=spec.delta_type,
                             sabr_beta=spec.sabr_beta, vv_order=spec.vv_order)
