@@ -164,6 +164,24 @@ def print_table(rows):
               f"{r['truth']:9.6f} {r['cboe_error']:+11.2e} {r['vxj_error']:+11.2e}")
 
 
+def print_summary(rows):
+    """How often VXJ beats Cboe, and how much each moves when the strike spacing halves."""
+    wins = sum(abs(r["vxj_error"]) < abs(r["cboe_error"]) for r in rows)
+    print(f"\n|VXJ error| < |Cboe error| in {wins} of {len(rows)} boards")
+    print("largest change of the error when the spacing halves (50->25, 10->5), per model:")
+    for model in ("black", "heston", "merton"):
+        for quotes in ("clean", "quoted"):
+            moves = {"cboe": 0.0, "vxj": 0.0}
+            for range_name in RANGES:
+                sel = {r["spacing"]: r for r in rows if r["model"] == model
+                       and r["quotes"] == quotes and r["range"] == range_name}
+                for coarse, fine in ((50.0, 25.0), (10.0, 5.0)):
+                    for method in moves:
+                        change = abs(sel[coarse][f"{method}_error"] - sel[fine][f"{method}_error"])
+                        moves[method] = max(moves[method], change)
+            print(f"  {model:7s} {quotes:6s}  Cboe {moves['cboe']:.2e}   VXJ {moves['vxj']:.2e}")
+
+
 def plot(rows, path):
     import matplotlib
     import matplotlib.ticker
@@ -202,6 +220,7 @@ def main():
     jaxvol.configure()
     rows = run()
     print_table(rows)
+    print_summary(rows)
     out = pathlib.Path(__file__).resolve().parent.parent / "docs" / "indices_variance_error.png"
     out.parent.mkdir(exist_ok=True)
     plot(rows, out)
