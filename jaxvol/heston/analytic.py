@@ -176,21 +176,23 @@ def _tail_rate(expiry, v0, kappa, theta, sigma, rho):
     return jnp.sqrt(1.0 - rho * rho) * (v0 + kappa * theta * expiry) / sigma
 
 
-def _tilt(inner_k, expiry, v0, kappa, theta, sigma, rho):
-    """Slope tau of the contour w = a + (tau - i) u (QuantLib's/Andersen-Lake angled contour rule).
+def _tilt(k_low, k_high, expiry, v0, kappa, theta, sigma, rho):
+    """Slope tau of the contour w = a + (tau - i) u and the large-u decay rate along it.
 
     Along the tilted ray the integrand decays at rate C + tau (k + rho V / sigma), V = v0 +
-    kappa theta T; it is tilted by TILT (tau = tan(TILT) sign(k)) only where that adds decay for
-    every strike on the contour, judged at the strike nearest the money (``inner_k``)."""
+    kappa theta T (Andersen & Lake 2018; QuantLib's AngledContour uses the same angle, pi/12).
+    The contour is tilted by TILT towards the side that adds decay for every strike on it
+    (k in [k_low, k_high]); where k + rho V / sigma changes sign among them it stays vertical."""
     drift = rho * (v0 + kappa * theta * expiry) / sigma
-    helps = inner_k * (inner_k + drift) > 0
-    return jnp.where(helps, math.tan(TILT) * jnp.sign(inner_k), 0.0), drift
+    low, high = k_low + drift, k_high + drift
+    same_sign = low * high > 0
+    tilt = jnp.where(same_sign, math.tan(TILT) * jnp.sign(high), 0.0)
+    gain = jnp.where(same_sign, math.tan(TILT) * jnp.minimum(jnp.abs(low), jnp.abs(high)), 0.0)
+    return tilt, _tail_rate(expiry, v0, kappa, theta, sigma, rho) + gain
 
 
-def _contour(a, tilt, decay, expiry, v0, kappa, theta, sigma, rho, nodes):
-    """Nodes u[N] and complex coefficients c[N] on the contour w = a + (tilt - i) u, such that
-    the OTM value / (D F) of log-moneyness k is
-    exp((1 - a) k) / pi * sum_j Re[c_j exp((i - tilt) u_j k)]."""
+def _contour_nodes(a, decay, expiry, v0, kappa, theta, sigma, rho, nodes):
+    """Quadrature nodes u[N] and weights du[N] of the contour through a (module docstring)."""
     gaussian = _log_m_derivatives(a, expiry, v0, kappa, theta, sigma, rho)[1]
     poles = _pole_terms(a)[1]
     width = 1.0 / jnp.sqrt(gaussian + poles)
@@ -199,10 +201,15 @@ def _contour(a, tilt, decay, expiry, v0, kappa, theta, sigma, rho, nodes):
     frac, trap = (jnp.asarray(x, dtype=width.dtype) for x in _nodes(nodes))
     t = T_LO + (t_hi - T_LO) * frac
     u = width * jnp.exp(t - jnp.exp(-t))
-    du = u * (1.0 + jnp.exp(-t)) * (t_hi - T_LO) / (nodes - 1) * trap
+    return u, u * (1.0 + jnp.exp(-t)) * (t_hi - T_LO) / (nodes - 1) * trap
+
+
+def _contour_coefficients(a, tilt, u, du, expiry, v0, kappa, theta, sigma, rho):
+    """Complex coefficients c[N] on w = a + (tilt - i) u such that the OTM value / (D F) of
+    log-moneyness k is exp((1 - a) k) / pi * sum_j Re[c_j exp((i - tilt) u_j k)]."""
     w = _complex(a + tilt * u, -u)
     log_m = log_mgf(w, expiry, v0, kappa, theta, sigma, rho)
-    return u, jnp.exp(log_m) / (w * w - w) * (_complex(du, tilt * du))
+    return jnp.exp(log_m) / (w * w - w) * _complex(du, tilt * du)
 
 
 def _apply(log_moneyness, a, tilt, u, coeff):
@@ -244,12 +251,12 @@ def _abscissae(log_moneyness, variance, strip, params, contours):
     return abscissae, jnp.argmin(jnp.where(wrong_side, big, distance), axis=1)
 
 
-def _inner_strikes(log_moneyness, index, size):
-    """Per contour, the assigned log-moneyness nearest zero (0 for a contour with no strike)."""
-    magnitude = jnp.zeros(size, log_moneyness.dtype).at[index].set(jnp.inf)
-    magnitude = magnitude.at[index].min(jnp.abs(log_moneyness))
-    sign = jnp.zeros(size, log_moneyness.dtype).at[index].set(jnp.sign(log_moneyness))
-    return jnp.where(jnp.isfinite(magnitude), sign * magnitude, 0.0)
+def _strike_range(log_moneyness, index, size):
+    """Per contour, the smallest and largest assigned log-moneyness (0, 0 when none)."""
+    low = jnp.full(size, jnp.inf, log_moneyness.dtype).at[index].min(log_moneyness)
+    high = jnp.full(size, -jnp.inf, log_moneyness.dtype).at[index].max(log_moneyness)
+    used = jnp.isfinite(low)
+    return jnp.where(used, low, 0.0), jnp.where(used, high, 0.0)
 
 
 def smile_otm(log_moneyness, expiry, v0, kappa, theta, sigma, rho, *, nodes=NODES,
@@ -257,17 +264,22 @@ def smile_otm(log_moneyness, expiry, v0, kappa, theta, sigma, rho, *, nodes=NODE
     """OTM values / (D F) for the strikes log_moneyness[nK] of one (expiry, parameter set).
 
     Puts for k < 0, calls for k >= 0. The characteristic function is evaluated on at most
-    ``contours`` contours of ``nodes`` points each and shared by all strikes of the smile.
+    ``contours`` contours of ``nodes`` points each and shared by all strikes of the smile. The
+    contour geometry (abscissae, tilts, nodes) is chosen under ``stop_gradient``: the exact
+    integral does not depend on it, so derivatives flow only through M(w) and the strike sums.
     """
     params = (expiry, v0, kappa, theta, sigma, rho)
-    variance = integrated_variance(expiry, v0, kappa, theta)
-    strip = _strip(expiry, kappa, sigma, rho)
-    abscissae, index = _abscissae(log_moneyness, variance, strip, params, contours)
-    inner_k = _inner_strikes(log_moneyness, index, abscissae.shape[0])
-    tilt, drift = _tilt(inner_k, *params)
-    decay = _tail_rate(*params) + tilt * (inner_k + drift)
-    u, coeff = jax.vmap(_contour, in_axes=(0, 0, 0) + (None,) * 7)(
-        abscissae, tilt, decay, *params, nodes)
+    fixed = jax.lax.stop_gradient(params)
+    k_fixed = jax.lax.stop_gradient(log_moneyness)
+    variance = integrated_variance(*fixed[:4])
+    strip = _strip(fixed[0], fixed[2], fixed[4], fixed[5])
+    abscissae, index = _abscissae(k_fixed, variance, strip, fixed, contours)
+    k_low, k_high = _strike_range(k_fixed, index, abscissae.shape[0])
+    tilt, decay = _tilt(k_low, k_high, *fixed)
+    u, du = jax.vmap(_contour_nodes, in_axes=(0, 0) + (None,) * 7)(
+        abscissae, decay, *fixed, nodes)
+    coeff = jax.vmap(_contour_coefficients, in_axes=(0, 0, 0, 0) + (None,) * 6)(
+        abscissae, tilt, u, du, *params)
     return jax.vmap(_apply)(log_moneyness, abscissae[index], tilt[index], u[index], coeff[index])
 
 
