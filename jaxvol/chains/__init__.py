@@ -19,14 +19,15 @@ from jaxvol.chains.forwards import ForwardResult, ForwardStatus, parity_forwards
 from jaxvol.chains.implied import QuoteVols, quote_vols, total_variance_otm
 from jaxvol.chains.pack import (ChainBatch, PackedChain, gather_slices, iter_blocks, pack,
                                 slice_capacity, strike_capacity, unpack_cells, unpack_slices)
-from jaxvol.chains.schema import ChainSchema, SchemaError, load, make_schema, validate
+from jaxvol.chains.schema import (ChainSchema, SchemaError, load, make_schema, read_table,
+                                  validate)
 
 __all__ = [
     "ArbitrageResult", "ChainAnalysis", "ChainBatch", "ChainOptions", "ChainSchema",
     "DEFAULT_EXCLUDE", "Flag", "ForwardResult", "ForwardStatus", "PackedChain", "QUOTE_LEVEL",
     "QuoteVols", "Relation", "SchemaError", "analyze", "arbitrage_report", "calendar_arbitrage",
     "compute", "describe", "flagged", "gather_slices", "iter_blocks", "load", "make_schema", "pack",
-    "parity_forwards", "quote_vols", "report", "row_flags", "rows_frame", "slice_capacity",
+    "parity_forwards", "quote_vols", "read_table", "report", "row_flags", "rows_frame", "slice_capacity",
     "static_arbitrage", "strike_capacity", "total_variance_otm", "unpack_cells", "unpack_slices",
     "validate",
 ]

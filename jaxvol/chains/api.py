@@ -94,8 +94,15 @@ class ChainAnalysis(NamedTuple):
 
 
 def analyze(table: pd.DataFrame, **options) -> pd.DataFrame:
-    """Per-row analysis: the input columns plus quality_flags, usable, forward, discount,
-    forward_se, discount_se, iv_bid, iv_mid, iv_ask; same index and order as ``table``."""
+    """Per-row analysis of an option chain (DataFrame, or a CSV/Parquet path).
+
+    Returns one row per input row, same index and order: the input columns plus
+    ``quality_flags`` (int64 bit-field of :class:`~jaxvol.chains.Flag`; test bits with
+    :func:`~jaxvol.chains.flagged`), ``usable`` (no bit of ``exclude`` set), the slice's
+    ``forward``, ``discount`` and their standard errors ``forward_se``, ``discount_se``, and
+    Black implied vols ``iv_bid``, ``iv_mid``, ``iv_ask`` (NaN where none solves).  Options:
+    :class:`ChainOptions` (column names via ``columns={"strike": "K"}`` or ``schema=``).
+    """
     return rows_frame(compute(table, **options))
 
 
@@ -132,10 +139,9 @@ def compute(table, **options) -> ChainAnalysis:
     opts = make_options(**options)
     timings = {}
     with _timed(timings, "validate"):
-        source = schemas.load(table, opts.schema, **(opts.columns or {}))
         if not isinstance(table, pd.DataFrame):
-            table = pd.read_parquet(table) if str(table).endswith((".parquet", ".pq")) else \
-                pd.read_csv(table)
+            table = schemas.read_table(table)
+        source = schemas.validate(table, opts.schema, **(opts.columns or {}))
     with _timed(timings, "flags"):
         flags = row_flags(source, max_relative_spread=opts.max_relative_spread,
                           locked_tolerance=opts.locked_tolerance, exclude=opts.exclude)
@@ -270,7 +276,7 @@ def _with_calendar(packed, batch_results, per_slice, forward, opts) -> arbitrage
         np.pad(r[name], ((0, 0), (0, width - r[name].shape[1])), constant_values=np.nan)
         for r in batch_results])
     moneyness, w_bid, w_ask = padded("moneyness"), padded("variance_bid"), padded("variance_ask")
-    underlying = packed.slices["underlying"].to_numpy()
+    underlying = pd.factorize(packed.slices["underlying"])[0]
     early = np.flatnonzero(underlying[:-1] == underlying[1:])  # slices sorted by (u, expiry)
     size, count, where = _calendar_pairs(moneyness, w_bid, w_ask, early, packed.slice_block, opts)
     n = len(packed.slices)

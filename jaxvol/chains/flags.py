@@ -120,8 +120,17 @@ def row_flags(frame, *, max_relative_spread: float = 1.0, locked_tolerance: floa
     flags = quote_flags(frame["strike"], frame["expiry"], frame["bid"], frame["ask"],
                         max_relative_spread=max_relative_spread,
                         locked_tolerance=locked_tolerance)
-    duplicate = duplicate_rows(frame["underlying"].to_numpy(), frame["expiry"].to_numpy(),
+    duplicate = duplicate_rows(_codes(frame["underlying"]), frame["expiry"].to_numpy(),
                                frame["strike"].to_numpy(), frame["is_call"].to_numpy(),
                                (flags & int(exclude)) != 0)
     _set(flags, duplicate, Flag.DUPLICATE)
     return flags
+
+
+def _codes(column):
+    """Integer codes of a (categorical or plain) key column."""
+    import pandas as pd
+
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy()
+    return pd.factorize(column)[0]

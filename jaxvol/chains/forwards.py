@@ -4,13 +4,13 @@ The regression uses the strikes quoting both a usable call and a usable put, res
 ``near_strikes`` of them closest to the anchor strike (the one with the smallest |C - P| of
 mids, i.e. nearest the money).  With x = K - K_anchor the model is C - P = a + b x, with
 D = -b and F = K_anchor + a / D.  Each pair is weighted by 1 / h^2, h the half-width of its
-C - P quote interval ((call spread + put spread) / 2): tight quotes count more.  Outliers are
+C - P quote interval ((call spread + put spread) / 2), floored at the slice's median h: wide
+quotes count less, and a locked quote (bid = ask) cannot outweigh the slice.  Outliers are
 damped by iteratively reweighted least squares with Huber weights min(1, c / |u|) on the
 standardised residual u = r / (h s), s a robust scale (MAD of r / h, at least 1, so that
-residuals within the quoted spreads are never damped); a fixed number of iterations per slice.
-IRLS starts from a high-breakdown Theil-Sen line (median pairwise slope), residuals beyond
-``reject`` (10) scale units get weight 0 (gross errors), and no half-width counts below the slice's median one
-(a locked quote, bid = ask, must not outweigh the slice).
+residuals within the quoted spreads are never damped); residuals beyond ``reject`` (10) scale
+units get weight 0 (gross errors).  IRLS starts from a high-breakdown Theil-Sen line (median
+pairwise slope) and runs a fixed number of iterations per slice (no while_loop under vmap).
 
 Known values replace fitted ones: both supplied -> no fit (status SUPPLIED); D supplied -> a
 one-parameter fit of F; F supplied -> a one-parameter fit of D.  Standard errors come from the

@@ -120,7 +120,7 @@ def pack(frame: pd.DataFrame, row_flags: np.ndarray, *, exclude: int = DEFAULT_E
 
 def _slice_ids(frame: pd.DataFrame):
     keys = frame[["underlying", "expiry"]]
-    grouped = keys.groupby(["underlying", "expiry"], sort=True, dropna=False)
+    grouped = keys.groupby(["underlying", "expiry"], sort=True, dropna=False, observed=True)
     row_slice = grouped.ngroup().to_numpy(dtype=np.int64)
     first = np.unique(row_slice, return_index=True)[1]
     slices = keys.iloc[first].reset_index(drop=True)
