@@ -99,8 +99,8 @@ def duplicate_rows(underlying, expiry, strike, is_call, prefer_not) -> np.ndarra
 
     keyed = np.isfinite(np.asarray(expiry, dtype=np.float64)) & np.isfinite(
         np.asarray(strike, dtype=np.float64))
-    key = (pd.factorize(pd.Series(underlying))[0], pd.factorize(pd.Series(expiry))[0],
-           pd.factorize(pd.Series(strike))[0], np.asarray(is_call, dtype=np.int64))
+    key = (pd.factorize(pd.Series(underlying))[0], np.asarray(expiry, dtype=np.float64),
+           np.asarray(strike, dtype=np.float64), np.asarray(is_call, dtype=np.int64))
     rows = np.flatnonzero(keyed)
     # sort by key, then clean rows first, then input order; the first of each key is kept
     order = rows[np.lexsort((rows, np.asarray(prefer_not, dtype=bool)[rows],
