@@ -93,6 +93,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "ssvi": {
         "enabled": Key(bool, True, "fit an SSVI surface per underlying"),
+        "phi": Key(str, "power_law", "SSVI phi(theta) form", lambda v: v in (
+            "heston", "power_law"), "heston or power_law"),
         "max_iterations": Key(int, 60, "Levenberg-Marquardt iterations", _positive, "> 0"),
     },
     "heston": {
@@ -100,6 +102,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "strikes_per_expiry": Key(int, 8, "out-of-the-money quotes per expiry used in the fit",
                                   _positive, "> 0"),
         "max_iterations": Key(int, 30, "Levenberg-Marquardt iterations", _positive, "> 0"),
+        "nodes": Key(int, 32, "Fourier quadrature nodes per contour in the fit (jaxvol.heston."
+                     "price: 96 gives 1e-10; fewer suffice against bid/ask noise)",
+                     lambda v: v >= 8, ">= 8"),
+        "contours": Key(int, 2, "integration contours per smile in the fit", lambda v: v >= 2
+                        and v % 2 == 0, "an even integer >= 2"),
     },
     "indices": {
         "enabled": Key(bool, True, "Cboe-method and VXJ-method indices"),

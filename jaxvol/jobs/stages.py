@@ -17,6 +17,7 @@ A stage whose domain module is missing raises :class:`StageUnavailable` (recorde
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 from typing import Any, Callable
@@ -138,13 +139,27 @@ def pack(chunk: Chunk, env: JobEnv) -> None:
 
 
 def _sharded_call(env: JobEnv, fn: Callable, lane_arrays: list[np.ndarray], **kwargs):
-    """``fn(*arrays, **kwargs)`` with the lane axis padded and sharded over the mesh; the
-    outputs (a PyTree of arrays with a lane axis) come back as numpy, unpadded."""
+    """``fn(*arrays, **kwargs)`` over the lane axis, sharded over the mesh; the outputs (a
+    PyTree of arrays with a lane axis) come back as numpy, unpadded.
+
+    The lanes are padded to ``size`` (a power of two, multiple of ``job.slice_multiple`` = M)
+    and cut into M blocks of ``size / M`` lanes; with D devices (D divides M) each call takes D
+    blocks, one per device. Every device therefore runs the same program on the same local
+    shape whatever D is, which makes a one-device run bitwise identical to an eight-device run
+    (XLA's CPU code generation depends on the batch shape, and an iterative fit amplifies the
+    last-bit differences to its tolerance)."""
     lanes = lane_arrays[0].shape[0]
-    size = padded_size(lanes, env.config["job"]["slice_multiple"], env.devices)
+    multiple = env.config["job"]["slice_multiple"]
+    if multiple % env.devices:
+        raise ValueError(f"job.slice_multiple = {multiple} must be a multiple of the "
+                         f"{env.devices} devices in use (set job.devices)")
+    size = padded_size(lanes, multiple, env.devices)
     padded = [pad_leading(np.asarray(a), size, None) for a in lane_arrays]
-    result = fn(*shard_leading(env.mesh, *padded), **kwargs)
-    return jax.tree.map(lambda leaf: np.asarray(leaf)[:lanes], result)
+    step = size // multiple * env.devices
+    parts = [fn(*shard_leading(env.mesh, *(a[i:i + step] for a in padded)), **kwargs)
+             for i in range(0, size, step)]
+    return jax.tree.map(lambda *leaves: np.concatenate([np.asarray(x) for x in leaves])[:lanes],
+                        *parts)
 
 
 def _previous_for(env: JobEnv, table: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
@@ -323,19 +338,82 @@ def _atm_vol(batch: slices_mod.SliceBatch) -> np.ndarray:
     return np.where(batch.mask.any(axis=1), vol, 0.2)
 
 
+# --------------------------------------------------------------------------------- SSVI
+def _ssvi_grid(chunk: Chunk):
+    """[U, slots, width] k / w / weight / mask of each underlying's fittable slices in expiry
+    order; empty slots repeat the last slice at 1e-3 weight (ssvi.fit needs every expiry slot
+    to hold points; the near-zero theta increment absorbs the duplicate)."""
+    batch, table = chunk.batch, chunk.slices
+    fittable = np.flatnonzero(batch.mask.any(axis=1))
+    order = fittable[np.lexsort((table["expiry"].to_numpy()[fittable],
+                                 pd.Index(pd.unique(table["underlying"])).get_indexer(
+                                     table["underlying"].to_numpy()[fittable])))]
+    names = pd.unique(table["underlying"].to_numpy()[order])
+    lane = pd.Index(names).get_indexer(table["underlying"].to_numpy()[order])
+    slot = pd.Series(lane).groupby(lane).cumcount().to_numpy()
+    count = np.bincount(lane, minlength=len(names))
+    slots = 1 << max(0, int(count.max(initial=1) - 1).bit_length())
+    source = np.full((len(names), slots), -1)
+    source[lane, slot] = order
+    last = source[np.arange(len(names)), count - 1]
+    duplicate = source < 0
+    source = np.where(duplicate, last[:, None], source)
+    pick = lambda a: a[source]  # noqa: E731
+    weight = pick(batch.weight) * np.where(duplicate, 1e-3, 1.0)[..., None]
+    return names, np.where(duplicate, -1, source), pick(batch.log_moneyness), \
+        pick(batch.total_variance), weight, pick(batch.mask)
+
+
+def ssvi(chunk: Chunk, env: JobEnv) -> None:
+    """An SSVI surface per underlying (all expiries at once, no butterfly/calendar arbitrage by
+    construction); theta per slice goes to the slice table."""
+    if not env.config["ssvi"]["enabled"]:
+        raise StageUnavailable("disabled by ssvi.enabled = false")
+    ssvi_mod = module("jaxvol.ssvi", "fit")
+    _ensure_batch(chunk, env)
+    names, source, k, w, weight, mask = _ssvi_grid(chunk)
+    if not len(names):
+        return
+    form = env.config["ssvi"]["phi"]
+    config = _lm_config(ssvi_mod.fit, env.iterations("ssvi"))
+    fit = _sharded_call(env, lambda k, w, weight, mask: ssvi_mod.fit(
+        k, w, weights=weight, mask=mask, phi=form, config=config), [k, w, weight, mask])
+    phi = np.asarray(fit.phi_params).reshape(len(names), -1)
+    table = pd.DataFrame({"underlying": names, "ssvi_rho": np.asarray(fit.rho)})
+    for i in range(phi.shape[1]):
+        table[f"ssvi_phi_{i}"] = phi[:, i]
+    table["ssvi_status"] = np.asarray(fit.status).astype(np.int32)
+    table["ssvi_rmse"] = np.asarray(fit.rmse)
+    chunk.underlyings = _merge_underlyings(chunk.underlyings, table)
+    theta = np.full(len(chunk.slices), np.nan)
+    own = source >= 0  # slots holding their own (not a repeated) slice
+    theta[source[own]] = np.asarray(fit.theta)[own]
+    chunk.slices["ssvi_theta"] = theta
+
+
 # --------------------------------------------------------------------------------- Heston
 HESTON_PARAMS = ["heston_v0", "heston_kappa", "heston_theta", "heston_sigma", "heston_rho"]
 HESTON_LOWER = [1e-4, 0.05, 1e-4, 0.01, -0.999]
 HESTON_UPPER = [4.0, 20.0, 4.0, 4.0, 0.999]
 
 
-def _heston_residual(params, strike, expiry, spot, rate, is_call, price, vega):
-    """Vega-scaled price error of one quote set (about the implied-vol error)."""
+def _heston_residual(params, strike, expiry, spot, rate, is_call, price, vega, *, nodes,
+                     contours):
+    """Vega-scaled price errors of one underlying (about the implied-vol errors), flattened.
+
+    strike, is_call, price, vega: [expiries, quotes]; expiry, spot, rate: [expiries, 1], so
+    jaxvol.heston.price evaluates the characteristic function once per smile."""
     from jaxvol import heston
     model = heston.price(strike, expiry, spot=spot, rate=rate, div=0.0, v0=params[0],
                          kappa=params[1], theta=params[2], sigma=params[3], rho=params[4],
-                         is_call=is_call)
-    return (model - price) / vega
+                         is_call=is_call, nodes=nodes, contours=contours)
+    return ((model - price) / vega).reshape(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _heston_residual_for(nodes: int, contours: int):
+    """One residual function object per quadrature setting (a static jit argument)."""
+    return functools.partial(_heston_residual, nodes=nodes, contours=contours)
 
 
 def _pick_quotes(batch: slices_mod.SliceBatch, per_slice: int) -> np.ndarray:
@@ -348,51 +426,52 @@ def _pick_quotes(batch: slices_mod.SliceBatch, per_slice: int) -> np.ndarray:
 
 
 def _heston_quotes(chunk: Chunk, env: JobEnv):
-    """Per underlying: strike, expiry, spot, rate, is_call, price, vega, mask [U, width]."""
+    """Per underlying [U, expiries, q] quotes (strike, is_call, price, vega, mask) and
+    [U, expiries, 1] smile inputs (expiry, spot = F D, rate = -log(D) / T, so that the model
+    forward is the slice's forward)."""
     import jaxvol
-    batch = chunk.batch
-    per_slice = env.config["heston"]["strikes_per_expiry"]
-    pick = _pick_quotes(batch, per_slice)
-    valid = pick >= 0
+    batch, table = chunk.batch, chunk.slices
+    pick = _pick_quotes(batch, env.config["heston"]["strikes_per_expiry"])
     take = np.maximum(pick, 0)
-    table = chunk.slices
     forward = table["forward"].to_numpy()[:, None]
+    forward = np.where(np.isfinite(forward) & (forward > 0), forward, 1.0)
     discount = table["discount"].to_numpy()[:, None]
-    expiry = np.broadcast_to(table["expiry"].to_numpy()[:, None], pick.shape)
+    discount = np.where(np.isfinite(discount) & (discount > 0), discount, 1.0)
+    expiry = table["expiry"].to_numpy()[:, None]
     strike = np.take_along_axis(batch.strike, take, axis=1)
     vol = np.take_along_axis(batch.implied_vol, take, axis=1)
-    valid &= np.take_along_axis(batch.mask, take, axis=1)
+    valid = (pick >= 0) & np.take_along_axis(batch.mask, take, axis=1)
     is_call = strike >= forward
     price = np.asarray(jaxvol.black_price(forward, strike, expiry, vol, is_call,
                                           discount=discount))
     std = vol * np.sqrt(expiry)
     d1 = np.log(forward / strike) / std + 0.5 * std
     vega = discount * forward * np.sqrt(expiry) * np.exp(-0.5 * d1 ** 2) / np.sqrt(2 * np.pi)
-    fields = {"strike": strike, "expiry": expiry, "spot": forward * discount + 0 * strike,
-              "rate": -np.log(discount) / expiry + 0 * strike, "is_call": is_call,
-              "price": price, "vega": np.maximum(vega, 1e-8), "mask": valid}
-    return _by_underlying(table["underlying"].to_numpy(), fields)
+    quotes = {"strike": strike, "is_call": is_call, "price": np.where(valid, price, 1.0),
+              "vega": np.where(valid, np.maximum(vega, 1e-8), 1.0), "mask": valid}
+    smiles = {"expiry": expiry, "spot": forward * discount, "rate": -np.log(discount) / expiry}
+    return _by_underlying(table["underlying"].to_numpy(), quotes, smiles)
 
 
-def _by_underlying(underlying: np.ndarray, fields: dict[str, np.ndarray]):
-    """Regroup [slices, q] fields into [underlyings, slots] (slots = a strike bucket)."""
-    order = pd.Series(underlying).drop_duplicates().to_numpy()
-    rank = {name: i for i, name in enumerate(order)}
-    lane = np.array([rank[u] for u in underlying])
-    per = pd.Series(lane).groupby(lane).cumcount().to_numpy()
-    q = next(iter(fields.values())).shape[1]
-    width = slices_mod.strike_bucket(int((np.bincount(lane) * q).max()))
+def _by_underlying(underlying: np.ndarray, quotes: dict, smiles: dict):
+    """Regroup per-slice rows into [underlyings, expiry slots, ...] (slots: a power of two)."""
+    order = pd.unique(underlying)
+    lane = pd.Index(order).get_indexer(underlying)
+    slot = pd.Series(lane).groupby(lane).cumcount().to_numpy()
+    slots = 1 << max(0, int(slot.max()).bit_length())
+    fills = {"strike": 1.0, "is_call": True, "price": 1.0, "vega": 1.0, "mask": False,
+             "expiry": 1.0, "spot": 1.0, "rate": 0.0, "minutes": 1.0, "variance": 0.0,
+             "valid": False}
     out = {}
-    for name, value in fields.items():
-        fill = False if value.dtype == bool else (1.0 if name in ("vega", "strike", "expiry",
-                                                                   "spot") else 0.0)
-        grid = np.full((len(order), width), fill, dtype=value.dtype)
-        grid[lane[:, None], per[:, None] * q + np.arange(q)[None, :]] = value
+    for name, value in {**quotes, **smiles}.items():
+        grid = np.full((len(order), slots) + value.shape[1:], fills[name], dtype=value.dtype)
+        grid[lane, slot] = value
         out[name] = grid
     return order, out
 
 
 def heston(chunk: Chunk, env: JobEnv) -> None:
+    """Heston per underlying, all expiries at once, vega-scaled price residuals."""
     if not env.config["heston"]["enabled"]:
         raise StageUnavailable("disabled by heston.enabled = false")
     require("jaxvol.heston", "price")
@@ -401,19 +480,22 @@ def heston(chunk: Chunk, env: JobEnv) -> None:
     names, q = _heston_quotes(chunk, env)
     start = _heston_start(chunk, names, env)
     config = lm_config(max_iterations=env.iterations("heston"))
+    mask = q["mask"].reshape(len(names), -1)
+    residual = _heston_residual_for(env.config["heston"]["nodes"],
+                                    env.config["heston"]["contours"])
 
     def call(p0, strike, expiry, spot, rate, is_call, price, vega, mask):
-        return least_squares(_heston_residual, p0, strike, expiry, spot, rate, is_call, price,
+        return least_squares(residual, p0, strike, expiry, spot, rate, is_call, price,
                              vega, mask=mask, lower=HESTON_LOWER, upper=HESTON_UPPER,
                              config=config)
 
     fit = _sharded_call(env, call, [start, q["strike"], q["expiry"], q["spot"], q["rate"],
-                                    q["is_call"], q["price"], q["vega"], q["mask"]])
+                                    q["is_call"], q["price"], q["vega"], mask])
     params, status = np.asarray(fit.params), np.asarray(fit.status)
     previous = _previous_underlyings(env, names)
     params, used_previous = _fallback(status, params, previous, (2, 3))
-    count = q["mask"].sum(axis=1)
-    residual = np.where(q["mask"], np.asarray(fit.residuals), 0.0)
+    count = mask.sum(axis=1)
+    residual = np.where(mask, np.asarray(fit.residuals), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         rmse = np.where(count > 0, np.sqrt((residual ** 2).sum(axis=1) / count), np.nan)
     table = pd.DataFrame(params, columns=HESTON_PARAMS)
@@ -565,9 +647,9 @@ def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
                          [batch.strike, batch.price, batch.is_call, batch.mask, forward, expiry,
                           discount])
     variance = np.where(ok & (np.asarray(term.status) == 0), term.variance, np.nan)
-    names, grid = _by_underlying(table["underlying"].to_numpy(), {
-        "minutes": (expiry * MINUTES_PER_YEAR)[:, None], "variance": variance[:, None],
-        "valid": np.isfinite(variance)[:, None]})
+    names, grid = _by_underlying(table["underlying"].to_numpy(), {}, {
+        "minutes": expiry * MINUTES_PER_YEAR, "variance": variance,
+        "valid": np.isfinite(variance)})
     days = env.config["indices"]["term_days"]
     targets = np.asarray(days, np.float64) * 1440.0
     valid = grid["valid"]
@@ -581,6 +663,7 @@ def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
 
 
 STAGES: dict[str, Callable[[Chunk, JobEnv], None]] = {
-    "analyze": analyze, "arbitrage": arbitrage, "pack": pack, "svi": svi, "sabr": sabr, "heston": heston,
+    "analyze": analyze, "arbitrage": arbitrage, "pack": pack, "svi": svi, "sabr": sabr,
+    "ssvi": ssvi, "heston": heston,
     "indices": indices,
 }
