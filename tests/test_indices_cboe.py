@@ -187,15 +187,18 @@ def test_bad_lanes_are_isolated(example, result):
     rates = jnp.array([example.near_rate, example.next_rate])
     stack = lambda a, *bad: jnp.stack([a, *bad])  # noqa: E731
     zero = jnp.zeros_like(cb)
-    batch = cboe_vix_batch(stack(k, k, k), stack(cb, zero, cb), stack(ca, ca, ca),
-                           stack(pb, zero, pb), stack(pa, pa, pa), stack(mask, mask, mask),
-                           jnp.stack([minutes, minutes, minutes.at[1].set(0.0)]),
-                           jnp.stack([rates, rates, rates]))
+    no_calls = jnp.where(k > 1960.0, 0.0, cb)    # no call bid above K0 = 1960
+    batch = cboe_vix_batch(stack(k, k, k, k), stack(cb, zero, cb, no_calls),
+                           stack(ca, ca, ca, ca), stack(pb, zero, pb, pb), stack(pa, pa, pa, pa),
+                           stack(mask, mask, mask, mask),
+                           jnp.stack([minutes, minutes, minutes.at[1].set(0.0), minutes]),
+                           jnp.stack([rates, rates, rates, rates]))
     assert batch.index[0] == result.index       # bit-identical to the lone computation
     assert int(batch.status[1]) == CboeStatus.NO_FORWARD and jnp.isnan(batch.index[1])
     assert int(batch.status[2]) == CboeStatus.BAD_EXPIRY and jnp.isnan(batch.index[2])
     # the healthy term of lane 2 is still computed
     assert batch.variance[2, 0] == batch.variance[0, 0]
+    assert int(batch.status[3]) == CboeStatus.TOO_FEW_STRIKES and jnp.isnan(batch.index[3])
 
 
 def test_gradient_of_variance_wrt_a_put_mid(example):

@@ -127,13 +127,17 @@ def _black_chain(vol, forward=100.0, expiry=30 / 365, rate=0.02, strikes=None):
 
 
 def _three_lanes(vol):
-    """Lane 0: a Black–Scholes chain; lane 1: NaN quotes; lane 2: negative time."""
+    """Lane 0: a Black–Scholes chain; lane 1: NaN quotes; lane 2: negative time; lane 3: one
+    strike (at the money) with bids, so a forward but a single node."""
     strikes, calls, puts, minutes, rate = _black_chain(vol)
     nan = np.full_like(calls, np.nan)
+    atm = strikes == 100.0
+    lone_calls, lone_puts = np.where(atm, calls, 0.0), np.where(atm, puts, 0.0)
     stack = lambda *rows: np.stack(rows)  # noqa: E731
-    return (stack(strikes, strikes, strikes), stack(calls, nan, calls), stack(calls, nan, calls),
-            stack(puts, nan, puts), stack(puts, nan, puts), None,
-            np.array([minutes, minutes, -1.0]), np.array([rate, rate, rate]))
+    return (stack(strikes, strikes, strikes, strikes), stack(calls, nan, calls, lone_calls),
+            stack(calls, nan, calls, lone_calls), stack(puts, nan, puts, lone_puts),
+            stack(puts, nan, puts, lone_puts), None,
+            np.array([minutes, minutes, -1.0, minutes]), np.array([rate, rate, rate, rate]))
 
 
 def test_black_scholes_chain_gives_sigma_squared_and_bad_lanes_are_isolated():
@@ -145,13 +149,17 @@ def test_black_scholes_chain_gives_sigma_squared_and_bad_lanes_are_isolated():
     np.testing.assert_allclose(float(out.variance[0]), 0.09, rtol=1e-10)
     assert int(out.status[1]) == vxj.VxjStatus.BAD_INPUT      # no forward from NaN quotes
     assert int(out.status[2]) == vxj.VxjStatus.BAD_INPUT      # negative time
+    assert int(out.status[3]) == vxj.VxjStatus.TOO_FEW_NODES  # one out-of-the-money quote
     assert np.isnan(np.asarray(out.variance[1:])).all()
-    # lane 0 does not depend on the other lanes (same compiled shape, other lanes healthy)
+    # lane 0 does not depend on the other lanes (same compiled shape, other lanes healthy),
+    # and a second call with new values does not retrace
+    compiled = vxj.vxj_variance._cache_size()
     strikes, calls, calls_, puts, puts_, _, minutes, rates = _three_lanes(0.3)
-    healthy = vxj.vxj_variance(strikes, np.stack([calls[0]] * 3), np.stack([calls[0]] * 3),
-                               np.stack([puts[0]] * 3), np.stack([puts[0]] * 3), None,
-                               np.full(3, minutes[0]), rates)
+    healthy = vxj.vxj_variance(strikes, np.stack([calls[0]] * 4), np.stack([calls[0]] * 4),
+                               np.stack([puts[0]] * 4), np.stack([puts[0]] * 4), None,
+                               np.full(4, minutes[0]), rates)
     assert float(healthy.variance[0]) == float(out.variance[0])
+    assert vxj.vxj_variance._cache_size() == compiled
     gamma = vxj.vxj_variance(*_three_lanes(0.3), measure="gamma")
     np.testing.assert_allclose(float(gamma.variance[0]), 0.09, rtol=1e-10)
     # the price-level entry point: out-of-the-money prices, forward and discount given
@@ -213,7 +221,7 @@ def test_gradients_are_implicit_and_lane_local():
         return jnp.sum(jnp.where(jnp.isfinite(v), v, 0.0))
 
     grad = np.asarray(jax.grad(total)(jnp.asarray(calls_ask)))
-    assert np.all(np.isfinite(grad)) and np.all(grad[1:] == 0.0)
+    assert np.all(np.isfinite(grad)) and np.all(grad[1:] == 0.0)   # lanes 1-3 are NaN
     i, h = int(np.flatnonzero(strikes[0] == 115.0)[0]), 1e-5
     bump = np.zeros_like(calls_ask)
     bump[0, i] = h
