@@ -101,3 +101,13 @@ def test_fair_variance_strike_methods():
     assert np.all(np.abs(np.asarray(vxj_variance) / np.asarray(cboe_variance) - 1) < 0.03)
     with pytest.raises(ValueError, match="method"):
         varswap.fair_variance_strike(*args, method="strip")
+    # term structure from 9 days to 1 year; at 30 days it is the index's variance exactly
+    targets = np.array([9.0, 30.0, 91.0, 365.0]) * 1440
+    for method, published in (("cboe", 0.13927842**2), ("vxj", None)):
+        curve, status = varswap.variance_term_structure(*args, targets, method=method,
+                                                        presorted=True)
+        assert np.all(np.asarray(status) == 0) and np.all(np.isfinite(np.asarray(curve)))
+        if published is not None:   # 30-day vol published to 8 decimals
+            assert abs(np.sqrt(float(curve[1])) - 0.13927842) < 5e-9
+    vxj_30 = indices.vxj_index(**example._asdict()).target_variance
+    np.testing.assert_allclose(float(curve[1]), vxj_30, rtol=1e-14)   # same arithmetic

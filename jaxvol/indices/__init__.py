@@ -15,7 +15,8 @@ from jaxvol.indices.cboe import (CboeBatch, CboeStatus, CboeTerm, CboeVix, cboe_
 from jaxvol.indices.vxj import (VxjBatch, VxjIndex, VxjStatus, VxjTerm, smile_variance,
                                vxj_index, vxj_index_batch, vxj_variance,
                                vxj_variance_from_prices)
-from jaxvol.indices.varswap import fair_variance_strike, realized_variance, replication_variance
+from jaxvol.indices.varswap import (fair_variance_strike, realized_variance,
+                                    replication_variance, variance_term_structure)
 from jaxvol.indices.term import (MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance,
                                  term_structure, variance_to_index)
 
@@ -26,4 +27,5 @@ __all__ = [
     "VxjBatch", "VxjIndex", "VxjStatus", "VxjTerm", "smile_variance", "vxj_index",
     "vxj_index_batch", "vxj_variance", "vxj_variance_from_prices",
     "fair_variance_strike", "realized_variance", "replication_variance",
+    "variance_term_structure",
 ]

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvol.indices import cboe, vxj
+from jaxvol.indices.term import term_structure
 
 
 def _log_payoff(strike, boundary, expiry):
@@ -99,6 +100,24 @@ def fair_variance_strike(strike, call_bid, call_ask, put_bid, put_ask, mask, min
     else:
         raise ValueError(f"method={method!r}; expected 'vxj' or 'cboe'")
     return term.variance, term.status
+
+
+def variance_term_structure(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
+                            target_minutes, *, method="vxj", presorted=False):
+    """Constant-maturity model-free variances (e.g. 9 days to 1 year) of many underlyings.
+
+    Args:
+      strike ... mask: ``[..., expiries, strikes]`` quotes; minutes, rate: ``[..., expiries]``.
+      target_minutes: ``[targets]`` tenors in minutes.
+      method: "vxj" or "cboe" per expiry, then :func:`jaxvol.indices.term_structure`
+        (linear in total variance between the bracketing expiries).
+
+    Returns ``(variance [..., targets], status [..., expiries])``; failed expiries are left out
+    of the interpolation.
+    """
+    variance, status = fair_variance_strike(strike, call_bid, call_ask, put_bid, put_ask, mask,
+                                            minutes, rate, method=method, presorted=presorted)
+    return term_structure(minutes, variance, status == 0, target_minutes), status
 
 
 @functools.partial(jax.jit, static_argnames=("demean",))
