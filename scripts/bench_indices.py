@@ -157,9 +157,11 @@ def peer_vxj_brentq(boards, forward, lanes):
             continue
         u, t = idx[0], idx[1]
         d = np.exp(-rate[u, t] * expiry[u, t])
-        f = lambda s: black(forward[u, t], k[idx], expiry[u, t], s, is_call[idx], d) - price[idx]  # noqa
+        def gap(s, u=u, t=t, d=d, idx=idx):
+            return black(forward[u, t], k[idx], expiry[u, t], s, is_call[idx], d) - price[idx]
+
         try:
-            vol[idx] = brentq(f, 1e-4, 5.0, xtol=1e-14)
+            vol[idx] = brentq(gap, 1e-4, 5.0, xtol=1e-14)
         except ValueError:
             pass
     return numpy_vxj_integral(vol, k[:lanes], forward[:lanes], expiry[:lanes], usable[:lanes])
@@ -228,14 +230,20 @@ def main():
     ok_cboe = float(np.mean(np.asarray(cboe.status) == 0))
     ok_vxj = float(np.mean(np.asarray(vxj.status) == 0))
     print(f"  lanes OK: cboe {ok_cboe:.4f}, vxj {ok_vxj:.4f}")
-    print(f"jaxvol cboe_vix_batch (presorted) {t_cboe:8.3f} s   ({t_cboe / n * 1e6:7.1f} us/underlying)")
-    print(f"python/numpy Cboe loop       {t_peer_full:8.3f} s   (scaled from {lanes}); "
-          f"ratio {t_peer_full / t_cboe:6.1f}x; max |d sigma^2| {cboe_diff:.1e}")
-    print(f"jaxvol vxj_index_batch (presorted) {t_vxj:8.3f} s   ({t_vxj / n * 1e6:7.1f} us/underlying)")
-    print(f"py_vollib_vectorized + numpy      {t_pvv:8.3f} s   (full batch); ratio "
-          f"{t_pvv / t_vxj:6.1f}x; max |d sigma^2| {pvv_diff:.1e}")
-    print(f"scipy brentq + numpy              {t_brent_full:8.3f} s   (scaled from {brent_lanes}); "
-          f"ratio {t_brent_full / t_vxj:6.1f}x; max |d sigma^2| {brent_diff:.1e}")
+    table = [
+        ("jaxvol cboe_vix_batch (presorted)", t_cboe, f"{t_cboe / n * 1e6:.1f} us/underlying"),
+        ("python/numpy Cboe loop", t_peer_full,
+         f"scaled from {lanes}; ratio {t_peer_full / t_cboe:.1f}x; "
+         f"max |d sigma^2| {cboe_diff:.1e}"),
+        ("jaxvol vxj_index_batch (presorted)", t_vxj, f"{t_vxj / n * 1e6:.1f} us/underlying"),
+        ("py_vollib_vectorized + numpy", t_pvv,
+         f"full batch; ratio {t_pvv / t_vxj:.1f}x; max |d sigma^2| {pvv_diff:.1e}"),
+        ("scipy brentq + numpy", t_brent_full,
+         f"scaled from {brent_lanes}; ratio {t_brent_full / t_vxj:.1f}x; "
+         f"max |d sigma^2| {brent_diff:.1e}"),
+    ]
+    for name, seconds, note in table:
+        print(f"{name:36s} {seconds:9.3f} s   ({note})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""VXJ: the Gaussian integral over the smile against Carr–Madan strike integrals and Black–Scholes."""
+"""VXJ: the Gaussian integral over the smile vs Carr–Madan strike integrals and Black–Scholes."""
 
 import jax
 import jax.numpy as jnp

@@ -62,7 +62,8 @@ class _Rules:
                    "delta_k": ("surviving", "listed")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"_Rules.{name}={getattr(self, name)!r}; expected one of {allowed}")
+                raise ValueError(
+                    f"_Rules.{name}={getattr(self, name)!r}; expected one of {allowed}")
 
 
 CBOE_RULES = _Rules()
