@@ -71,9 +71,9 @@ def _bits(dtype) -> int:
 
 def _polyval(coefs, x):
     """Horner evaluation, coefficients from the highest degree down."""
-    out = jnp.zeros_like(x) + coefs[0]
+    out = jnp.zeros_like(x) + float(coefs[0])
     for c in coefs[1:]:
-        out = out * x + c
+        out = out * x + float(c)
     return out
 
 

@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import ndtri
 
 from jaxvol._dtypes import as_bool, as_float, float_dtype
@@ -82,6 +83,11 @@ def _complement(x, s):
     return jnp.exp(0.5 * x) * norm_cdf(-(h + t)) + jnp.exp(-0.5 * x) * norm_cdf(h - t)
 
 
+def _vega(x, s):
+    """Normalised vega db/ds with a plain exponential (enough for Householder derivatives)."""
+    return SQRT_2PI_INV * jnp.exp(-0.5 * (x * x / (s * s) + 0.25 * s * s))
+
+
 def _log_vega_derivatives(x, s):
     """b''/b' and b'''/b' (from ln b' = -x^2/(2 s^2) - s^2/8 + const)."""
     g1 = x * x / (s * s * s) - 0.25 * s
@@ -94,9 +100,14 @@ def _householder(newton, halley, third):
     return newton * (1.0 + 0.5 * halley * newton) / (1.0 + newton * (halley + third * newton / 6.0))
 
 
-def _step(x, s, beta, b_max, region, b, complement):
-    """One Householder(3) step for the region's objective, given b(x, s) and b_max - b."""
-    v = normalised_vega(x, s)
+def _step(x, s, beta, b_max, region, b, complement, final=False):
+    """One Householder(3) step for the region's objective, given b(x, s) and b_max - b.
+
+    The final step uses log-ratio objectives, ``ln(b/beta)`` (or ``ln((b_max-beta)/(b_max-b))``
+    at high prices), whose rounding error is ~1 ulp of the ratio, so the last correction does
+    not amplify the residual's rounding (``1/ln b`` would, by ``|ln b|``).
+    """
+    v = _vega(x, s)
     g1, g2 = _log_vega_derivatives(x, s)
     b1, b2, b3 = v, v * g1, v * g2
     # low prices: f = 1/l with l = ln b, derivatives from ratios (b itself may be ~1e-300)
@@ -118,6 +129,14 @@ def _step(x, s, beta, b_max, region, b, complement):
     d1_high = -r1
     d2_high = (b2 / c) + r1 * r1
     d3_high = (b3 / c) + 3.0 * (b1 * b2) / (c * c) + 2.0 * (-r1) ** 3
+    if final:
+        f_log = jnp.log(b_safe / beta)
+        f_high = jnp.log((b_max - beta) / c)
+        f = jnp.where(region == 2, f_high, f_log)
+        d1 = jnp.where(region == 2, d1_high, l1)
+        d2 = jnp.where(region == 2, d2_high, l2)
+        d3 = jnp.where(region == 2, d3_high, l3)
+        return s + _householder(-f / d1, d2 / d1, d3 / d1)
     # choose by region: 0 low, 1 middle, 2 high
     f = jnp.where(region == 0, f_low, jnp.where(region == 1, b - beta, f_high))
     d1 = jnp.where(region == 0, d1_low, jnp.where(region == 1, b1, d1_high))
@@ -145,7 +164,7 @@ def _initial_guess(x, beta, b_max):
     s_c = jnp.sqrt(2.0 * ax)
     s_c_safe = jnp.where(s_c > 0, s_c, 1.0)
     b_c = jnp.where(s_c > 0, _cheap_call_otm(x, s_c_safe), 0.0)
-    v_c = jnp.where(s_c > 0, normalised_vega(x, s_c_safe), SQRT_2PI_INV)
+    v_c = jnp.where(s_c > 0, _vega(x, s_c_safe), SQRT_2PI_INV)
     b_c, v_c = _barrier((b_c, v_c))
     s_l = s_c - b_c / v_c
     s_u = s_c + (b_max - b_c) / v_c
@@ -160,7 +179,7 @@ def _initial_guess(x, beta, b_max):
     ax_safe = jnp.where(ax > 0, ax, 1.0)
     log_beta = jnp.log(beta)
     s_low = ax_safe / jnp.sqrt(-2.0 * log_beta)
-    for _ in range(4):
+    for _ in range(3):
         rhs = 3.0 * jnp.log(s_low) - jnp.log(SQRT_2PI * ax_safe * ax_safe) - log_beta - 0.125 * s_low**2
         s_low = ax_safe / jnp.sqrt(2.0 * jnp.maximum(rhs, 1e-3))
     # high: b_max - b ~ (e^{x/2} + e^{-x/2}) Phi(-s/2)
@@ -177,19 +196,18 @@ def _solve_otm(x, beta):
     b_max = jnp.exp(0.5 * x)
     s, region, lo, hi = _initial_guess(x, beta, b_max)
     s, region, lo, hi = _barrier((_safeguard(s, lo, hi), region, lo, hi))
-    for i in range(_HOUSEHOLDER_STEPS + 1):
-        final = i == _HOUSEHOLDER_STEPS
-        if final:
-            b, c = _barrier((_call_otm(x, s), _complement(x, s)))
-        else:
-            b = _barrier(_cheap_call_otm(x, s))
-            c = b_max - b
+
+    def cheap_step(_, carry):
+        s, lo, hi = carry
+        b = _cheap_call_otm(x, s)
         lo = jnp.where(b < beta, jnp.maximum(lo, s), lo)
         hi = jnp.where(b > beta, jnp.minimum(hi, s), hi)
-        s_new = _step(x, s, beta, b_max, region, b, c)
-        s = s_new if final else _safeguard(s_new, lo, hi)
-        s, lo, hi = _barrier((s, lo, hi))
-    return s
+        s = _safeguard(_step(x, s, beta, b_max, region, b, b_max - b), lo, hi)
+        return s, lo, hi
+
+    s, lo, hi = jax.lax.fori_loop(0, _HOUSEHOLDER_STEPS, cheap_step, (s, lo, hi))
+    b, c = _barrier((_call_otm(x, s), _complement(x, s)))
+    return _step(x, s, beta, b_max, region, b, c, final=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +231,30 @@ def _black_status(price, forward, strike, expiry, discount, theta):
     return status.astype(jnp.int32), intrinsic
 
 
+_CPU_BLOCK = 16384  # lanes per block on CPU: keeps the long elementwise chain in cache
+
+
+def _blockwise(kernel, *arrays):
+    """Apply an elementwise kernel in cache-sized blocks on CPU (one fused pass elsewhere).
+
+    XLA on CPU materialises the many intermediates of the solver as full-size arrays; running
+    it over blocks of 16,384 lanes (``lax.map`` with ``batch_size``) keeps them in cache. On
+    accelerators the whole batch goes through at once.
+    """
+    shape = arrays[0].shape
+    size = int(np.prod(shape)) if shape else 1
+    if jax.default_backend() != "cpu" or size <= _CPU_BLOCK:
+        return kernel(*arrays)
+    flat = [a.reshape(-1) for a in arrays]
+    out = jax.lax.map(lambda args: kernel(*args), tuple(flat), batch_size=_CPU_BLOCK)
+    return jax.tree_util.tree_map(lambda o: o.reshape(shape), out)
+
+
 def _implied_vol_primal(price, forward, strike, expiry, discount, theta):
+    return _blockwise(_implied_vol_kernel, price, forward, strike, expiry, discount, theta)
+
+
+def _implied_vol_kernel(price, forward, strike, expiry, discount, theta):
     status, intrinsic = _black_status(price, forward, strike, expiry, discount, theta)
     ok = status == IVStatus.OK
     f = jnp.where(ok, forward, 1.0)
@@ -323,6 +364,10 @@ def _bachelier_status(price, forward, strike, expiry, discount, theta):
 
 
 def _implied_normal_primal(price, forward, strike, expiry, discount, theta):
+    return _blockwise(_implied_normal_kernel, price, forward, strike, expiry, discount, theta)
+
+
+def _implied_normal_kernel(price, forward, strike, expiry, discount, theta):
     status, intrinsic = _bachelier_status(price, forward, strike, expiry, discount, theta)
     ok = status == IVStatus.OK
     d = jnp.where(ok, discount, 1.0)
