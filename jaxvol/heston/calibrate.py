@@ -119,7 +119,8 @@ def calibrate(surface: Surface, params0=None, *, objective="vol", feller_weight=
     return least_squares(
         _residuals, params0, surface.strike, surface.expiry, surface.spot, surface.rate,
         surface.div, surface.is_call, surface.quote, scale, weight, mask=flat_mask,
-        lower=np.asarray(lower), upper=np.asarray(upper), config=config)
+        lower=None if lower is None else np.asarray(lower),
+        upper=None if upper is None else np.asarray(upper), config=config)
 
 
 def implied_vol_rmse(params, surface: Surface):
