@@ -110,10 +110,36 @@ def test_resume_after_crash_gives_identical_outputs(reference, tmp_path, monkeyp
 
 
 def test_one_device_matches_eight(reference, tmp_path):
+    """Same statuses everywhere; converged fits agree to solver precision.
+
+    Not bitwise: XLA compiles the eight-way shard_map and the one-device program differently
+    (fusion), and Levenberg-Marquardt amplifies last-bit differences to its tolerance (measured:
+    RMSE of converged SVI lanes differ by 3e-12, ill-determined parameters by up to 1e-6 while
+    the fitted curve is unchanged). Lanes stopped at MAX_ITERATIONS are where the iteration
+    happened to stop and are compared by status only."""
     assert local_mesh(0).size == 8
     out = tmp_path / "one-device"
     run_nightly(small_config(**{"job.devices": 1}), out=out)
-    assert_same_outputs(out, reference)
+    one, eight = read_outputs(out), read_outputs(reference)
+    rows_1, rows_8 = one["rows"], eight["rows"]
+    pd.testing.assert_frame_equal(rows_1.drop(columns="iv_svi"), rows_8.drop(columns="iv_svi"),
+                                  check_exact=True)  # the chains layer is not sharded
+    s1, s8 = one["slices"], eight["slices"]
+    for model in ("svi", "sabr"):
+        np.testing.assert_array_equal(s1[f"{model}_status"], s8[f"{model}_status"])
+        converged = (s8[f"{model}_status"] == 0).to_numpy()
+        assert converged.sum() >= len(s8) // 2
+        # 1e-9 in vol: 300x the measured difference, far below any change of optimum (>=1e-6)
+        np.testing.assert_allclose(s1[f"{model}_rmse"][converged],
+                                   s8[f"{model}_rmse"][converged], rtol=0, atol=1e-9)
+    slice_of = rows_8.groupby(["underlying", "expiry"], sort=False).ngroup().to_numpy()
+    converged_rows = (s8["svi_status"] == 0).to_numpy()[slice_of]
+    # fitted vols at the quotes: 1e-7 (1e-5 vol points), far below any bid/ask spread
+    np.testing.assert_allclose(rows_1["iv_svi"][converged_rows],
+                               rows_8["iv_svi"][converged_rows], rtol=0, atol=1e-7)
+    # the indices are closed-form per lane: equal to rounding
+    pd.testing.assert_frame_equal(one["indices"], eight["indices"], check_exact=False,
+                                  rtol=1e-12, atol=1e-12)
 
 
 def test_batches_are_sharded_over_all_devices():

@@ -29,7 +29,9 @@ import pandas as pd
 
 from jaxvol.jobs import slices as slices_mod
 from jaxvol.jobs.domains import StageUnavailable, module, require
-from jaxvol.jobs.sharding import pad_leading, padded_size, shard_leading
+from jax.sharding import PartitionSpec
+
+from jaxvol.jobs.sharding import AXIS, pad_leading, padded_size, shard_leading
 
 __all__ = ["Chunk", "JobEnv", "STAGES", "StageUnavailable"]
 
@@ -45,6 +47,7 @@ class JobEnv:
     mesh: Any
     previous_slices: pd.DataFrame | None = None
     previous_underlyings: pd.DataFrame | None = None
+    mapped: dict = dataclasses.field(default_factory=dict)  # jitted shard_maps of this run
 
     @property
     def devices(self) -> int:
@@ -138,16 +141,18 @@ def pack(chunk: Chunk, env: JobEnv) -> None:
     _ensure_batch(chunk, env)
 
 
-def _sharded_call(env: JobEnv, fn: Callable, lane_arrays: list[np.ndarray], **kwargs):
-    """``fn(*arrays, **kwargs)`` over the lane axis, sharded over the mesh; the outputs (a
-    PyTree of arrays with a lane axis) come back as numpy, unpadded.
+def _sharded_call(env: JobEnv, fn: Callable, lane_arrays: list[np.ndarray], *,
+                  key: str | None = None):
+    """``fn(*arrays)`` over the lane axis, split across the mesh; the outputs (a PyTree of
+    arrays with a lane axis) come back as numpy, unpadded.
 
     The lanes are padded to ``size`` (a power of two, multiple of ``job.slice_multiple`` = M)
-    and cut into M blocks of ``size / M`` lanes; with D devices (D divides M) each call takes D
-    blocks, one per device. Every device therefore runs the same program on the same local
-    shape whatever D is, which makes a one-device run bitwise identical to an eight-device run
-    (XLA's CPU code generation depends on the batch shape, and an iterative fit amplifies the
-    last-bit differences to its tolerance)."""
+    and cut into M blocks of ``size / M`` lanes; with D devices (D divides M) each call maps
+    ``fn`` over D blocks with ``jax.shard_map``, one block per device. Every device therefore
+    runs ``fn`` itself on the same local shape whatever D is, so a one-device run is bitwise
+    identical to an eight-device run (XLA's code generation depends on the shape, and an
+    iterative fit amplifies last-bit differences to its tolerance). ``key`` names ``fn`` for
+    reuse of the jitted map within a run (``fn`` must then depend only on the config)."""
     lanes = lane_arrays[0].shape[0]
     multiple = env.config["job"]["slice_multiple"]
     if multiple % env.devices:
@@ -155,11 +160,23 @@ def _sharded_call(env: JobEnv, fn: Callable, lane_arrays: list[np.ndarray], **kw
                          f"{env.devices} devices in use (set job.devices)")
     size = padded_size(lanes, multiple, env.devices)
     padded = [pad_leading(np.asarray(a), size, None) for a in lane_arrays]
+    mapped = _mapped(env, fn, len(padded), key)
     step = size // multiple * env.devices
-    parts = [fn(*shard_leading(env.mesh, *(a[i:i + step] for a in padded)), **kwargs)
+    parts = [mapped(*shard_leading(env.mesh, *(a[i:i + step] for a in padded)))
              for i in range(0, size, step)]
     return jax.tree.map(lambda *leaves: np.concatenate([np.asarray(x) for x in leaves])[:lanes],
                         *parts)
+
+
+def _mapped(env: JobEnv, fn: Callable, count: int, key: str | None):
+    cached = env.mapped.get((key, count)) if key else None
+    if cached is None:
+        spec = PartitionSpec(AXIS)
+        cached = jax.jit(jax.shard_map(fn, mesh=env.mesh, in_specs=(spec,) * count,
+                                       out_specs=spec, check_vma=False))
+        if key:
+            env.mapped[(key, count)] = cached
+    return cached
 
 
 def _previous_for(env: JobEnv, table: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
@@ -242,7 +259,7 @@ def _svi_fit(fit_fn, env, arrays, previous, options):
     init_name = _init_keyword(fit_fn)
     if previous is None or init_name is None:
         return _sharded_call(env, lambda k, w, weight, mask: fit_fn(
-            k, w, weights=weight, mask=mask, **kwargs), arrays)
+            k, w, weights=weight, mask=mask, **kwargs), arrays, key="svi-cold")
     k, w, _, mask = arrays
     atm = np.nanmin(np.where(mask, w, np.nan), axis=1, initial=np.inf)
     atm = np.where(np.isfinite(atm), atm, 0.01)
@@ -250,7 +267,8 @@ def _svi_fit(fit_fn, env, arrays, previous, options):
                         np.zeros_like(atm), np.full_like(atm, 0.1)], axis=1)
     start = np.where(np.isfinite(previous).all(axis=1, keepdims=True), previous, generic)
     return _sharded_call(env, lambda k, w, weight, mask, p0: fit_fn(
-        k, w, weights=weight, mask=mask, **{init_name: p0}, **kwargs), arrays + [start])
+        k, w, weights=weight, mask=mask, **{init_name: p0}, **kwargs), arrays + [start],
+        key="svi-warm")
 
 
 def _row_model_vol(chunk: Chunk, svi_mod, params: np.ndarray) -> None:
@@ -293,7 +311,8 @@ def sabr(chunk: Chunk, env: JobEnv) -> None:
     if previous is None and hasattr(sabr_mod, "fit"):
         config = _lm_config(sabr_mod.fit, env.iterations("sabr"))
         fit = _sharded_call(env, lambda f, k, t, vol, weight, mask: sabr_mod.fit(
-            f, k, t, vol, beta=beta, weights=weight, mask=mask, config=config), lanes)
+            f, k, t, vol, beta=beta, weights=weight, mask=mask, config=config), lanes,
+            key="sabr-cold")
     else:
         fit = _sabr_from_start(env, lanes, _sabr_start(batch, forward, beta, previous), beta)
     params, status = np.asarray(fit.params), np.asarray(fit.status)
@@ -327,7 +346,8 @@ def _sabr_from_start(env, lanes, start, beta):
                              lower=[1e-8, -0.999, 1e-4], upper=[np.inf, 0.999, 10.0],
                              config=config)
 
-    return _sharded_call(env, call, [start] + lanes + [np.full_like(lanes[0], beta)])
+    return _sharded_call(env, call, [start] + lanes + [np.full_like(lanes[0], beta)],
+                         key="sabr-warm")
 
 
 def _atm_vol(batch: slices_mod.SliceBatch) -> np.ndarray:
@@ -377,7 +397,8 @@ def ssvi(chunk: Chunk, env: JobEnv) -> None:
     form = env.config["ssvi"]["phi"]
     config = _lm_config(ssvi_mod.fit, env.iterations("ssvi"))
     fit = _sharded_call(env, lambda k, w, weight, mask: ssvi_mod.fit(
-        k, w, weights=weight, mask=mask, phi=form, config=config), [k, w, weight, mask])
+        k, w, weights=weight, mask=mask, phi=form, config=config), [k, w, weight, mask],
+        key="ssvi")
     phi = np.asarray(fit.phi_params).reshape(len(names), -1)
     table = pd.DataFrame({"underlying": names, "ssvi_rho": np.asarray(fit.rho)})
     for i in range(phi.shape[1]):
@@ -490,7 +511,7 @@ def heston(chunk: Chunk, env: JobEnv) -> None:
                              config=config)
 
     fit = _sharded_call(env, call, [start, q["strike"], q["expiry"], q["spot"], q["rate"],
-                                    q["is_call"], q["price"], q["vega"], mask])
+                                    q["is_call"], q["price"], q["vega"], mask], key="heston")
     params, status = np.asarray(fit.params), np.asarray(fit.status)
     previous = _previous_underlyings(env, names)
     params, used_previous = _fallback(status, params, previous, (2, 3))
@@ -619,8 +640,10 @@ def indices(chunk: Chunk, env: JobEnv) -> None:
         lanes = [arrays[n] for n in ("strike", "call_bid", "call_ask", "put_bid", "put_ask",
                                      "mask", "minutes")] + [rate]
         target = float(target_days * 1440)
-        cboe = _sharded_call(env, lambda *a: cboe_vix_batch(*a, target_minutes=target), lanes)
-        vxj = _sharded_call(env, lambda *a: vxj_index_batch(*a, target_minutes=target), lanes)
+        cboe = _sharded_call(env, lambda *a: cboe_vix_batch(*a, target_minutes=target), lanes,
+                             key="cboe")
+        vxj = _sharded_call(env, lambda *a: vxj_index_batch(*a, target_minutes=target), lanes,
+                            key="vxj")
         found = pd.DataFrame({
             "underlying": names, f"cboe_{target_days}d": cboe.index,
             "cboe_status": cboe.status.astype(np.int32), f"vxj_{target_days}d": vxj.index,
@@ -645,7 +668,7 @@ def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
     expiry = table["expiry"].to_numpy()
     term = _sharded_call(env, lambda k, p, c, m, f, t, d: from_prices(k, p, c, m, f, t, d),
                          [batch.strike, batch.price, batch.is_call, batch.mask, forward, expiry,
-                          discount])
+                          discount], key="vxj-term")
     variance = np.where(ok & (np.asarray(term.status) == 0), term.variance, np.nan)
     names, grid = _by_underlying(table["underlying"].to_numpy(), {}, {
         "minutes": expiry * MINUTES_PER_YEAR, "variance": variance,
