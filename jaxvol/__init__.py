@@ -14,6 +14,7 @@ from jaxvol.smile import sabr, ssvi, svi  # noqa: E402,F401  (smile models: jaxv
 from jaxvol import indices  # noqa: E402,F401  (model-free variance, VIX/VXJ)
 from jaxvol import chains  # noqa: E402,F401  (option chains: flags, packing, forwards, arbitrage)
 from jaxvol import fx  # noqa: E402,F401  (FX conventions, strangles, smiles)
+from jaxvol import heston  # noqa: E402,F401  (Heston pricing and calibration)
 
 __all__ = [
     "configure", "black_price", "bsm_price", "bachelier_price", "greeks", "bsm_greeks",
