@@ -70,7 +70,8 @@ def test_standard_errors_are_consistent_with_the_errors():
 
 def test_outlier_pair_is_damped_by_huber_weights():
     # One near-the-money call quoted 40 half-spreads too high (still a valid quote).  Plain
-    # weighted least squares (huber = reject = 1e12: never damps) moves F by a sizeable fraction of the outlier; the
+    # weighted least squares (huber = reject = 1e12: never damps) moves F by a sizeable fraction
+    # of the outlier; the
     # Huber IRLS must cut that error at least tenfold.
     board, truth = black_board(1, 1, 25, seed=2)
     f_true = truth["forward"].iloc[0]
@@ -112,7 +113,8 @@ def test_rate_and_dividend_columns_give_the_carry():
 
 def test_slice_without_pairs_has_no_forward_and_is_flagged():
     board, _ = black_board(1, 2, 11, seed=6)
-    calls_only = board[~((board["expiry"] == board["expiry"].max()) & (board["option_type"] == "P"))]
+    late_puts = (board["expiry"] == board["expiry"].max()) & (board["option_type"] == "P")
+    calls_only = board[~late_puts]
     out = jaxvol.chains.analyze(calls_only)
     late = out["expiry"] == out["expiry"].max()
     assert out.loc[late, "forward"].isna().all()

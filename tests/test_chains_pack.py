@@ -10,7 +10,8 @@ from jaxvol.chains.boards import black_board
 
 
 def test_bucket_sizes():
-    np.testing.assert_array_equal(strike_capacity([1, 8, 9, 60, 64, 65, 512, 600], (8, 16, 64, 512)),
+    counts = [1, 8, 9, 60, 64, 65, 512, 600]
+    np.testing.assert_array_equal(strike_capacity(counts, (8, 16, 64, 512)),
                                   [8, 8, 16, 64, 64, 512, 512, 1024])
     assert [slice_capacity(n, 64) for n in (1, 8, 9, 64, 65, 130)] == [8, 8, 16, 64, 128, 192]
     with pytest.raises(ValueError, match="slice_block"):
@@ -29,7 +30,8 @@ def _ragged_board(n_underlyings, seed):
 
 def test_one_compile_per_bucket_across_many_slices():
     # slice_block=8: every batch is cut into [8, width] blocks, so each block kernel (forwards,
-    # vols, checks) is traced once per strike bucket (widths 8, 16, 32, 64 here) whatever the number of slices, and the
+    # vols, checks) is traced once per strike bucket (widths 8, 16, 32, 64 here) whatever the
+    # number of slices, and the
     # calendar kernel once per run shape.  A second board with a different number of
     # underlyings and slices must not trace anything new.
     options = dict(slice_block=8, strike_buckets=(8, 16, 32, 64))

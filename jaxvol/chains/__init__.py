@@ -27,7 +27,8 @@ __all__ = [
     "DEFAULT_EXCLUDE", "Flag", "ForwardResult", "ForwardStatus", "PackedChain", "QUOTE_LEVEL",
     "QuoteVols", "Relation", "SchemaError", "analyze", "arbitrage_report", "calendar_arbitrage",
     "compute", "describe", "flagged", "gather_slices", "iter_blocks", "load", "make_schema", "pack",
-    "parity_forwards", "quote_vols", "read_table", "report", "row_flags", "rows_frame", "slice_capacity",
+    "parity_forwards", "quote_vols", "read_table", "report", "row_flags", "rows_frame",
+    "slice_capacity",
     "static_arbitrage", "strike_capacity", "total_variance_otm", "unpack_cells", "unpack_slices",
     "validate",
 ]

@@ -66,7 +66,10 @@ class ArbitrageResult(NamedTuple):
 
 def static_arbitrage(strike, call_bid, call_ask, put_bid, put_ask, call_mask, put_mask,
                      forward, discount, *, tolerance: float = 1e-10) -> ArbitrageResult:
-    """Relations 1-7 for a batch: quotes/masks [slices, strikes], ``forward``/``discount`` [slices]."""
+    """Relations 1-7 for a batch.
+
+    Quotes and masks are [slices, strikes]; ``forward``/``discount`` are [slices].
+    """
     kernel = jax.vmap(lambda *a: _slice_static(*a, tolerance=tolerance))
     return kernel(strike, call_bid, call_ask, put_bid, put_ask, call_mask, put_mask, forward,
                   discount)

@@ -221,7 +221,10 @@ def _finish(fit: _Fit, weight, forward_in, discount_in) -> ForwardResult:
     good = (status == ForwardStatus.OK) | supplied
     forward = jnp.where(supplied, forward_in, jnp.where(good, fit.forward, jnp.nan))
     discount = jnp.where(supplied, discount_in, jnp.where(good, fit.discount, jnp.nan))
-    se = lambda v: jnp.where(supplied, 0.0, jnp.where(good, jnp.sqrt(jnp.maximum(v, 0.0)),  # noqa: E731
-                                                       jnp.nan))
+
+    def se(variance):
+        root = jnp.sqrt(jnp.maximum(variance, 0.0))
+        return jnp.where(supplied, 0.0, jnp.where(good, root, jnp.nan))
+
     return ForwardResult(forward, discount, se(fit.var_forward), se(fit.var_discount),
                          fit.n_used.astype(jnp.int32), status.astype(jnp.int32))

@@ -20,9 +20,10 @@ whatever stays unknown is estimated from put-call parity.
 
 :func:`validate` returns the *normalised* frame used by the rest of :mod:`jaxvol.chains`: a
 ``RangeIndex`` (row position in the input), the columns of :data:`NORMALISED_COLUMNS`, float64
-numbers, a categorical ``underlying`` and a boolean ``is_call``.  Structural problems (missing column, a value of the wrong
-type) raise :class:`SchemaError` naming the column and the offending rows; bad *values* (NaN,
-negative prices, ...) are not errors: they become quality flags downstream.
+numbers, a categorical ``underlying`` and a boolean ``is_call``.  Structural problems (missing
+column, a value of the wrong type) raise :class:`SchemaError` naming the column and the
+offending rows; bad *values* (NaN, negative prices, ...) are not errors: they become quality
+flags downstream.
 """
 
 from __future__ import annotations
