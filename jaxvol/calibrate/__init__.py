@@ -7,7 +7,8 @@ per-lane :class:`FitStatus`.
 """
 
 from jaxvol.calibrate._types import FitResult, FitStatus, LMConfig
+from jaxvol.calibrate.chunks import map_chunks
 from jaxvol.calibrate.gradient_descent import minimize
 from jaxvol.calibrate.levenberg_marquardt import least_squares, multistart
 
-__all__ = ["FitResult", "FitStatus", "LMConfig", "least_squares", "minimize", "multistart"]
+__all__ = ["FitResult", "FitStatus", "LMConfig", "least_squares", "map_chunks", "minimize", "multistart"]

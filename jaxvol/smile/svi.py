@@ -13,20 +13,23 @@ Gatheral's SVI model".
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import FitStatus, LMConfig, least_squares
+from jaxvol.calibrate import FitStatus, LMConfig, least_squares, map_chunks
+from jaxvol.calibrate._linalg import cholesky_solve
 
 PARAMS = ("a", "b", "rho", "m", "sigma")
 LOWER = (-jnp.inf, 0.0, -1.0, -jnp.inf, 0.0)
 UPPER = (jnp.inf, jnp.inf, 1.0, jnp.inf, jnp.inf)
 FIT_CONFIG = LMConfig(max_iterations=60)
+CHUNK_SIZE = 128
 NO_ARBITRAGE_CONFIG = LMConfig(max_iterations=300)
-GUESS_CONFIG = LMConfig(max_iterations=30, ftol=1e-8, xtol=1e-8, gtol=1e-8)
+GUESS_CONFIG = LMConfig(max_iterations=30, ftol=1e-8, xtol=1e-8, gtol=1e-8)  # a start only
 
 
 def _floats(*values):
@@ -172,27 +175,34 @@ _SIGMA_FRACTIONS = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def _linear_coefficients(k, w, weight, m, sigma):
-    """Zeliade's inner problem: for fixed (m, sigma), w = a + d y + c sqrt(y^2 + 1) with
-    y = (k - m)/sigma, c = b sigma, d = rho b sigma is linear in (a, d, c): weighted least
-    squares (weight = squared residual weight; a 1e-12 ridge keeps it solvable)."""
+    """Zeliade's inner problem: for fixed (m, sigma), w = a + d y + c z with y = (k - m)/sigma,
+    z = sqrt(y^2 + 1), c = b sigma, d = rho b sigma is linear in (a, d, c): weighted least
+    squares (weight = squared residual weight; a 1e-12 ridge keeps it solvable). The 3 x 3
+    normal equations are built from elementwise sums (fast across lanes). Returns
+    ((a, d, c), y, z)."""
     y = (k - m) / sigma
-    design = jnp.stack([jnp.ones_like(y), y, jnp.sqrt(y * y + 1.0)], axis=-1)
-    normal = design.T @ (weight[:, None] * design)
-    ridge = 1e-12 * jnp.trace(normal) + jnp.finfo(k.dtype).tiny
-    coefficients = jnp.linalg.solve(normal + ridge * jnp.eye(3, dtype=k.dtype),
-                                    design.T @ (weight * w))
-    return coefficients, design
+    z = jnp.sqrt(y * y + 1.0)
+    wy, wz = weight * y, weight * z
+    s0, sy, sz = jnp.sum(weight), jnp.sum(wy), jnp.sum(wz)
+    syy, syz = jnp.sum(wy * y), jnp.sum(wy * z)
+    szz = syy + s0  # z^2 = y^2 + 1
+    normal = jnp.stack([jnp.stack([s0, sy, sz]), jnp.stack([sy, syy, syz]),
+                        jnp.stack([sz, syz, szz])])
+    ridge = 1e-12 * (s0 + syy + szz) + jnp.finfo(k.dtype).tiny
+    rhs = jnp.stack([jnp.sum(weight * w), jnp.sum(wy * w), jnp.sum(wz * w)])
+    coefficients = cholesky_solve(normal + ridge * jnp.eye(3, dtype=k.dtype), rhs)
+    return coefficients, y, z
 
 
 def reduced_residuals(m_sigma, k, w, weight):
     """Variable projection: residuals of the best (a, d, c) for given (m, sigma)."""
-    coefficients, design = _linear_coefficients(k, w, weight, m_sigma[0], m_sigma[1])
-    return jnp.sqrt(weight) * (design @ coefficients - w)
+    (a, d, c), y, z = _linear_coefficients(k, w, weight, m_sigma[0], m_sigma[1])
+    return jnp.sqrt(weight) * (a + d * y + c * z - w)
 
 
 def _raw_from_m_sigma(k, w, weight, m, sigma):
     """Raw params from the inner solution, projected onto b > 0, |rho| < 1."""
-    (a, d, c), _ = _linear_coefficients(k, w, weight, m, sigma)
+    (a, d, c), _, _ = _linear_coefficients(k, w, weight, m, sigma)
     c = jnp.maximum(c, 1e-6)  # b sigma, in units of total variance: keeps b > 0
     d = jnp.clip(d, -0.99 * c, 0.99 * c)
     return jnp.stack([a, c / sigma, d / c, m, sigma])
@@ -223,8 +233,12 @@ def initial_guess(k, total_variance, *, weights=None, mask=None):
     solution at its (m, sigma), projected onto b > 0 and |rho| < 1, is the guess. Lanes without
     5 usable points get NaN.
     """
-    k, w, weights, usable = _prepare(k, total_variance, weights, mask)
-    return _guess(k, w, weights, usable)
+    return _initial_guess(*_validate(k, total_variance, weights, mask))
+
+
+@jax.jit
+def _initial_guess(k, w, weights, mask):
+    return _guess(*_clean(k, w, weights, mask))
 
 
 def _guess(k, w, weights, usable):
@@ -241,9 +255,8 @@ def _guess(k, w, weights, usable):
     return jnp.where(enough[:, None], guess, jnp.nan)
 
 
-def _prepare(k, total_variance, weights, mask):
-    """Validate [slices, strikes] inputs; return (k, w, weights, usable) with unusable points
-    (masked, non-finite, w <= 0, zero or non-finite weight) zeroed: the double where."""
+def _validate(k, total_variance, weights, mask):
+    """Check [slices, strikes] shapes (ValueError) and fill default weights and mask."""
     k, w = _floats(k, total_variance)
     if k.ndim != 2 or k.shape != w.shape:
         raise ValueError(f"k and total_variance must both be [slices, strikes], got {k.shape} "
@@ -253,6 +266,12 @@ def _prepare(k, total_variance, weights, mask):
     mask = jnp.ones(w.shape, bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask), w.shape)
     if mask.dtype != bool:
         raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
+    return k, w, weights, mask
+
+
+def _clean(k, w, weights, mask):
+    """Return (k, w, weights, usable) with unusable points (masked, non-finite, w <= 0, zero
+    or non-finite weight) zeroed: the double where."""
     usable = (mask & jnp.isfinite(k) & jnp.isfinite(w) & (w > 0) & jnp.isfinite(weights)
               & (weights > 0))
     return (jnp.where(usable, k, 0.0), jnp.where(usable, w, 0.0),
@@ -326,7 +345,8 @@ def _penalty_grid(k, usable):
 
 
 def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrage=False,
-        penalty_weight=10.0, config: LMConfig | None = None) -> SVIFit:
+        penalty_weight=10.0, config: LMConfig | None = None,
+        chunk_size: int | None = CHUNK_SIZE) -> SVIFit:
     """Fit raw SVI to every slice of [slices, strikes] arrays in one batch.
 
     Args:
@@ -343,16 +363,35 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
         minimum variance. The penalised problem is stiffer: it needs ~100+ iterations.
       config: the engine's :class:`LMConfig`; default ``FIT_CONFIG`` (60 iterations), or
         ``NO_ARBITRAGE_CONFIG`` (300) with ``no_arbitrage``.
+      chunk_size: slices are fitted in chunks of this many (:func:`jaxvol.calibrate.map_chunks`:
+        cache-sized working sets, and each chunk stops when its own slowest slice is done);
+        None fits all at once. Results do not depend on it.
     """
     if config is None:
         config = NO_ARBITRAGE_CONFIG if no_arbitrage else FIT_CONFIG
-    k, w, weights, usable = _prepare(k, total_variance, weights, mask)
-    start = _guess(k, w, weights, usable) if initial is None else jnp.asarray(initial, k.dtype)
+    k, w, weights, mask = _validate(k, total_variance, weights, mask)
+    if initial is not None:
+        initial = jnp.asarray(initial, k.dtype)
+    return _fit(k, w, weights, mask, initial, jnp.asarray(penalty_weight, k.dtype),
+                no_arbitrage=bool(no_arbitrage), config=config, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("no_arbitrage", "config", "chunk_size"))
+def _fit(k, w, weights, mask, initial, penalty_weight, *, no_arbitrage, config, chunk_size):
+    body = lambda *a: _fit_chunk(*a, penalty_weight, no_arbitrage, config)  # noqa: E731
+    if initial is None:
+        return map_chunks(lambda *a: body(*a, None), chunk_size, k, w, weights, mask)
+    return map_chunks(body, chunk_size, k, w, weights, mask, initial)
+
+
+def _fit_chunk(k, w, weights, mask, initial, penalty_weight, no_arbitrage, config):
+    k, w, weights, usable = _clean(k, w, weights, mask)
+    start = _guess(k, w, weights, usable) if initial is None else initial
     enough = jnp.sum(usable.astype(jnp.int32), axis=1) >= len(PARAMS)
     start = jnp.where(enough[:, None], start, jnp.nan)  # BAD_INPUT for thin slices
     if no_arbitrage:
         rows = _PENALTY_POINTS + 3
-        extra = jnp.full((k.shape[0], rows), penalty_weight, k.dtype)
+        extra = jnp.broadcast_to(penalty_weight, (k.shape[0], rows))
         result = least_squares(
             penalised_residuals, start, k, w, _penalty_grid(k, usable),
             weights=jnp.concatenate([weights, extra], axis=1),
