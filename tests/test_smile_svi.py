@@ -128,7 +128,8 @@ def test_garbage_slices_get_status_and_do_not_disturb_others():
                                      FitStatus.CONVERGED]
     assert np.all(np.isnan(dirty.params[1:4])) and np.all(np.isnan(dirty.rmse[1:4]))
     # Same batch shape, same program: the healthy slices are bit-for-bit unchanged.
-    np.testing.assert_array_equal(np.asarray(dirty.params)[[0, 4]], np.asarray(clean.params)[[0, 4]])
+    np.testing.assert_array_equal(np.asarray(dirty.params)[[0, 4]],
+                                  np.asarray(clean.params)[[0, 4]])
 
 
 def test_masked_and_nan_points_are_ignored():

@@ -11,4 +11,5 @@ from jaxvol.calibrate.chunks import map_chunks
 from jaxvol.calibrate.gradient_descent import minimize
 from jaxvol.calibrate.levenberg_marquardt import least_squares, multistart
 
-__all__ = ["FitResult", "FitStatus", "LMConfig", "least_squares", "map_chunks", "minimize", "multistart"]
+__all__ = ["FitResult", "FitStatus", "LMConfig", "least_squares", "map_chunks", "minimize",
+           "multistart"]

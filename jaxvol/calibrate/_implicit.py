@@ -4,7 +4,8 @@ At a solution u* of lane i the gradient G(u, theta) = J(u, theta)^T r(u, theta) 
 the implicit-function theorem du*/dtheta = -H^{-1} dG/dtheta with H = dG/du (the full Hessian of
 0.5 |r|^2, second-order residual terms included). Both derivatives are forward-mode, so masked
 points (whose tangents are dropped by ``jnp.where``) cannot leak NaN. Failed lanes (non-finite
-u*, or status NON_FINITE / BAD_INPUT) get zero tangents and, through the ``where`` on their input tangents, zero cotangents.
+u*, or status NON_FINITE / BAD_INPUT) get zero tangents and, through the ``where`` on their
+input tangents, zero cotangents.
 """
 
 from __future__ import annotations

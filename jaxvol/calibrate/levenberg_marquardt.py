@@ -2,9 +2,10 @@
 
 Per lane: Gauss–Newton steps on the weighted, masked residuals with Nielsen's adaptive damping
 and Marquardt's diagonal scaling; the Jacobian comes from :func:`jax.jacfwd`; the damped normal
-equations (P x P, P small) are solved by an unrolled Cholesky factorisation. Every lane does the same fixed work per
-iteration; a lane that has converged (or failed) is frozen with ``jnp.where``. The batch is a
-``vmap`` over lanes, compiled once per (residual function, shapes, config, bounds).
+equations (P x P, P small) are solved by an unrolled Cholesky factorisation. Every lane does
+the same fixed work per iteration; a lane that has converged (or failed) is frozen with
+``jnp.where``. The batch is a ``vmap`` over lanes, compiled once per (residual function,
+shapes, config, bounds).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Kinds, fixed at trace time from which bounds are finite:
 free ``x = u``; lower only ``x = lower + exp(u)``; upper only ``x = upper - exp(-u)``;
 both ``x = lower + (upper - lower) * sigmoid(u)``. Bounds are open: a bound is approached, never
-crossed (rounding may land exactly on it). Start points on or outside a bound are pulled just inside it before inversion.
+crossed (rounding may land exactly on it). Start points on or outside a bound are pulled just
+inside it before inversion.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def to_raw_svi(theta, rho, phi):
 
 
 def butterfly_free(theta, rho, phi):
-    """GJ theorem 4.2's sufficient condition: theta phi (1+|rho|) < 4, theta phi^2 (1+|rho|) <= 4."""
+    """GJ theorem 4.2's sufficient condition for no butterfly arbitrage:
+    theta phi (1+|rho|) < 4 and theta phi^2 (1+|rho|) <= 4."""
     theta, rho, phi = _floats(theta, rho, phi)
     scale = 1.0 + jnp.abs(rho)
     return (theta * phi * scale < 4.0) & (theta * phi * phi * scale <= 4.0)
