@@ -59,13 +59,23 @@ def test_forward_accuracy_against_mpmath(mp_grid):
 
 
 def test_backward_accuracy_reprices_to_1e13(mp_grid):
+    """Repricing the returned vol reproduces the price to 1e-13 relative.
+
+    Exception, by necessity: where the price's elasticity to vol, e = vol*vega/price, exceeds
+    ~450 (deep out of the money, e ~ (ln(F/K)/(vol sqrt T))^2), adjacent doubles of vol already
+    move the price by e * 2.2e-16 > 1e-13; there the bound is 2 e ulp, i.e. one ulp of vol.
+    """
     g = mp_grid
     res = jaxvol.implied_vol(g["price"], 1.0, g["strike"], 1.0, g["is_call"])
     ok = np.asarray(res.status) == IVStatus.OK
     repriced = np.asarray(jaxvol.black_price(1.0, g["strike"], 1.0, res.vol, g["is_call"]))
     rel = np.abs(repriced[ok] / g["price"][ok] - 1)
+    elasticity = 1.0 / g["cond"][ok]
+    bound = np.maximum(1e-13, 2.0 * elasticity * np.finfo(float).eps)
     assert ok.sum() > 1200
-    assert rel.max() <= 1e-13, rel.max()
+    assert np.all(rel <= bound), (rel / bound).max()
+    assert rel[elasticity <= 400].max() <= 1e-13
+    assert (elasticity > 450).sum() < 0.1 * ok.sum()
 
 
 @pytest.mark.slow
@@ -193,9 +203,10 @@ def test_large_batch_uses_blocks_and_matches_small_batches():
     n = 40_000  # above the CPU block size, not a multiple of it
     k = 100.0 * np.exp(rng.normal(0, 0.2, n))
     v = rng.uniform(0.1, 0.6, n)
-    p = np.asarray(jaxvol.black_price(100.0, k, 1.0, v, True))
-    big = np.asarray(jaxvol.implied_vol(p, 100.0, k, 1.0, True).vol)
-    small = np.asarray(jaxvol.implied_vol(p[:100], 100.0, k[:100], 1.0, True).vol)
+    c = k >= 100.0  # out-of-the-money quotes: well conditioned, so 1e-12 is a fair bound
+    p = np.asarray(jaxvol.black_price(100.0, k, 1.0, v, c))
+    big = np.asarray(jaxvol.implied_vol(p, 100.0, k, 1.0, c).vol)
+    small = np.asarray(jaxvol.implied_vol(p[:100], 100.0, k[:100], 1.0, c[:100]).vol)
     # another compiled program (vector width, remainder loop) moves results by a few ulp
     np.testing.assert_allclose(big[:100], small, rtol=2e-15, atol=0)
     np.testing.assert_allclose(big, v, rtol=1e-12)
