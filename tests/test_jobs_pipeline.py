@@ -127,16 +127,24 @@ def test_one_device_matches_eight(reference, tmp_path):
     s1, s8 = one["slices"], eight["slices"]
     for model in ("svi", "sabr"):
         np.testing.assert_array_equal(s1[f"{model}_status"], s8[f"{model}_status"])
-        converged = (s8[f"{model}_status"] == 0).to_numpy()
-        assert converged.sum() >= len(s8) // 2
-        # 1e-9 in vol: 300x the measured difference, far below any change of optimum (>=1e-6)
-        np.testing.assert_allclose(s1[f"{model}_rmse"][converged],
-                                   s8[f"{model}_rmse"][converged], rtol=0, atol=1e-9)
+    converged = (s8["svi_status"] == 0).to_numpy()
+    assert converged.sum() >= 3
+    # SVI: 1e-9 in vol is 2e5 x the measured difference (4.5e-15), far below any change of
+    # optimum (>= 1e-6)
+    np.testing.assert_allclose(s1["svi_rmse"][converged], s8["svi_rmse"][converged], rtol=0,
+                               atol=1e-9)
+    # SABR's fit keeps the best of six starts: a near-tie between two local optima can go
+    # either way on the last bit (measured: one lane of 19 moved by 2.7e-5 in RMSE); the
+    # others agree to 1e-9
+    converged = (s8["sabr_status"] == 0).to_numpy()
+    close = np.abs(s1["sabr_rmse"] - s8["sabr_rmse"]).to_numpy()[converged] < 1e-9
+    assert close.mean() >= 0.9
     slice_of = rows_8.groupby(["underlying", "expiry"], sort=False).ngroup().to_numpy()
     converged_rows = (s8["svi_status"] == 0).to_numpy()[slice_of]
-    # fitted vols at the quotes: 1e-7 (1e-5 vol points), far below any bid/ask spread
+    # fitted SVI vols at the quotes: measured 8.2e-8; 5e-7 (5e-5 vol points) is far below any
+    # bid/ask spread
     np.testing.assert_allclose(rows_1["iv_svi"][converged_rows],
-                               rows_8["iv_svi"][converged_rows], rtol=0, atol=1e-7)
+                               rows_8["iv_svi"][converged_rows], rtol=0, atol=5e-7)
     # the indices are closed-form per lane: equal to rounding
     pd.testing.assert_frame_equal(one["indices"], eight["indices"], check_exact=False,
                                   rtol=1e-12, atol=1e-12)
@@ -188,13 +196,17 @@ def test_warm_start_from_yesterday(reference, tmp_path):
     run_nightly(small_config(**{"market.day": 1}), out=warm, warm_start=str(reference))
     a, b = pd.read_parquet(cold / "slices.parquet"), pd.read_parquet(warm / "slices.parquet")
     fitted = a["n_quotes"] >= 5
-    # starting from yesterday's optimum needs fewer iterations on a market that moved a little
+    # SABR from yesterday's optimum needs fewer iterations on a market that moved a little
+    # (measured 10.9 vs 12.7 on average)
     assert b["sabr_iterations"][fitted].mean() < a["sabr_iterations"][fitted].mean()
-    assert b["svi_iterations"][fitted].mean() < a["svi_iterations"][fitted].mean()
-    # and reaches fits as good: median RMSE within 10% of the cold fit's (fits of the same
-    # noisy quotes from different starts; a worse local optimum would show up here)
-    for model in ("svi", "sabr"):
-        assert b[f"{model}_rmse"][fitted].median() <= 1.1 * a[f"{model}_rmse"][fitted].median()
+    # and reaches fits as good: median RMSE within 1% of the cold multi-start fit's (measured
+    # equal to 1e-11; a worse local optimum would show up here)
+    assert b["sabr_rmse"][fitted].median() <= 1.01 * a["sabr_rmse"][fitted].median()
+    # SVI always starts from its own quasi-explicit guess (better than yesterday's): identical
+    # fits wherever the fit ran (failed slices take yesterday's parameters on a warm night)
+    ran = (a["svi_status"] < 2).to_numpy()
+    assert ran.sum() >= 12
+    np.testing.assert_array_equal(a["svi_rmse"][ran], b["svi_rmse"][ran])
 
 
 def test_failed_slice_keeps_yesterdays_parameters(reference, tmp_path):
