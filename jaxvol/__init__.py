@@ -15,6 +15,7 @@ from jaxvol import indices  # noqa: E402,F401  (model-free variance, VIX/VXJ)
 from jaxvol import chains  # noqa: E402,F401  (option chains: flags, packing, forwards, arbitrage)
 from jaxvol import fx  # noqa: E402,F401  (FX conventions, strangles, smiles)
 from jaxvol import heston  # noqa: E402,F401  (Heston pricing and calibration)
+from jaxvol import synthetic  # noqa: E402,F401  (deterministic synthetic markets; jaxvol.jobs: nightly job)
 
 __all__ = [
     "configure", "black_price", "bsm_price", "bachelier_price", "greeks", "bsm_greeks",
