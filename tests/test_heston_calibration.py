@@ -23,6 +23,14 @@ SETS = np.array([[0.04, 1.5, 0.05, 0.6, -0.7], [0.02, 4.0, 0.03, 0.3, -0.3],
                  [0.09, 0.8, 0.06, 0.9, -0.8], [0.01, 2.5, 0.02, 0.2, 0.2]])
 
 
+CONFIG = LMConfig(max_iterations=80)
+
+
+def _five_lanes(params):
+    return heston.model_surface(jnp.asarray(params), EXPIRIES, MONEYNESS, spot=100.0,
+                                rate=0.02, div=0.01)
+
+
 def _cui_surface():
     df = pd.read_csv(DATA / "cui_calibration.csv", comment="#")
     expiry = df.expiry.unique()
@@ -49,11 +57,9 @@ def test_batched_surfaces_recover_parameters_and_lanes_are_independent():
     # objective, default bounds, default start. Exact quotes: the fit must reach the true
     # parameters (1e-4 absolute: the fit quadrature is 64 nodes / 4 contours, ~1e-9 in
     # price) and an implied-vol RMSE below 1e-6. A fifth lane with NaN quotes must fail alone.
-    surface = heston.model_surface(jnp.asarray(SETS), EXPIRIES, MONEYNESS, spot=100.0,
-                                   rate=0.02, div=0.01)
-    bad = jax.tree.map(lambda x: jnp.concatenate([x, x[:1]]), surface)
-    bad = bad._replace(quote=bad.quote.at[4].set(jnp.nan))
-    result = heston.calibrate(bad, config=LMConfig(max_iterations=80))
+    surface = _five_lanes(np.concatenate([SETS, SETS[:1]]))
+    bad = surface._replace(quote=surface.quote.at[4].set(jnp.nan))
+    result = heston.calibrate(bad, config=CONFIG)
     status = np.asarray(result.status)
     assert np.all(status[:4] == FitStatus.CONVERGED), status
     assert status[4] in (FitStatus.NON_FINITE, FitStatus.BAD_INPUT)
@@ -67,10 +73,9 @@ def test_feller_penalty_enforces_the_condition():
     # Quotes from a Feller-violating set (2 kappa theta / sigma^2 = 0.42). With a heavy penalty
     # the fit must end (nearly) on the Feller boundary: sigma^2 - 2 kappa theta <= 1e-3,
     # while the unpenalised fit keeps the violation.
-    surface = heston.model_surface(jnp.asarray(SETS[[2, 2]]), EXPIRIES, MONEYNESS,
-                                   spot=100.0, rate=0.02, div=0.01)
-    free = heston.calibrate(surface, config=LMConfig(max_iterations=80))
-    penalised = heston.calibrate(surface, feller_weight=1e4, config=LMConfig(max_iterations=80))
+    surface = _five_lanes(SETS[[2] * 5])  # same shapes as above: one compilation for both tests
+    free = heston.calibrate(surface, config=CONFIG)
+    penalised = heston.calibrate(surface, feller_weight=1e4, config=CONFIG)
     gap = lambda p: p[:, 3] ** 2 - 2 * p[:, 1] * p[:, 2]  # noqa: E731
     assert float(gap(free.params)[0]) > 0.3
     assert float(gap(penalised.params)[0]) < 1e-3

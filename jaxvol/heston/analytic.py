@@ -54,7 +54,7 @@ TAIL_LOG = 40.0  #: truncation: integrand decayed by e^-40 ~ 4e-18 relative
 T_LO = -3.6  #: lower end of t: u = lam * exp(-3.6 - e^3.6) ~ 1e-16 lam
 STRIP_FRACTION = 0.9  #: contour kept within this fraction of the moment-explosion boundary
 BISECTION_STEPS = 48  #: bisection steps for the critical moments
-SADDLE_STEPS = 12  #: safeguarded Newton steps for the saddle-point contour
+SADDLE_STEPS = 24  #: safeguarded Newton steps for the saddle-point contour
 TILT = math.pi / 12  #: angle of the tilted contour (QuantLib's AngledContour uses pi/12)
 CONTOURS = 8  #: contours per smile shared by its strikes (contours // 2 per side)
 
@@ -162,28 +162,36 @@ def _pole_terms(a):
 def _saddle(log_moneyness, variance, strip, params):
     """Contour abscissa minimising psi(a) = (1 - a) k + log M(a) - log(a^2 - a) over the
     out-of-the-money side ((1, hi) for k >= 0, (lo, 0) for k < 0): the integrand is then a
-    non-oscillating bump at u = 0 (Lord & Kahl 2007). psi is convex, so SADDLE_STEPS safeguarded
-    Newton steps from the Gaussian guess 1/2 + k/s^2 converge; a saddle beyond the strip is
-    clipped to its edge."""
+    non-oscillating bump at u = 0 (Lord & Kahl 2007).
+
+    psi is convex in a; the search runs in y = log|a - pole| (a = 1 + e^y for calls, -e^y for
+    puts), where the pole at 0 or 1 no longer dominates the curvature: SADDLE_STEPS Newton steps
+    on dpsi/dy from the Gaussian guess 1/2 + k/s^2, each falling back to bisection of the bracket
+    when it would leave it. A saddle beyond the strip is clipped to its edge."""
     lo, hi = strip
     call = log_moneyness >= 0
-    lower, upper = jnp.where(call, 1.0, lo), jnp.where(call, hi, 0.0)
-    guess = 0.5 + log_moneyness / variance
-    inset = 1e-3 * (upper - lower)
-    a = jnp.clip(guess, lower + inset, upper - inset)
+    pole = jnp.where(call, 1.0, 0.0)
+    sign = jnp.where(call, 1.0, -1.0)
+    y_lower = jnp.full_like(log_moneyness, -12.0)
+    y_upper = jnp.log(jnp.where(call, hi - 1.0, -lo))
+    guess = jnp.log(jnp.maximum(sign * (0.5 + log_moneyness / variance - pole), 1e-3))
+    y = jnp.clip(guess, y_lower + 1e-3, y_upper - 1e-3)
 
     def step(_, state):
-        a, lower, upper = state
+        y, lower, upper = state
+        a = pole + sign * jnp.exp(y)
         first, second = _log_m_derivatives(a, *params)
         pole1, pole2 = _pole_terms(a)
-        slope, curvature = first - log_moneyness + pole1, second + pole2
-        lower, upper = jnp.where(slope < 0, a, lower), jnp.where(slope > 0, a, upper)
-        newton = a - slope / curvature
-        inside = (newton > lower) & (newton < upper)
+        da = sign * jnp.exp(y)
+        slope_a = first - log_moneyness + pole1
+        slope, curvature = slope_a * da, (second + pole2) * da * da + slope_a * da
+        lower, upper = jnp.where(slope < 0, y, lower), jnp.where(slope > 0, y, upper)
+        newton = y - slope / jnp.where(curvature > 0, curvature, jnp.inf)
+        inside = (newton > lower) & (newton < upper) & (curvature > 0)
         return jnp.where(inside, newton, 0.5 * (lower + upper)), lower, upper
 
-    a, _, _ = jax.lax.fori_loop(0, SADDLE_STEPS, step, (a, lower, upper))
-    return a
+    y, _, _ = jax.lax.fori_loop(0, SADDLE_STEPS, step, (y, y_lower, y_upper))
+    return pole + sign * jnp.exp(y)
 
 
 def _tail_rate(expiry, v0, kappa, theta, sigma, rho):

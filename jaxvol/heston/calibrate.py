@@ -14,6 +14,7 @@ implied-vol inversion per iteration). Optional Feller penalty: one extra residua
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -71,6 +72,7 @@ def _residuals(params, strike, expiry, spot, rate, div, is_call, quote, scale, f
     return jnp.concatenate([fit, penalty[None]])
 
 
+@jax.jit
 def quote_vegas(surface: Surface):
     """Black vega of each quote at its own implied vol (NaN where no implied vol exists)."""
     expiry = surface.expiry[..., None]
@@ -149,25 +151,32 @@ def model_surface(params, expiry, moneyness, *, spot=1.0, rate=0.0, div=0.0, nod
     z [K] (w the fair variance), puts below the forward and calls above; exact model prices at
     the default (1e-10) quadrature unless ``nodes``/``contours`` say otherwise."""
     params = jnp.asarray(params)
+    return _model_surface(params, jnp.asarray(expiry, params.dtype),
+                          jnp.asarray(moneyness, params.dtype), spot, rate, div,
+                          nodes or analytic.NODES, contours or analytic.CONTOURS)
+
+
+@functools.partial(jax.jit, static_argnums=(6, 7))
+def _model_surface(params, expiry, z, spot, rate, div, nodes, contours):
     dtype = params.dtype
     lanes = params.shape[0]
-    expiry = jnp.broadcast_to(jnp.asarray(expiry, dtype), (lanes, len(expiry)))
-    z = jnp.asarray(moneyness, dtype)
+    expiry = jnp.broadcast_to(expiry, (lanes, expiry.shape[0]))
     variance = analytic.fair_variance(expiry, params[:, :1], params[:, 1:2], params[:, 2:3])
     rate_e = jnp.full(expiry.shape, rate, dtype)
     div_e = jnp.full(expiry.shape, div, dtype)
+    spot = jnp.asarray(spot, dtype)
     forward = spot * jnp.exp((rate_e - div_e) * expiry)
     strike = forward[..., None] * jnp.exp(z * jnp.sqrt(variance * expiry)[..., None])
     is_call = jnp.broadcast_to(z >= 0, strike.shape)
-    spot_u = jnp.full((lanes,), spot, dtype)
+    spot_u = jnp.broadcast_to(spot, (lanes,))
     quote = jax.vmap(lambda p, k, t, s, r, q, c: surface_prices(
-        p, k, t, s, r, q, c, nodes=nodes or analytic.NODES,
-        contours=contours or analytic.CONTOURS))(params, strike, expiry, spot_u, rate_e, div_e,
-                                                 is_call)
+        p, k, t, s, r, q, c, nodes=nodes, contours=contours))(params, strike, expiry, spot_u,
+                                                                 rate_e, div_e, is_call)
     return Surface(strike, expiry, quote, is_call, spot_u, rate_e, div_e,
                    jnp.ones(strike.shape, bool))
 
 
+@jax.jit
 def with_vol_noise(surface: Surface, key, noise):
     """Quotes re-priced with Black implied vols shifted by N(0, noise^2) (absolute vol)."""
     expiry = surface.expiry[..., None]
