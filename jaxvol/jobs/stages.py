@@ -519,9 +519,9 @@ def heston(chunk: Chunk, env: JobEnv) -> None:
     previous = _previous_underlyings(env, names)
     params, used_previous = _fallback(status, params, previous, (2, 3))
     count = mask.sum(axis=1)
-    residual = np.where(mask, np.asarray(fit.residuals), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rmse = np.where(count > 0, np.sqrt((residual ** 2).sum(axis=1) / count), np.nan)
+    errors = np.where(mask, np.asarray(fit.residuals), 0.0)  # (not `residual`: `call` closes
+    with np.errstate(invalid="ignore", divide="ignore"):   # over that name and is reused)
+        rmse = np.where(count > 0, np.sqrt((errors ** 2).sum(axis=1) / count), np.nan)
     table = pd.DataFrame(params, columns=HESTON_PARAMS)
     table.insert(0, "underlying", names)
     table["heston_status"] = status.astype(np.int32)
