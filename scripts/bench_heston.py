@@ -1,15 +1,17 @@
 """Heston benchmark: batched pricing vs a QuantLib AnalyticHestonEngine loop, and calibration of
 many noisy synthetic surfaces in one batch (the synthetic recovery study).
 
-    python scripts/bench_heston.py pricing [--ql-subset 2000]
+    python scripts/bench_heston.py pricing [--ql-sets 10] [--check-worst 3]
     python scripts/bench_heston.py calibration [--surfaces 1000] [--noise 0.002]
 
 Pricing: 100 parameter sets x 20 expiries x 100 strikes (200,000 options, out-of-the-money
 side) priced by jaxvol.heston.price in one call (default 96 nodes / 8 contours, and the fit
-setting 64 / 4); QuantLib's AnalyticHestonEngine (Gauss-Laguerre 144, its default) prices a
-random subset of the same options in a Python loop (its time extrapolated linearly to 200,000:
-the loop is per option, so this is exact up to timing noise); agreement on the subset is
-reported as the maximum absolute difference per 100 of spot.
+setting 64 / 4); QuantLib's AnalyticHestonEngine (Gauss-Laguerre 144, its default; model and
+engine built once per parameter set) prices all 2,000 options of a random subset of the
+parameter sets in a Python loop, its time extrapolated linearly to 200,000 (the loop is per
+option); agreement is the maximum absolute difference per 100 of spot, and the largest
+disagreements are arbitrated against the 30-digit mpmath reference
+(scripts/heston_box_reference.py).
 
 Calibration: random parameters in the box kappa 0.1..10, theta and v0 0.005..0.5, sigma
 0.05..2 (log-uniform), rho -0.99..0.5 (uniform); 6 expiries (1M..5Y) x 7 strikes (-2..2
@@ -52,7 +54,7 @@ def _timed(fn, *args, repeat=3):
     return out, best
 
 
-def pricing(ql_subset):
+def pricing(ql_sets, check_worst):
     import QuantLib as ql
 
     rng = np.random.default_rng(7)
@@ -83,31 +85,60 @@ def pricing(ql_subset):
     ql.Settings.instance().evaluationDate = today
     dc = ql.Actual365Fixed()
     handle = lambda x: ql.YieldTermStructureHandle(ql.FlatForward(today, x, dc))  # noqa: E731
-    picks = rng.choice(200_000, size=ql_subset, replace=False)
-    picks.sort()
+    chosen = np.sort(rng.choice(100, size=ql_sets, replace=False))
     reference, elapsed = [], 0.0
-    for flat in picks:
-        p, e, k = np.unravel_index(flat, (100, 20, 100))
-        start = time.perf_counter()
+    start = time.perf_counter()
+    for p in chosen:  # the model and engine are built once per parameter set, as a user would
         process = ql.HestonProcess(handle(rate), handle(div), ql.QuoteHandle(
-            ql.SimpleQuote(spot)), *sets[p][[0, 1, 2, 3, 4]])
+            ql.SimpleQuote(spot)), *sets[p])
         engine = ql.AnalyticHestonEngine(ql.HestonModel(process))
-        kind = ql.Option.Call if is_call[e, k] else ql.Option.Put
-        option = ql.VanillaOption(ql.PlainVanillaPayoff(kind, float(strikes[k])),
-                                  ql.EuropeanExercise(today + int(days[e])))
-        option.setPricingEngine(engine)
-        value = option.NPV()
-        elapsed += time.perf_counter() - start
-        reference.append(value)
-    reference = np.asarray(reference)
-    ql_total = elapsed / ql_subset * 200_000
-    print(f"QuantLib AnalyticHestonEngine loop: {elapsed / ql_subset * 1e6:.1f} us/option on "
-          f"{ql_subset} options -> {ql_total:.1f} s extrapolated to 200,000")
+        for e in range(20):
+            exercise = ql.EuropeanExercise(today + int(days[e]))
+            for k in range(100):
+                kind = ql.Option.Call if is_call[e, k] else ql.Option.Put
+                option = ql.VanillaOption(ql.PlainVanillaPayoff(kind, float(strikes[k])),
+                                          exercise)
+                option.setPricingEngine(engine)
+                reference.append(option.NPV())
+    elapsed = time.perf_counter() - start
+    reference = np.asarray(reference).reshape(ql_sets, 20, 100)
+    count = reference.size
+    ql_total = elapsed / count * 200_000
+    print(f"QuantLib AnalyticHestonEngine loop: {elapsed / count * 1e6:.1f} us/option on "
+          f"{count} options ({ql_sets} parameter sets) -> {ql_total:.1f} s extrapolated to "
+          f"200,000")
     for (nodes, contours), (values, seconds) in results.items():
-        ours = np.asarray(values).reshape(-1)[picks]
-        diff = np.max(np.abs(ours - reference))
+        ours = np.asarray(values)[chosen]
+        diff = np.abs(ours - reference)
+        worst = np.unravel_index(np.argmax(diff), diff.shape)
         print(f"nodes={nodes} contours={contours}: ratio {ql_total / seconds:.1f}x, "
-              f"max |jaxvol - QuantLib| per 100 of spot = {diff:.2e}")
+              f"max |jaxvol - QuantLib| per 100 of spot = {diff.max():.2e} at params "
+              f"{sets[chosen[worst[0]]].round(4).tolist()}, T={expiry[worst[1]]:.4f}, "
+              f"K={strikes[worst[2]]:.1f}; share of options within 1e-9: "
+              f"{np.mean(diff < 1e-9):.4f}")
+    if check_worst:
+        _check_worst(results[(96, 8)][0], reference, chosen, sets, expiry, strikes, is_call,
+                     spot, rate, div, check_worst)
+
+
+def _check_worst(values, reference, chosen, sets, expiry, strikes, is_call, spot, rate, div,
+                 count):
+    """Arbitrate the largest disagreements with the 30-digit mpmath reference."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from heston_box_reference import mp_price
+
+    ours = np.asarray(values)[chosen]
+    diff = np.abs(ours - reference)
+    for flat in np.argsort(diff, axis=None)[::-1][:count]:
+        p, e, k = np.unravel_index(flat, diff.shape)
+        exact = mp_price(spot, rate, div, expiry[e], *sets[chosen[p]][[0, 1, 2, 3, 4]],
+                         strikes[k], bool(is_call[e, k]))
+        print(f"  T={expiry[e]:.4f} K={strikes[k]:.1f}: mpmath {exact:.12e}, "
+              f"|jaxvol - mpmath| {abs(ours[p, e, k] - exact):.1e}, "
+              f"|QuantLib - mpmath| {abs(reference[p, e, k] - exact):.1e}", flush=True)
 
 
 def calibration(surfaces, noise, iterations):
@@ -139,13 +170,14 @@ def calibration(surfaces, noise, iterations):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["pricing", "calibration"])
-    parser.add_argument("--ql-subset", type=int, default=2000)
+    parser.add_argument("--ql-sets", type=int, default=10)
+    parser.add_argument("--check-worst", type=int, default=3)
     parser.add_argument("--surfaces", type=int, default=1000)
     parser.add_argument("--noise", type=float, default=0.002)
     parser.add_argument("--iterations", type=int, default=60)
     args = parser.parse_args()
     if args.what == "pricing":
-        pricing(args.ql_subset)
+        pricing(args.ql_sets, args.check_worst)
     else:
         calibration(args.surfaces, args.noise, args.iterations)
 
