@@ -18,7 +18,15 @@ try:  # newer JAX spells the device count as a config option
 except AttributeError:  # pragma: no cover - older JAX relies on XLA_FLAGS above
     pass
 
-_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
+# One cache folder per pytest-xdist worker: concurrent writers to one JAX cache folder can
+# leave an entry that another process reads half-written (seen here as a segfault in
+# compilation_cache.get_executable_and_time).
+# The cache lives outside the checkout (override with JAXVOL_TEST_CACHE) so that a fresh clone
+# on the same machine, as CI makes, reuses earlier compilations.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_ROOT = pathlib.Path(os.environ.get(
+    "JAXVOL_TEST_CACHE", pathlib.Path.home() / ".cache" / "jaxvol" / "jax-tests"))
+_CACHE = _ROOT / _WORKER
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
