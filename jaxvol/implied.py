@@ -292,6 +292,39 @@ def _implied_vol_kernel(price, forward, strike, expiry, discount, theta):
     return vol, status
 
 
+def _implicit_jvp(solver, price_fn, vol_fallback, primals, tangents):
+    """Implicit-function JVP shared by both models: dvol = (dprice - sum dV/di di) / vega.
+
+    Lanes without a solution get a zero tangent (inputs masked first: NaN-safe gradients).
+    """
+    price, forward, strike, expiry, discount, theta = primals
+    dprice, dforward, dstrike, dexpiry, ddiscount, _ = tangents
+    vol, status = solver(*primals)
+    ok = status == IVStatus.OK
+    vol_safe = jnp.where(ok, vol, vol_fallback)
+    inputs = [jnp.where(ok, a, 1.0) for a in (forward, strike, expiry, discount)]
+
+    def model(f, k, t, d, v):
+        return price_fn(f, k, t, v, theta > 0, discount=d)
+
+    zero = jnp.zeros_like(vol_safe)
+    _, dmodel = jax.jvp(model, (*inputs, vol_safe), (dforward, dstrike, dexpiry, ddiscount, zero))
+    _, vega = jax.jvp(model, (*inputs, vol_safe), (zero, zero, zero, zero, jnp.ones_like(zero)))
+    vega_safe = jnp.where(ok & (vega > 0), vega, 1.0)
+    dvol = jnp.where(ok & (vega > 0), (dprice - dmodel) / vega_safe, 0.0)
+    return (vol, status), (dvol, jnp.zeros(status.shape, dtype=jax.dtypes.float0))
+
+
+def _broadcast_inputs(price, forward, strike, expiry, is_call, discount):
+    """Common dtype, theta = +-1 and one broadcast shape for the six solver inputs."""
+    dtype = float_dtype(price, forward, strike, expiry, discount)
+    price, forward, strike, expiry, discount = as_float(dtype, price, forward, strike, expiry, discount)
+    theta = jnp.where(as_bool(is_call), 1.0, -1.0).astype(dtype)
+    arrays = (price, forward, strike, expiry, discount, theta)
+    shape = jnp.broadcast_shapes(*(a.shape for a in arrays))
+    return [jnp.broadcast_to(a, shape) for a in arrays]
+
+
 @jax.custom_jvp
 def _implied_vol(price, forward, strike, expiry, discount, theta):
     return _implied_vol_primal(price, forward, strike, expiry, discount, theta)
@@ -299,25 +332,7 @@ def _implied_vol(price, forward, strike, expiry, discount, theta):
 
 @_implied_vol.defjvp
 def _implied_vol_jvp(primals, tangents):
-    price, forward, strike, expiry, discount, theta = primals
-    dprice, dforward, dstrike, dexpiry, ddiscount, _ = tangents
-    vol, status = _implied_vol(*primals)
-    ok = status == IVStatus.OK
-    vol_safe = jnp.where(ok, vol, 0.2)
-    inputs = [jnp.where(ok, a, 1.0) for a in (forward, strike, expiry, discount)]
-
-    def model(f, k, t, d, v):
-        return black_price(f, k, t, v, theta > 0, discount=d)
-
-    # dV = vega dvol + dV/dF dF + ... and dV = dprice  =>  dvol = (dprice - sum dV/di di)/vega
-    zero = jnp.zeros_like(vol_safe)
-    _, dmodel = jax.jvp(model, (*inputs, vol_safe),
-                        (dforward, dstrike, dexpiry, ddiscount, zero))
-    _, vega = jax.jvp(model, (*inputs, vol_safe), (zero, zero, zero, zero, jnp.ones_like(zero)))
-    vega_safe = jnp.where(ok & (vega > 0), vega, 1.0)
-    dvol = jnp.where(ok & (vega > 0), (dprice - dmodel) / vega_safe, 0.0)
-    return (vol, status), (dvol, jnp.zeros(status.shape, dtype=jax.dtypes.float0))
-
+    return _implicit_jvp(_implied_vol, black_price, 0.2, primals, tangents)
 
 def implied_vol(price, forward, strike, expiry, is_call, *, discount=1.0) -> ImpliedVol:
     """Black-76 implied volatility, broadcasting over any batch shape.
@@ -334,12 +349,7 @@ def implied_vol(price, forward, strike, expiry, is_call, *, discount=1.0) -> Imp
         :class:`ImpliedVol` with ``vol`` (the input's float dtype; NaN where no solution) and
         ``status`` (int32 :class:`IVStatus` codes).
     """
-    dtype = float_dtype(price, forward, strike, expiry, discount)
-    price, forward, strike, expiry, discount = as_float(dtype, price, forward, strike, expiry, discount)
-    theta = jnp.where(as_bool(is_call), 1.0, -1.0).astype(dtype)
-    shape = jnp.broadcast_shapes(price.shape, forward.shape, strike.shape, expiry.shape,
-                                 discount.shape, theta.shape)
-    args = [jnp.broadcast_to(a, shape) for a in (price, forward, strike, expiry, discount, theta)]
+    args = _broadcast_inputs(price, forward, strike, expiry, is_call, discount)
     vol, status = _implied_vol(*args)
     return ImpliedVol(vol=vol, status=status)
 
@@ -411,31 +421,10 @@ def _implied_normal(price, forward, strike, expiry, discount, theta):
 
 @_implied_normal.defjvp
 def _implied_normal_jvp(primals, tangents):
-    price, forward, strike, expiry, discount, theta = primals
-    dprice, dforward, dstrike, dexpiry, ddiscount, _ = tangents
-    vol, status = _implied_normal(*primals)
-    ok = status == IVStatus.OK
-    vol_safe = jnp.where(ok, vol, 1.0)
-    inputs = [jnp.where(ok, a, 1.0) for a in (forward, strike, expiry, discount)]
-
-    def model(f, k, t, d, v):
-        return bachelier_price(f, k, t, v, theta > 0, discount=d)
-
-    zero = jnp.zeros_like(vol_safe)
-    _, dmodel = jax.jvp(model, (*inputs, vol_safe), (dforward, dstrike, dexpiry, ddiscount, zero))
-    _, vega = jax.jvp(model, (*inputs, vol_safe), (zero, zero, zero, zero, jnp.ones_like(zero)))
-    vega_safe = jnp.where(ok & (vega > 0), vega, 1.0)
-    dvol = jnp.where(ok & (vega > 0), (dprice - dmodel) / vega_safe, 0.0)
-    return (vol, status), (dvol, jnp.zeros(status.shape, dtype=jax.dtypes.float0))
-
+    return _implicit_jvp(_implied_normal, bachelier_price, 1.0, primals, tangents)
 
 def implied_normal_vol(price, forward, strike, expiry, is_call, *, discount=1.0) -> ImpliedVol:
     """Bachelier (normal) implied volatility in price units per sqrt(year); see implied_vol."""
-    dtype = float_dtype(price, forward, strike, expiry, discount)
-    price, forward, strike, expiry, discount = as_float(dtype, price, forward, strike, expiry, discount)
-    theta = jnp.where(as_bool(is_call), 1.0, -1.0).astype(dtype)
-    shape = jnp.broadcast_shapes(price.shape, forward.shape, strike.shape, expiry.shape,
-                                 discount.shape, theta.shape)
-    args = [jnp.broadcast_to(a, shape) for a in (price, forward, strike, expiry, discount, theta)]
+    args = _broadcast_inputs(price, forward, strike, expiry, is_call, discount)
     vol, status = _implied_normal(*args)
     return ImpliedVol(vol=vol, status=status)

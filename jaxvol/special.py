@@ -61,16 +61,20 @@ def _erfcx_mid(y):
     return (num + _C[7]) / (den + _D[7])
 
 
-def _erfcx_large(y):
-    """erfcx(y) for y > 4 (asymptotic rational form, no exponential)."""
+def _cody_large_remainder(y):
+    """r(y) in Cody's large-argument form erfcx(y) = (1/sqrt(pi) - r(y))/y, y > 4."""
     ysq = 1.0 / (y * y)
     num = _P[5] * ysq
     den = ysq
     for i in range(4):
         num = (num + _P[i]) * ysq
         den = (den + _Q[i]) * ysq
-    r = ysq * (num + _P[4]) / (den + _Q[4])
-    return (SQRT_PI_INV - r) / y
+    return ysq * (num + _P[4]) / (den + _Q[4])
+
+
+def _erfcx_large(y):
+    """erfcx(y) for y > 4 (asymptotic rational form, no exponential)."""
+    return (SQRT_PI_INV - _cody_large_remainder(y)) / y
 
 
 def exp_minus_square(y):
@@ -184,13 +188,7 @@ def mills_complement(h):
     y = -SQRT_HALF * h
     large = y > 4.0
     y_large = jnp.where(large, y, 5.0)
-    ysq = 1.0 / (y_large * y_large)
-    num = _P[5] * ysq
-    den = ysq
-    for i in range(4):
-        num = (num + _P[i]) * ysq
-        den = (den + _Q[i]) * ysq
-    a_large = (1.0 / SQRT_PI_INV) * ysq * (num + _P[4]) / (den + _Q[4])
+    a_large = (1.0 / SQRT_PI_INV) * _cody_large_remainder(y_large)
     # 3 <= -h <= 5.66: a Chebyshev series of a(z) z^2 (scripts/gen_mills_chebyshev.py, 50-digit
     # mpmath values; the neglected coefficients are below 1e-20).
     z = -h
