@@ -91,12 +91,17 @@ def test_bad_measure_raises():
         vxj.smile_variance(svi, EXPIRY, *SKEWED, measure="vega")
 
 
-def test_exact_piecewise_integral_against_quadrature():
+def test_exact_piecewise_linear_integral_against_quadrature():
+    # The interpolation="linear" option (kept for comparison studies).
     z = jnp.array([-1.7, -0.9, -0.2, 0.0, 0.4, 1.3, 2.2, 9.0])
     w = jnp.array([0.05, 0.041, 0.033, 0.03, 0.028, 0.027, 0.029, 0.0])
     keep = jnp.array([True, True, True, True, True, True, True, False])
-    exact, count = vxj.gaussian_integral_piecewise_linear(z, w, keep)
-    table = jax.jit(jax.vmap(vxj.interpolated_total_variance, in_axes=(0, None, None, None)))
+    exact, count, checked = vxj.gaussian_integral(z, w, keep, interpolation="linear")
+    assert bool(checked)
+    table = jax.jit(jax.vmap(
+        lambda q, z, w, keep: vxj.interpolated_total_variance(q, z, w, keep,
+                                                              interpolation="linear"),
+        in_axes=(0, None, None, None)))
     grid = np.linspace(-40.0, 40.0, 160_001)
     values = np.asarray(table(jnp.asarray(grid), z, w, keep))
     interp = lambda x: np.interp(x, grid, values)  # noqa: E731  (exact: w is linear on the grid)
@@ -172,6 +177,26 @@ def test_black_scholes_chain_gives_sigma_squared_and_bad_lanes_are_isolated():
     np.testing.assert_allclose(float(direct.variance), 0.09, rtol=1e-10)
 
 
+def test_missing_and_bad_quotes_are_dropped_not_raised():
+    # Same [4, 57] shape as above (no new compilation). A flat smile stays exact whatever
+    # nodes are dropped (1e-10: the inversion), so each lane isolates one kind of bad quote.
+    strikes, calls, _, puts, _, _, minutes, rates = _three_lanes(0.3)
+    call_bid, call_ask = np.stack([calls[0]] * 4), np.stack([calls[0]] * 4)
+    put_bid, put_ask = np.stack([puts[0]] * 4), np.stack([puts[0]] * 4)
+    call_bid[0, 30:34] = np.nan                # lane 0: a hole of missing quotes above F
+    put_bid[1, 10:14] = 0.0                    # lane 1: zero bids inside the put wing
+    call_ask[2, 28] = 1e6                      # lane 2: an absurd ask (mid far above price)
+    put_ask[3, 18] = put_bid[3, 18] = -5.0     # lane 3: a negative quote
+    out = vxj.vxj_variance(strikes, call_bid, call_ask, put_bid, put_ask, None,
+                           np.full(4, minutes[0]), rates)
+    np.testing.assert_array_equal(np.asarray(out.status), [vxj.VxjStatus.OK] * 4)
+    assert bool(np.all(np.asarray(out.map_monotone)))
+    np.testing.assert_allclose(np.asarray(out.variance), 0.09, rtol=1e-10)
+    # exactly the bad nodes are dropped: 4 missing, 4 zero bids, the absurd mid (above the
+    # forward: no implied vol), the negative quote; all 57 strikes are usable otherwise
+    np.testing.assert_array_equal(np.asarray(out.node_used).sum(axis=-1), [53, 53, 56, 56])
+
+
 def test_float32_preserved():
     lanes = _three_lanes(0.25)
     f32 = [None if a is None else a.astype(np.float32) for a in lanes]
@@ -199,6 +224,7 @@ def test_cboe_example_vxj_and_monotone_map():
                                 target_minutes=np.float64(43_200.0), presorted=True)
     assert float(batch.index) == result.index
     term = batch.terms
+    assert bool(np.all(np.asarray(term.map_monotone)))
     for row in range(2):
         kept = np.asarray(term.node_used[row])
         z, w = term.z[row], term.node_variance[row]

@@ -18,11 +18,32 @@ Choices (documented, deliberate):
 - Monotone z-map: the nodes' z must increase with strike (a decreasing z means a negative
   risk-neutral density, i.e. arbitrage). Walking up in strike, a node is kept only if its z is
   above every kept z before it.
-- Interpolation: total variance is piecewise linear in z between kept nodes and flat (constant)
-  beyond the first and last nodes.
-- Integration: exact. For w(z) = a + b z on [z0, z1],
-  int (a + b z) phi dz = a (Phi(z1) - Phi(z0)) - b (phi(z1) - phi(z0)); the flat tails give
-  w_first Phi(z_first) + w_last Phi(-z_last). Fixed work per lane, no quadrature error.
+- Interpolation: total variance w is a C1 piecewise cubic Hermite function of z between kept
+  nodes (:func:`hermite_pieces`), flat (constant) beyond the first and last nodes. Node
+  derivatives: the three-point (parabolic) estimate, exact for quadratics, limited by Hyman's
+  (1983) filter to the Fritsch–Carlson monotonicity region |d| <= 3 min(|s-|, |s+|) where the
+  data are monotone, and 0 at a local extremum of the data, so the interpolant is monotone
+  wherever the data are and never overshoots them (noisy wing quotes cannot make it ring);
+  one-sided three-point derivatives with the PCHIP end rule at the first and last nodes. Each
+  piece is then checked at five points (u/h = 0, 1/4, 1/2, 3/4, 1) for w > 0 and an increasing
+  implied map k(z) = z sqrt(w) - w/2 (+ w/2 for the gamma measure): no butterfly arbitrage; a
+  piece failing either check is replaced by the linear one. If the linear piece fails too
+  (the quotes themselves are at the edge of butterfly arbitrage between two nodes) it is kept
+  and the lane's ``map_monotone`` flag is False (the status stays OK: the integral is still
+  defined and finite). Interpolation error O(h^3) for
+  smooth smiles (O(h^2) for linear); the integral's error falls like h^4 in the validation
+  study (clean Heston chains, F = 2000: 2.5e-8 / 1.5e-9 at strike spacing 50 / 25, against
+  3.2e-5 / 7.9e-6 for linear interpolation); relaxing the extremum rule to the plain parabolic slope changed the study's
+  errors by < 4e-6). ``interpolation="linear"`` keeps the piecewise-linear interpolant.
+- Integration: exact, in closed form (:func:`gaussian_integral_cubic`). With phi' = -z phi,
+  int (c0 + c1 u + c2 u^2 + c3 u^3) phi(z) dz over [z0, z1] (u = z - z0) is
+  A (Phi(z1) - Phi(z0)) - [q(u) phi(z)] with a quadratic q and constant A found by matching
+  coefficients; the flat tails give w_first Phi(z_first) + w_last Phi(-z_last). Fixed work per
+  lane (no sort, no quadrature error; Gauss–Hermite would need many nodes for a function that
+  is only C1 and flat beyond the data).
+- Bad or missing quotes are dropped node by node (no bid, failed inversion, non-monotone z);
+  a lane reports a :class:`VxjStatus`, never raises: BAD_INPUT (no parity forward, bad time),
+  TOO_FEW_NODES (< 2 kept nodes), NON_FINITE. Two kept nodes give a linear interpolant.
 - For a smooth smile (a fitted SVI/SSVI/SABR, any jax function k -> w(k)) use
   :func:`smile_variance`: Gauss–Hermite quadrature in z, with g(z) found by a fixed number of
   bisection steps plus one Newton step that carries the implicit derivative.
@@ -70,6 +91,7 @@ class VxjTerm(NamedTuple):
     node_variance: jax.Array   # [..., strikes] total implied variance at the node
     node_used: jax.Array       # [..., strikes] bool, node kept for the integral
     status: jax.Array          # [...] int32 VxjStatus
+    map_monotone: jax.Array    # [...] bool: every piece passed the five-point no-arbitrage check
 
 
 class VxjBatch(NamedTuple):
@@ -89,6 +111,11 @@ def _check_measure(measure):
     return _MEASURE_SIGN[measure]
 
 
+def _check_interpolation(interpolation):
+    if interpolation not in ("cubic", "linear"):
+        raise ValueError(f"interpolation={interpolation!r}; expected 'cubic' or 'linear'")
+
+
 def _norm_pdf(z):
     return jnp.exp(-0.5 * z * z) * _INV_SQRT_2PI
 
@@ -106,54 +133,190 @@ def _monotone_nodes(z, usable):
     return usable & (z > previous)
 
 
-def _compact(z, w, keep):
-    """Kept nodes first (strike order kept); the rest repeat the last kept node."""
-    n = z.shape[-1]
+def _neighbours(keep):
+    """Index of the previous and next kept node of every node (-1 / n where there is none)."""
+    n = keep.shape[-1]
     position = jnp.arange(n, dtype=jnp.int32)
-    order = jnp.argsort(jnp.where(keep, position, n + position))
-    count = jnp.sum(keep, dtype=jnp.int32)
-    last = order[jnp.maximum(count - 1, 0)]
-    filler = position >= count
-    return jnp.where(filler, z[last], z[order]), jnp.where(filler, w[last], w[order]), count
+    at_kept = jnp.where(keep, position, n)
+    following = jnp.concatenate([jax.lax.cummin(at_kept, reverse=True)[1:],
+                                 jnp.full((1,), n, jnp.int32)])
+    at_kept = jnp.where(keep, position, -1)
+    preceding = jnp.concatenate([jnp.full((1,), -1, jnp.int32), jax.lax.cummax(at_kept)[:-1]])
+    return preceding, following
 
 
-def gaussian_integral_piecewise_linear(z, w, keep):
-    """Exact int w(z) phi(z) dz for w linear between kept nodes and flat beyond them.
+def _slope(z, w, i, j):
+    """Secant slope between nodes i and j; indices already clipped.
 
-    ``z``, ``w``, ``keep`` are 1-D with kept ``z`` increasing in array order. Each kept node
-    owns the segment up to the next kept node (found by one reverse cumulative minimum; no sort).
+    0 where the nodes coincide, and exactly 0 (with zero gradient) where the two values differ
+    by rounding only (64 ulps): a flat smile is then flat to the limiter too, so its
+    sign tests do not act on rounding noise (which would give meaningless gradients).
+    """
+    width = z[j] - z[i]
+    rise = w[j] - w[i]
+    scale = jnp.maximum(jnp.abs(w[i]), jnp.abs(w[j]))
+    ok = (width > 0) & (jnp.abs(rise) > 64.0 * jnp.finfo(w.dtype).eps * scale)
+    return jnp.where(ok, rise / jnp.where(ok, width, 1.0), 0.0), width
+
+
+def _node_derivatives(z, w, keep):
+    """dw/dz at every kept node: three-point (parabolic) estimate, Hyman-limited.
+
+    Interior node with secants s- and s+ over widths h- and h+: p = (h+ s- + h- s+)/(h- + h+),
+    exact for quadratics. Where the data are monotone (s- s+ > 0) the derivative is limited to
+    the Fritsch–Carlson region |d| <= 3 min(|s-|, |s+|) (Hyman 1983), which makes every such
+    piece monotone; at a local extremum of the data (s- s+ <= 0) it is 0, so the interpolant
+    does not overshoot the data. End nodes: the one-sided three-point formula with the PCHIP
+    end rule (0 if its sign differs from the end secant; 3 s if it exceeds 3 s where the data
+    turn); a lane with two nodes is linear.
     """
     n = z.shape[-1]
+    preceding, following = _neighbours(keep)
+    prev_ok, next_ok = preceding >= 0, following < n
+    prev_i, next_i = jnp.maximum(preceding, 0), jnp.minimum(following, n - 1)
     position = jnp.arange(n, dtype=jnp.int32)
-    following = jnp.concatenate([jax.lax.cummin(jnp.where(keep, position, n), reverse=True)[1:],
-                                 jnp.full((1,), n, jnp.int32)])
-    has_segment = keep & (following < n)
-    following = jnp.minimum(following, n - 1)
-    z0, w0 = z, w
-    z1, w1 = z[following], w[following]
-    width = jnp.where(has_segment, z1 - z0, 0.0)
-    has_width = width > 0
-    slope = jnp.where(has_width, (w1 - w0) / jnp.where(has_width, width, 1.0), 0.0)
-    segments = (w0 - slope * z0) * _normal_mass(z0, z1) - slope * (_norm_pdf(z1) - _norm_pdf(z0))
+    s_prev, h_prev = _slope(z, w, prev_i, position)
+    s_next, h_next = _slope(z, w, position, next_i)
+    # interior: parabolic estimate, limited where monotone, zero at an extremum
+    total = h_prev + h_next
+    parabola = (h_next * s_prev + h_prev * s_next) / jnp.where(total > 0, total, 1.0)
+    bound = 3.0 * jnp.minimum(jnp.abs(s_prev), jnp.abs(s_next))
+    monotone = s_prev * s_next > 0
+    interior = jnp.where(monotone, jnp.sign(parabola) * jnp.minimum(jnp.abs(parabola), bound),
+                         0.0)
+    # ends: one-sided three-point estimate from the two secants on the inside
+    def end(s_near, h_near, s_far, h_far, has_far):
+        span = h_near + h_far
+        d = ((2.0 * h_near + h_far) * s_near - h_near * s_far) / jnp.where(span > 0, span, 1.0)
+        d = jnp.where(jnp.sign(d) != jnp.sign(s_near), 0.0, d)
+        turn = (jnp.sign(s_near) != jnp.sign(s_far)) & (jnp.abs(d) > 3.0 * jnp.abs(s_near))
+        d = jnp.where(turn, 3.0 * s_near, d)
+        return jnp.where(has_far, d, s_near)
+
+    far_next = following[next_i]          # second kept node to the right of a first node
+    s_far, h_far = _slope(z, w, next_i, jnp.minimum(far_next, n - 1))
+    first = end(s_next, h_next, s_far, h_far, far_next < n)
+    far_prev = preceding[prev_i]          # second kept node to the left of a last node
+    s_farp, h_farp = _slope(z, w, jnp.maximum(far_prev, 0), prev_i)
+    last = end(s_prev, h_prev, s_farp, h_farp, far_prev >= 0)
+    d = jnp.where(prev_ok & next_ok, interior, jnp.where(next_ok, first, last))
+    return jnp.where(keep & (prev_ok | next_ok), d, 0.0), following
+
+
+class HermitePieces(NamedTuple):
+    """Piece starting at each node, w(z) = c0 + c1 u + c2 u^2 + c3 u^3 with u = z - z0."""
+
+    z0: jax.Array
+    z1: jax.Array
+    c0: jax.Array
+    c1: jax.Array
+    c2: jax.Array
+    c3: jax.Array
+    active: jax.Array   # bool: a kept node with a kept successor at a larger z
+    cubic: jax.Array    # bool: the C1 cubic passed the checks (else the piece is linear)
+    checked: jax.Array  # bool: the piece used passed the checks (w > 0, k(z) increasing)
+
+
+def _log_moneyness_slope(z, w, dw, sign):
+    """dk/dz of the implied map k = z sqrt(w) - sign w / 2 (must be > 0: no arbitrage)."""
+    root = jnp.sqrt(jnp.maximum(w, jnp.finfo(w.dtype).tiny))
+    return root + dw * (0.5 * z / root - 0.5 * sign)
+
+
+def hermite_pieces(z, w, keep, *, sign=1.0, interpolation="cubic"):
+    """The interpolant of total variance ``w`` in ``z`` between kept nodes, as pieces.
+
+    ``interpolation="cubic"``: C1 piecewise cubic Hermite with the node derivatives of
+    :func:`_node_derivatives`. A piece is kept cubic only if, at u/h = 0, 1/4, 1/2, 3/4, 1, the
+    variance is positive and the implied map k(z) is increasing (dk/dz > 0); otherwise that
+    piece is the linear one (continuous, not C1 at its ends). ``"linear"``: every piece linear.
+    ``checked`` says whether the piece used passed the same five-point check. ``sign`` is +1
+    for z = -d2, -1 for z = -d1.
+    """
+    n = z.shape[-1]
+    if interpolation == "cubic":
+        d, following = _node_derivatives(z, w, keep)
+    else:
+        _check_interpolation(interpolation)
+        d, following = jnp.zeros_like(w), _neighbours(keep)[1]
+    nxt = jnp.minimum(following, n - 1)
+    z0, z1, w0, w1, d0, d1 = z, z[nxt], w, w[nxt], d, d[nxt]
+    active = keep & (following < n) & (z1 > z0)
+    width = jnp.where(active, z1 - z0, 1.0)
+    secant = jnp.where(active, (w1 - w0) / width, 0.0)
+    c2 = (3.0 * secant - 2.0 * d0 - d1) / width
+    c3 = (d0 + d1 - 2.0 * secant) / (width * width)
+
+    def passes(c1, c2, c3):
+        ok = active
+        for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+            u = t * width
+            value = w0 + u * (c1 + u * (c2 + u * c3))
+            slope = c1 + u * (2.0 * c2 + 3.0 * u * c3)
+            ok = ok & (value > 0) & (_log_moneyness_slope(z0 + u, value, slope, sign) > 0)
+        return ok
+
+    cubic = passes(d0, c2, c3) & (interpolation == "cubic")
+    c1 = jnp.where(cubic, d0, secant)
+    c2 = jnp.where(cubic, c2, 0.0)
+    c3 = jnp.where(cubic, c3, 0.0)
+    checked = cubic | passes(secant, 0.0, 0.0)
+    return HermitePieces(z0, jnp.where(active, z1, z0), w0, c1, c2, c3, active, cubic,
+                         checked)
+
+
+def gaussian_integral_cubic(z0, z1, c0, c1, c2, c3):
+    """Exact int_{z0}^{z1} (c0 + c1 u + c2 u^2 + c3 u^3) phi(z) dz, u = z - z0 (elementwise).
+
+    With phi' = -z phi: d/dz[-q(u) phi(z)] = (z q(u) - q'(u)) phi(z), so for the quadratic
+    q = q0 + q1 u + q2 u^2 with q2 = c3, q1 = c2 - z0 q2, q0 = c1 - z0 q1 + 2 q2 and the constant
+    A = c0 - z0 q0 + q1, the integrand is (A + d/dz[-q phi]) and the integral is
+    A (Phi(z1) - Phi(z0)) - q(z1 - z0) phi(z1) + q0 phi(z0).
+    """
+    q2 = c3
+    q1 = c2 - z0 * q2
+    q0 = c1 - z0 * q1 + 2.0 * q2
+    constant = c0 - z0 * q0 + q1
+    h = z1 - z0
+    return (constant * _normal_mass(z0, z1) - (q0 + h * (q1 + h * q2)) * _norm_pdf(z1)
+            + q0 * _norm_pdf(z0))
+
+
+def gaussian_integral(z, w, keep, *, sign=1.0, interpolation="cubic"):
+    """Exact int w(z) phi(z) dz for the interpolant of :func:`hermite_pieces`, flat outside.
+
+    ``z``, ``w``, ``keep`` are 1-D with kept ``z`` increasing in array order (no sort: each
+    kept node owns the piece up to the next kept node). Returns (integral, kept-node count,
+    whether every piece passed the five-point check of :func:`hermite_pieces`).
+    """
+    n = z.shape[-1]
+    pieces = hermite_pieces(z, w, keep, sign=sign, interpolation=interpolation)
+    inner = gaussian_integral_cubic(pieces.z0, pieces.z1, pieces.c0, pieces.c1, pieces.c2,
+                                    pieces.c3)
+    position = jnp.arange(n, dtype=jnp.int32)
     count = jnp.sum(keep, dtype=jnp.int32)
     first = jnp.min(jnp.where(keep, position, n - 1))
     last = jnp.max(jnp.where(keep, position, 0))
     tails = w[first] * ndtr(z[first]) + w[last] * ndtr(-z[last])
-    return tails + jnp.sum(jnp.where(has_width, segments, 0.0)), count
+    checked = jnp.all(pieces.checked | ~pieces.active)
+    return tails + jnp.sum(jnp.where(pieces.active, inner, 0.0)), count, checked
 
 
-def interpolated_total_variance(z_query, z, w, keep):
-    """The interpolant the integral uses: linear in z between kept nodes, flat outside."""
-    zc, wc, count = _compact(z, w, keep)
-    last = jnp.maximum(count - 1, 0)
-    inside = jnp.clip(z_query, zc[0], zc[last])
-    segment = jnp.clip(jnp.searchsorted(zc, inside, side="right").astype(jnp.int32) - 1, 0,
-                       jnp.maximum(last - 1, 0))
-    z0, z1, w0, w1 = zc[segment], zc[segment + 1], wc[segment], wc[segment + 1]
-    width = z1 - z0
-    has_width = width > 0
-    fraction = jnp.where(has_width, (inside - z0) / jnp.where(has_width, width, 1.0), 0.0)
-    return w0 + fraction * (w1 - w0)
+def interpolated_total_variance(z_query, z, w, keep, *, sign=1.0, interpolation="cubic"):
+    """The interpolant the integral uses at a scalar ``z_query`` (flat outside the nodes)."""
+    n = z.shape[-1]
+    pieces = hermite_pieces(z, w, keep, sign=sign, interpolation=interpolation)
+    position = jnp.arange(n, dtype=jnp.int32)
+    first = jnp.min(jnp.where(keep, position, n - 1))
+    last = jnp.max(jnp.where(keep, position, 0))
+    inside = jnp.clip(z_query, z[first], z[last])
+    owner = jnp.max(jnp.where(pieces.active & (z <= inside), position, -1))
+    at_end = owner < 0
+    owner = jnp.where(at_end, last, owner)
+    u = jnp.where(at_end | ~pieces.active[owner], 0.0, inside - pieces.z0[owner])
+    value = pieces.c0[owner] + u * (pieces.c1[owner] + u * (pieces.c2[owner]
+                                                              + u * pieces.c3[owner]))
+    return jnp.where(z_query <= z[first], w[first], value)
 
 
 def _safe_inputs(forward, expiry, discount):
@@ -185,28 +348,31 @@ def _implied_total_variance(strike, price, is_call, usable, forward, expiry, dis
     return jnp.log(safe_strike / forward), total, vol_ok
 
 
-def _integral_lane(log_moneyness, total, vol_ok, forward, expiry, discount, sign):
+def _integral_lane(log_moneyness, total, vol_ok, forward, expiry, discount, sign,
+                   interpolation):
     """One lane: nodes (k, w) at sorted strikes -> (variance, total, z, keep, status)."""
     inputs_ok, _, safe_expiry, _ = _safe_inputs(forward, expiry, discount)
     z = (log_moneyness + sign * 0.5 * total) / jnp.sqrt(total)
     keep = _monotone_nodes(z, vol_ok)
-    integral, count = gaussian_integral_piecewise_linear(z, total, keep)
+    integral, count, checked = gaussian_integral(z, total, keep, sign=sign,
+                                                 interpolation=interpolation)
     status = jnp.where(jnp.isfinite(integral), VxjStatus.OK, VxjStatus.NON_FINITE)
     status = jnp.where(count >= 2, status, VxjStatus.TOO_FEW_NODES)
     status = jnp.where(inputs_ok, status, VxjStatus.BAD_INPUT).astype(jnp.int32)
     integral = jnp.where(status == VxjStatus.OK, integral, jnp.nan)
-    return integral / safe_expiry, integral, z, keep, status
+    return integral / safe_expiry, integral, z, keep, status, checked & (status == 0)
 
 
-def _vxj_pipeline(strike, price, is_call, usable, forward, expiry, discount, sign):
+def _vxj_pipeline(strike, price, is_call, usable, forward, expiry, discount, sign,
+                  interpolation):
     """Inversion on the whole batch, then the per-lane integral (vmapped)."""
     log_moneyness, total, vol_ok = _implied_total_variance(strike, price, is_call, usable,
                                                            forward, expiry, discount)
-    lane = functools.partial(_integral_lane, sign=sign)
-    variance, integral, z, keep, status = jnp.vectorize(
-        lane, signature="(n),(n),(n),(),(),()->(),(),(n),(n),()")(
+    lane = functools.partial(_integral_lane, sign=sign, interpolation=interpolation)
+    variance, integral, z, keep, status, checked = jnp.vectorize(
+        lane, signature="(n),(n),(n),(),(),()->(),(),(n),(n),(),()")(
             log_moneyness, total, vol_ok, forward, expiry, discount)
-    return VxjTerm(variance, integral, forward, expiry, strike, z, total, keep, status)
+    return VxjTerm(variance, integral, forward, expiry, strike, z, total, keep, status, checked)
 
 
 def _otm_quotes_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
@@ -233,9 +399,9 @@ def _cast(dtype, *arrays):
     return [jnp.asarray(a).astype(dtype) for a in arrays]
 
 
-@functools.partial(jax.jit, static_argnames=("measure", "presorted"))
+@functools.partial(jax.jit, static_argnames=("measure", "presorted", "interpolation"))
 def vxj_variance_from_prices(strike, price, is_call, mask, forward, expiry, discount=1.0, *,
-                             measure="variance", presorted=False):
+                             measure="variance", presorted=False, interpolation="cubic"):
     """Model-free variance of padded out-of-the-money option prices (one expiry per lane).
 
     Args:
@@ -244,6 +410,8 @@ def vxj_variance_from_prices(strike, price, is_call, mask, forward, expiry, disc
       forward, expiry (years), discount: ``[...]``.
       measure: "variance" (z = -d2, the log contract / variance swap) or "gamma" (z = -d1,
         the gamma swap). presorted: strikes ascending, padding last (skips the sort).
+      interpolation: "cubic" (the default, see the module docstring) or "linear" (the
+        piecewise-linear interpolant, kept for comparison studies).
 
     Returns a :class:`VxjTerm` (``z``/``node_variance``/``node_used`` in sorted-strike order).
     """
@@ -257,36 +425,40 @@ def vxj_variance_from_prices(strike, price, is_call, mask, forward, expiry, disc
     sort = jnp.vectorize(functools.partial(cboe._sort_by_strike, presorted=presorted),
                          signature="(n),(n),(n),(n)->(n),(n),(n),(n)")
     strike, mask, price, is_call = sort(strike, mask, price, is_call)
-    return _vxj_pipeline(strike, price, is_call, mask, forward, expiry, discount, sign)
+    _check_interpolation(interpolation)
+    return _vxj_pipeline(strike, price, is_call, mask, forward, expiry, discount, sign,
+                         interpolation)
 
 
-@functools.partial(jax.jit, static_argnames=("measure", "presorted"))
+@functools.partial(jax.jit, static_argnames=("measure", "presorted", "interpolation"))
 def vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                 measure="variance", presorted=False) -> VxjTerm:
+                 measure="variance", presorted=False, interpolation="cubic") -> VxjTerm:
     """VXJ model-free variance of one term for a batch of padded quote chains.
 
     Same inputs as :func:`jaxvol.indices.cboe_variance` (``[..., strikes]`` quotes, ``[...]``
     minutes and continuous rates). The forward is Cboe's put–call-parity forward.
     ``presorted=True`` skips the per-lane sort (strikes ascending, padding last).
+    ``interpolation``: "cubic" (default) or "linear", as in :func:`vxj_variance_from_prices`.
     """
     sign = _check_measure(measure)
     args = cboe._cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
     lane = functools.partial(_otm_quotes_lane, presorted=presorted)
     signature = "(n),(n),(n),(n),(n),(n),(),()->(n),(n),(n),(n),(),(),()"
     otm = jnp.vectorize(lane, signature=signature)(*args)
-    return _vxj_pipeline(*otm, sign)
+    _check_interpolation(interpolation)
+    return _vxj_pipeline(*otm, sign, interpolation)
 
 
 def vxj_index_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                     target_minutes=MINUTES_30_DAYS, measure="variance",
-                    presorted=False) -> VxjBatch:
+                    presorted=False, interpolation="cubic") -> VxjBatch:
     """VXJ index of many underlyings: inputs as :func:`jaxvol.indices.cboe_vix_batch`.
 
     Not jitted itself: the heavy part is the jitted :func:`vxj_variance`, whose compiled kernel
     is shared with every other caller of the same shape.
     """
     terms = vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
-                         measure=measure, presorted=presorted)
+                         measure=measure, presorted=presorted, interpolation=interpolation)
     minutes = jnp.asarray(minutes).astype(terms.variance.dtype)
     target = interpolate_variance(minutes[..., 0], terms.variance[..., 0], minutes[..., 1],
                                   terms.variance[..., 1], target_minutes)
