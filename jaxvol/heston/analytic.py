@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvol.heston import _cmath as cm
+
 NODES = 96  #: quadrature nodes per contour (node count rule: module docstring)
 TAIL_LOG = 40.0  #: truncation: integrand decayed by e^-40 ~ 4e-18 relative
 T_LO = -3.6  #: lower end of t: u = lam * exp(-3.6 - e^3.6) ~ 1e-16 lam
@@ -57,30 +59,40 @@ BISECTION_STEPS = 48  #: bisection steps for the critical moments
 SADDLE_STEPS = 24  #: safeguarded Newton steps for the saddle-point contour
 TILT = math.pi / 12  #: angle of the tilted contour (QuantLib's AngledContour uses pi/12)
 CONTOURS = 8  #: contours per smile shared by its strikes (contours // 2 per side)
+UNROLL = 4  #: nodes per step of the quadrature loop
+
+
+def log_mgf_parts(wr, wi, expiry, v0, kappa, theta, sigma, rho):
+    """(Re, Im) of log E[exp(w X)] at w = wr + i wi, in real arithmetic (little Heston trap form).
+
+    Written on (real, imaginary) pairs with the vectorisable kernels of
+    :mod:`jaxvol.heston._cmath` (XLA's CPU complex arithmetic is scalar, ~10x slower here);
+    1 - e^{-dT} is formed without cancellation (expm1)."""
+    s2 = sigma * sigma
+    xi = (kappa - sigma * rho * wr, -sigma * rho * wi)
+    ww = (wr * wr - wi * wi - wr, (2.0 * wr - 1.0) * wi)
+    d = cm.sqrt(cm.sub(cm.mul(xi, xi), cm.scale(ww, s2)))  # principal root: Re d >= 0
+    xi_plus_d = cm.add(xi, d)
+    xi_minus_d = cm.div(cm.scale(ww, s2), xi_plus_d)  # = xi - d, without cancellation
+    g = cm.div(xi_minus_d, xi_plus_d)
+    e, one_minus_e = cm.exp_and_one_minus(cm.scale(d, -expiry))
+    ge = cm.mul(g, e)
+    b = cm.div(cm.mul(ww, one_minus_e), cm.mul(xi_plus_d, (1.0 - ge[0], -ge[1])))
+    # log((1 - g e)/(1 - g)) = log1p(g (1 - e)/(1 - g))
+    log_ratio = cm.log1p(cm.div(cm.mul(g, one_minus_e), (1.0 - g[0], -g[1])))
+    factor = kappa * theta / s2
+    return (factor * (xi_minus_d[0] * expiry - 2.0 * log_ratio[0]) + b[0] * v0,
+            factor * (xi_minus_d[1] * expiry - 2.0 * log_ratio[1]) + b[1] * v0)
 
 
 def log_mgf(w, expiry, v0, kappa, theta, sigma, rho):
     """log E[exp(w X)], X = log(S_T / F), complex w (little Heston trap form)."""
+    w = jnp.asarray(w)
+    real = jnp.real(w)
     expiry, v0, kappa, theta, sigma, rho = (
-        jnp.asarray(x).astype(w.dtype) for x in (expiry, v0, kappa, theta, sigma, rho))
-    xi = kappa - sigma * rho * w
-    ww = w * w - w
-    d = jnp.sqrt(xi * xi - sigma * sigma * ww)
-    d = jnp.where(d.real < 0, -d, d)
-    xi_minus_d = sigma * sigma * ww / (xi + d)  # = xi - d, without cancellation
-    g = xi_minus_d / (xi + d)
-    e = jnp.exp(-d * expiry)
-    one_minus_ge = 1.0 - g * e
-    b = ww / (xi + d) * (1.0 - e) / one_minus_ge
-    # log((1 - g e)/(1 - g)) = log1p(g (1 - e)/(1 - g))
-    log_ratio = jnp.log1p(g * (1.0 - e) / (1.0 - g))
-    a = kappa * theta / (sigma * sigma) * (xi_minus_d * expiry - 2.0 * log_ratio)
-    return a + b * v0
-
-
-def _complex(real, imag):
-    real, imag = jnp.broadcast_arrays(real, imag)
-    return jax.lax.complex(real, imag.astype(real.dtype))
+        jnp.asarray(x).astype(real.dtype) for x in (expiry, v0, kappa, theta, sigma, rho))
+    re, im = log_mgf_parts(real, jnp.imag(w), expiry, v0, kappa, theta, sigma, rho)
+    return jax.lax.complex(re, im)
 
 
 def _explosion_time(w, kappa, sigma, rho):
@@ -146,7 +158,7 @@ def _nodes(n):
 def _log_m_derivatives(a, expiry, v0, kappa, theta, sigma, rho):
     """First and second derivatives of log M at real a (nested forward mode)."""
     def log_m(x):
-        return log_mgf(_complex(x, jnp.zeros_like(x)), expiry, v0, kappa, theta, sigma, rho).real
+        return log_mgf_parts(x, jnp.zeros_like(x), expiry, v0, kappa, theta, sigma, rho)[0]
 
     def slope(x):
         return jax.jvp(log_m, (x,), (jnp.ones_like(x),))[1]
@@ -214,33 +226,34 @@ def _tilt(k_low, k_high, expiry, v0, kappa, theta, sigma, rho):
     return tilt, _tail_rate(expiry, v0, kappa, theta, sigma, rho) + gain
 
 
-def _contour_nodes(a, decay, expiry, v0, kappa, theta, sigma, rho, nodes):
-    """Quadrature nodes u[N] and weights du[N] of the contour through a (module docstring)."""
+def _contour_scale(a, decay, expiry, v0, kappa, theta, sigma, rho):
+    """Width lam and upper end t_hi of the double-exponential nodes of the contour through a
+    (module docstring)."""
     gaussian = _log_m_derivatives(a, expiry, v0, kappa, theta, sigma, rho)[1]
     poles = _pole_terms(a)[1]
     width = 1.0 / jnp.sqrt(gaussian + poles)
     u_max = jnp.maximum(jnp.sqrt(2.0 * TAIL_LOG / gaussian), TAIL_LOG / decay)
-    t_hi = jnp.maximum(jnp.log(u_max / width), 1.0)
-    frac, trap = (jnp.asarray(x, dtype=width.dtype) for x in _nodes(nodes))
-    t = T_LO + (t_hi - T_LO) * frac
-    u = width * jnp.exp(t - jnp.exp(-t))
-    return u, u * (1.0 + jnp.exp(-t)) * (t_hi - T_LO) / (nodes - 1) * trap
+    return width, jnp.maximum(jnp.log(u_max / width), 1.0)
+
+
+def _node(j, nodes, width, t_hi):
+    """Node u_j = lam exp(t_j - e^{-t_j}) and its trapezoidal weight du_j, t_j = T_LO + j h,
+    h = (t_hi - T_LO) / (nodes - 1), j = 0 .. nodes - 1 (a float)."""
+    step = (t_hi - T_LO) / (nodes - 1)
+    t = T_LO + step * j
+    inner = jnp.exp(-t)
+    u = width * jnp.exp(t - inner)
+    trap = jnp.where((j == 0) | (j == nodes - 1), 0.5, 1.0)
+    return u, u * (1.0 + inner) * step * trap
 
 
 def _contour_coefficients(a, tilt, u, du, expiry, v0, kappa, theta, sigma, rho):
-    """Complex coefficients c[N] on w = a + (tilt - i) u such that the OTM value / (D F) of
-    log-moneyness k is exp((1 - a) k) / pi * sum_j Re[c_j exp((i - tilt) u_j k)]."""
-    w = _complex(a + tilt * u, -u)
-    log_m = log_mgf(w, expiry, v0, kappa, theta, sigma, rho)
-    return jnp.exp(log_m) / (w * w - w) * _complex(du, tilt * du)
-
-
-def _apply(log_moneyness, a, tilt, u, coeff):
-    """OTM value / (D F) of one strike from the contour (a, tilt, u, coeff), in real arithmetic
-    (vectorises better than complex exponentials): Re[c e^{(i - tilt) x}], x = u k."""
-    x = u * log_moneyness
-    terms = jnp.exp(-tilt * x) * (coeff.real * jnp.cos(x) - coeff.imag * jnp.sin(x))
-    return jnp.exp((1.0 - a) * log_moneyness) * jnp.sum(terms) / math.pi
+    """Coefficients c[N] (as a (real, imaginary) pair) on w = a + (tilt - i) u such that the OTM
+    value / (D F) of log-moneyness k is exp((1 - a) k) / pi * sum_j Re[c_j exp((i - tilt) u_j k)]."""
+    w = (a + tilt * u, -u)
+    log_m = log_mgf_parts(*w, expiry, v0, kappa, theta, sigma, rho)
+    ww = (w[0] * w[0] - w[1] * w[1] - w[0], (2.0 * w[0] - 1.0) * w[1])
+    return cm.mul(cm.div(cm.exp(log_m), ww), (du, tilt * du))
 
 
 def _abscissae(log_moneyness, variance, strip, params, contours):
@@ -299,11 +312,25 @@ def smile_otm(log_moneyness, expiry, v0, kappa, theta, sigma, rho, *, nodes=NODE
     abscissae, index = _abscissae(k_fixed, variance, strip, fixed, contours)
     k_low, k_high = _strike_range(k_fixed, index, abscissae.shape[0])
     tilt, decay = _tilt(k_low, k_high, *fixed)
-    u, du = jax.vmap(_contour_nodes, in_axes=(0, 0) + (None,) * 7)(
-        abscissae, decay, *fixed, nodes)
-    coeff = jax.vmap(_contour_coefficients, in_axes=(0, 0, 0, 0) + (None,) * 6)(
-        abscissae, tilt, u, du, *params)
-    return jax.vmap(_apply)(log_moneyness, abscissae[index], tilt[index], u[index], coeff[index])
+    width, t_hi = jax.vmap(_contour_scale, in_axes=(0, 0) + (None,) * 6)(
+        abscissae, decay, *fixed)
+    tilt_k = tilt[index]
+    damping = (1.0 - abscissae[index]) * log_moneyness
+    dtype = log_moneyness.dtype
+
+    def add_node(j, total):
+        # one node of every contour: M(w) on the contours, then Re[c e^{(i - tilt) u k}] for
+        # every strike from its own contour. Looping over nodes keeps each step's arrays small
+        # (cache-resident), where one [strikes, nodes] expression is memory-bound on CPU.
+        u, du = _node(j.astype(dtype), nodes, width, t_hi)
+        coeff_re, coeff_im = _contour_coefficients(abscissae, tilt, u, du, *params)
+        x = u[index] * log_moneyness
+        sin, cos = cm.sincos(x)
+        return total + jnp.exp(damping - tilt_k * x) * (coeff_re[index] * cos
+                                                         - coeff_im[index] * sin)
+
+    total = jax.lax.fori_loop(0, nodes, add_node, jnp.zeros_like(log_moneyness), unroll=UNROLL)
+    return total / math.pi
 
 
 _SMILE_NAMES = ("expiry", "spot", "rate", "div", "v0", "kappa", "theta", "sigma", "rho")
