@@ -5,13 +5,19 @@ For each number of strikes per expiry (the listed grid spans about +-3 ATM stand
 so more strikes means a finer spacing), the nightly job (configs/sweep.toml, fits disabled)
 runs on an all-Heston synthetic market without bad rows; each underlying's indices are compared
 with the analytic 30-day fair variance theta + (v0 - theta)(1 - e^{-kappa T})/(kappa T)
-(jaxvol.heston.fair_variance). Prints a table and writes sweep_strike_spacing.png.
+(jaxvol.heston.fair_variance). The job's VXJ index uses the default C1 monotone cubic
+interpolation in z; a second pass with the piecewise-linear one (``interpolation="linear"``,
+method "vxj-linear") shows what the cubic changed. Prints a table (median / mean / p90 error and,
+for each doubling of the strike count, i.e. halving of the spacing, the median per-underlying
+change of the error) and writes sweep_strike_spacing.png.
 
 Run:  .venv/bin/python scripts/sweep_strike_spacing.py [n_underlyings] [out_dir]
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import pathlib
 import sys
 
@@ -34,6 +40,23 @@ def truth(n_underlyings: int, target_days: int) -> pd.Series:
     return pd.Series(100 * np.sqrt(variance), index=p["underlying"])
 
 
+@contextlib.contextmanager
+def _vxj_interpolation(interpolation: str):
+    """The job looks jaxvol.indices.vxj_index_batch up at call time: swap in the option. The
+    job keeps its jitted stage maps across runs of a process (jaxvol.jobs.stages._MAPPED), so
+    they are dropped on the way in and out, or the first run's VXJ would be reused."""
+    from jaxvol.jobs import stages
+
+    original = jaxvol.indices.vxj_index_batch
+    stages._MAPPED.clear()
+    jaxvol.indices.vxj_index_batch = functools.partial(original, interpolation=interpolation)
+    try:
+        yield
+    finally:
+        jaxvol.indices.vxj_index_batch = original
+        stages._MAPPED.clear()
+
+
 def run(strikes: int, n_underlyings: int, out: pathlib.Path) -> pd.DataFrame:
     config = merge_overrides(load_config(CONFIG), {
         "market.underlyings": n_underlyings, "market.strikes": strikes,
@@ -48,17 +71,28 @@ def main(n_underlyings: int = 50, out: str = "sweep-out") -> None:
     jaxvol.configure()
     out = pathlib.Path(out)
     true = truth(n_underlyings, 30)
-    rows = []
+    rows, errors = [], {}
     for strikes in STRIKES:
         table = run(strikes, n_underlyings, out).set_index("underlying")
-        for method in ("cboe", "vxj"):
-            error = table[f"{method}_30d"] - true.reindex(table.index)
+        with _vxj_interpolation("linear"):
+            linear = run(strikes, n_underlyings, out / "linear").set_index("underlying")
+        for method, column in (("cboe", table["cboe_30d"]), ("vxj", table["vxj_30d"]),
+                               ("vxj-linear", linear["vxj_30d"])):
+            error = column - true.reindex(column.index)
+            errors[strikes, method] = error
             rows.append({"strikes": strikes, "method": method,
                          "median |error| (vol pts)": float(np.nanmedian(np.abs(error))),
                          "mean error (vol pts)": float(np.nanmean(error)),
                          "p90 |error|": float(np.nanquantile(np.abs(error), 0.9))})
     result = pd.DataFrame(rows)
     print(result.to_string(index=False))
+    print("\nmedian over underlyings of |error(2n strikes) - error(n strikes)| (vol points):")
+    for coarse, fine in ((20, 40), (40, 80)):
+        changes = {m: float(np.nanmedian(np.abs(errors[fine, m] - errors[coarse, m])))
+                   for m in ("cboe", "vxj", "vxj-linear")}
+        print(f"  {coarse:3d} -> {fine:3d} strikes: " + "  ".join(
+            f"{m} {v:.4f}" for m, v in changes.items())
+            + f"  (Cboe / VXJ {changes['cboe'] / changes['vxj']:.1f}x)")
     _plot(result, out / "sweep_strike_spacing.png")
 
 
