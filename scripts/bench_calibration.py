@@ -7,9 +7,12 @@ points (jaxvol's quasi-explicit guess, handed to scipy precomputed and untimed: 
 scipy). scipy gets the analytic Jacobian and its default tolerances (ftol = xtol = gtol = 1e-8),
 jaxvol the same three tolerances (BENCH_CONFIG); a slice counts as converged when scipy's
 status > 0 / jaxvol's status is CONVERGED. The scipy loop can be timed on a random
-subset (--scipy-slices) and extrapolated per slice, which the output says.
+subset (--scipy-slices) and extrapolated per slice, which the output says. With
+--cpu-devices 2 the jaxvol batch is split over two host CPU devices (one per core) with
+jax.shard_map; the scipy loop always runs on one core.
 
 Usage: python scripts/bench_calibration.py [--slices 10000] [--scipy-slices 1000]
+       [--cpu-devices 1]
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from __future__ import annotations
 import argparse
 import time
 
+import sys
+
 import jax
 import numpy as np
 
+if __name__ == "__main__":  # host devices must be set before JAX starts its backend
+    _devices = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--cpu-devices=")),
+                    None)
+    from jaxvol import configure
+    configure(num_cpu_devices=_devices)
 jax.config.update("jax_enable_x64", True)
 
 import scipy.optimize  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from jaxvol.calibrate import FitStatus, LMConfig  # noqa: E402
 from jaxvol.smile import svi  # noqa: E402
@@ -74,8 +85,18 @@ def scipy_fit(k, w, weights, start):
     return result.x, result.status > 0, rmse
 
 
-def time_jaxvol(k, w, weights, repeats=2):
-    fit = lambda: svi.fit(k, w, weights=weights, config=BENCH_CONFIG)  # noqa: E731
+def time_jaxvol(k, w, weights, repeats=3):
+    devices = jax.devices()
+    if len(devices) == 1:
+        fit = lambda: svi.fit(k, w, weights=weights, config=BENCH_CONFIG)  # noqa: E731
+    else:
+        mesh = Mesh(np.array(devices), ("lanes",))
+        lanes = PartitionSpec("lanes")
+        sharded = jax.jit(jax.shard_map(
+            lambda k, w, weights: svi.fit(k, w, weights=weights, config=BENCH_CONFIG),
+            mesh=mesh, in_specs=lanes, out_specs=lanes, check_vma=False))
+        inputs = [jax.device_put(a, NamedSharding(mesh, lanes)) for a in (k, w, weights)]
+        fit = lambda: sharded(*inputs)  # noqa: E731
     start = time.perf_counter()
     jax.block_until_ready(fit())
     first = time.perf_counter() - start
@@ -93,6 +114,9 @@ def main():
     parser.add_argument("--scipy-slices", type=int, default=1_000,
                         help="slices the scipy loop actually fits (random subset)")
     parser.add_argument("--skip-scipy", action="store_true")
+    parser.add_argument("--cpu-devices", type=int, default=1,
+                        help="host CPU devices the jaxvol batch is split over (write "
+                             "--cpu-devices=N); slices must divide evenly")
     args = parser.parse_args()
 
     k, w, weights = synthetic_market(args.slices)
