@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol._dtypes import as_bool, as_float, float_dtype, two_product
-from jaxvol.special import (SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, erfcx, mills_complement,
+from jaxvol.special import (SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg, erfcx,
+                            mills_complement, mills_complement_given_ratio,
                             mills_ratio_left, norm_cdf, norm_pdf)
 
 __all__ = [
@@ -63,6 +64,7 @@ def _asymptotic_table(order: int) -> np.ndarray:
 
 _ASYMPTOTIC = {64: _asymptotic_table(20), 32: _asymptotic_table(8)}
 _SMALL_T_ORDER = {64: 13, 32: 7}
+_WIDE_T = {64: (0.8, -1.5, 33), 32: (0.0, 0.0, 7)}  # (t bound, h bound, series order), see _call_otm_parts
 
 
 def _bits(dtype) -> int:
@@ -112,9 +114,13 @@ def _asymptotic_bracket(h, t):
 
 def _small_t_bracket(h, t):
     """Y(h+t) - Y(h-t) = 2 sum_{m odd} Y^(m)(h) t^m / m! for t < 0.21 (region 2)."""
-    order = _SMALL_T_ORDER[_bits(h.dtype)]
-    y_prev = mills_ratio_left(h)  # Y
-    y_curr = mills_complement(h)  # Y' = 1 + h Y
+    return _small_t_series(h, t, mills_ratio_left(h), mills_complement(h))
+
+
+def _small_t_series(h, t, ratio, complement, order=None):
+    """The series of :func:`_small_t_bracket` given ``Y(h)`` and ``Y'(h) = 1 + h Y(h)``."""
+    order = order or _SMALL_T_ORDER[_bits(h.dtype)]
+    y_prev, y_curr = ratio, complement
     total = y_curr * t
     t_pow_over_fact = t
     for n in range(1, order):
@@ -130,23 +136,66 @@ def _erfcx_bracket(h, t):
     return (0.5 * SQRT_2PI) * (erfcx(-SQRT_HALF * (h + t)) - erfcx(-SQRT_HALF * (h - t)))
 
 
-def _call_otm(x, s):
-    """Normalised OTM call b(x, s) for x <= 0 and s > 0 (all regions evaluated, one selected)."""
+def _split_exp(z, k):
+    """exp(k z^2) for k in {-1, -1/2}, split as in jaxvol.special (exact high part, small rest).
+
+    Bitwise the same as ``exp_minus_square`` (k = -1) and ``exp_minus_half_square`` (k = -1/2),
+    so that one call serves lanes that need either.
+    """
+    z = jnp.abs(z)
+    hi = jnp.trunc(z * 16.0) / 16.0
+    rest = (z - hi) * (z + hi)
+    return jnp.exp(k * hi * hi) * jnp.exp(k * rest)
+
+
+def _call_otm_parts(x, s):
+    """Normalised OTM call ``b(x, s)`` for ``x <= 0 < s``, with ``b_max - b`` and the Gaussian factor.
+
+    The four regions share their special-function work: two ``erfcx`` of non-negative
+    arguments (``Y(h)`` or ``erfcx(|h+t|/sqrt2)``, and ``erfcx((t-h)/sqrt2)``) and two split
+    exponentials (the ``erfcx`` reflection for ``0 < h+t <= 0.85``, or the two normal tails
+    of region 3), each evaluated once per lane on its region's argument. Every region computes
+    exactly the operations of its textbook form (``erfcx``, ``norm_cdf``, ``mills_complement``).
+    ``b_max - b`` is the sum of the two tails in region 3 and ``exp(x/2) - b`` elsewhere.
+    """
     h = x / s
     t = 0.5 * s
-    region1 = (h < _ASYMPTOTIC_H) & (h + t < _ASYMPTOTIC_H + _SMALL_T)
-    region2 = (~region1) & (t < _SMALL_T)
-    region3 = (~region1) & (~region2) & (h + t > _CDF_REGION)
+    u = h + t
+    region1 = (h < _ASYMPTOTIC_H) & (u < _ASYMPTOTIC_H + _SMALL_T)
+    wide_t, wide_h, wide_order = _WIDE_T[_bits(x.dtype)]
+    region2 = (~region1) & ((t < _SMALL_T) | ((t < wide_t) & (h > wide_h)))
+    region3 = (~region1) & (~region2) & (u > _CDF_REGION)
+    gauss = _gaussian_factor(x, s)
+    first = _erfcx_nonneg(SQRT_HALF * jnp.where(region2, -h, jnp.abs(u)))
+    second = _erfcx_nonneg(SQRT_HALF * (t - h))
+    # split exponentials: region 3 needs exp(-u^2/2) and exp(-(h-t)^2/2); region 4 with u > 0
+    # needs exp(-u^2/2) as exp(-y^2), y = u/sqrt2, for erfcx(-y) = 2 exp(y^2) - erfcx(y)
+    split_a = _split_exp(jnp.where(region3, u, SQRT_HALF * u), jnp.where(region3, -0.5, -1.0))
+    split_b = _split_exp(jnp.where(region3, h - t, 0.0), -0.5)
+    erfcx_u = jnp.where(u > 0, 2.0 / split_a - first, first)
+    bracket_erfcx = (0.5 * SQRT_2PI) * (erfcx_u - second)
     h1 = jnp.where(region1, h, 2.0 * _ASYMPTOTIC_H)
     t1 = jnp.where(region1, t, 0.0)
     h2 = jnp.where(region2, h, -1.0)
     t2 = jnp.where(region2, t, 0.1)
-    bracket = jnp.where(
-        region1, _asymptotic_bracket(h1, t1),
-        jnp.where(region2, _small_t_bracket(h2, t2), _erfcx_bracket(h, t)))
-    via_bracket = SQRT_2PI_INV * _gaussian_factor(x, s) * bracket
-    via_cdf = jnp.exp(0.5 * x) * norm_cdf(h + t) - jnp.exp(-0.5 * x) * norm_cdf(h - t)
-    return jnp.maximum(jnp.where(region3, via_cdf, via_bracket), 0.0)
+    ratio = (0.5 * SQRT_2PI) * first  # Y(h) in region 2
+    bracket_small = _small_t_series(h2, t2, ratio, mills_complement_given_ratio(h2, ratio),
+                                    wide_order)
+    bracket = jnp.where(region1, _asymptotic_bracket(h1, t1),
+                        jnp.where(region2, bracket_small, bracket_erfcx))
+    via_bracket = SQRT_2PI_INV * gauss * bracket
+    b_max = jnp.exp(0.5 * x)
+    upper_tail = 0.5 * first * split_a  # Phi(-u)
+    lower_tail = 0.5 * second * split_b  # Phi(h - t)
+    via_cdf = b_max * (1.0 - upper_tail) - jnp.exp(-0.5 * x) * lower_tail
+    b = jnp.maximum(jnp.where(region3, via_cdf, via_bracket), 0.0)
+    complement = jnp.where(region3, b_max * upper_tail + jnp.exp(-0.5 * x) * lower_tail, b_max - b)
+    return b, complement, gauss
+
+
+def _call_otm(x, s):
+    """Normalised OTM call b(x, s) for x <= 0 and s > 0 (all regions evaluated, one selected)."""
+    return _call_otm_parts(x, s)[0]
 
 
 def _normalised_black_value(x, s, theta):

@@ -185,6 +185,15 @@ def mills_complement(h):
     covers 3 <= -h <= 5.66 and the direct form the rest.
     """
     h = jnp.asarray(h)
+    h_direct = jnp.where(h > -3.0, h, 0.0)
+    return mills_complement_given_ratio(h, mills_ratio_left(h_direct))
+
+
+def mills_complement_given_ratio(h, ratio):
+    """``1 + h*Y(h)`` for ``h <= 0`` as :func:`mills_complement`, given ``ratio = Y(h)``.
+
+    ``ratio`` is used only where ``-h < 3`` (callers that already hold ``Y(h)`` save an erfcx).
+    """
     y = -SQRT_HALF * h
     large = y > 4.0
     y_large = jnp.where(large, y, 5.0)
@@ -197,7 +206,7 @@ def mills_complement(h):
     u = (2.0 * z_mid - (3.0 + 4.0 / SQRT_HALF)) / (4.0 / SQRT_HALF - 3.0)
     a_middle = _clenshaw(_MILLS_CHEB, u) / (z_mid * z_mid)
     # -h < 3: the direct form loses at most one digit (a(-3) = 0.086).
-    h_direct = jnp.where(z < 3.0, h, 0.0)
-    a_direct = 1.0 + h_direct * mills_ratio_left(h_direct)
+    direct = z < 3.0
+    a_direct = 1.0 + jnp.where(direct, h, 0.0) * jnp.where(direct, ratio, 0.0)
     a_direct = jnp.where(middle, a_middle, a_direct)
     return jnp.where(large, a_large, a_direct)
