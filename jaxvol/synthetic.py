@@ -21,6 +21,7 @@ names of the chains schema, so ``chains.analyze`` uses the true forwards), and w
 from __future__ import annotations
 
 import enum
+import functools
 import importlib.resources
 
 import numpy as np
@@ -141,25 +142,57 @@ def _ssvi_vol(params: pd.DataFrame, strike, forward, expiry) -> np.ndarray:
     return np.sqrt(total_variance / expiry)
 
 
+_BLOCK = 8
+"""Underlyings per compiled pricing call: every range of underlyings is priced in blocks of
+this many (the last one padded by repeating its first underlying), so any chunking of the
+market runs the same two compiled programs (Black and Heston)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(kind: str):
+    import jax
+
+    import jaxvol
+    from jaxvol import heston
+
+    if kind == "black":
+        return jax.jit(lambda f, k, t, v, c, d: jaxvol.black_price(f, k, t, v, c, discount=d))
+    return jax.jit(lambda k, t, c, s, r, q, v0, kappa, theta, sigma, rho: heston.price(
+        k, t, spot=s, rate=r, div=q, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho,
+        is_call=c))
+
+
+def _blocked(kind: str, *arrays) -> np.ndarray:
+    """The jitted pricer over [U, ...] arrays (leading axes broadcast; trailing shapes kept, so
+    Heston smile parameters stay [U, E, 1]), ``_BLOCK`` underlyings per call."""
+    count = max(np.shape(a)[0] for a in arrays)
+    arrays = [np.broadcast_to(a, (count,) + np.shape(a)[1:]) for a in arrays]
+    fn = _jitted(kind)
+    parts = []
+    for start in range(0, count, _BLOCK):
+        block = [a[start:start + _BLOCK] for a in arrays]
+        missing = _BLOCK - block[0].shape[0]
+        if missing:
+            block = [np.concatenate([b, np.repeat(b[:1], missing, axis=0)]) for b in block]
+        parts.append(np.asarray(fn(*block))[:_BLOCK - missing])
+    return np.concatenate(parts)
+
+
 def _black(forward, strike, expiry, vol, is_call, discount):
     """Black-76 prices through the foundation's kernel."""
-    import jaxvol
-    return np.asarray(jaxvol.black_price(forward, strike, expiry, vol, is_call,
-                                         discount=discount))
+    return _blocked("black", forward, strike, expiry, vol, is_call, discount)
 
 
 def _heston(params: pd.DataFrame, strike, expiry, is_call, spot_scale) -> np.ndarray:
-    """Heston prices through jaxvol.heston.price; the underlying axis is padded to a power of
-    two (repeating the first row) so chunks with different Heston counts share compilations."""
-    from jaxvol import heston
-    count = len(params)
-    size = 1 << max(0, (count - 1).bit_length())
-    pad = lambda a: np.concatenate([a, np.repeat(a[:1], size - count, axis=0)])  # noqa: E731
-    col = {name: pad(params[name].to_numpy()[:, None, None]) for name in
+    """Heston prices through jaxvol.heston.price (one characteristic function per smile)."""
+    col = {name: params[name].to_numpy()[:, None, None] for name in
            ("spot", "rate", "div", "v0", "kappa", "theta", "sigma", "rho")}
-    spot = col.pop("spot") * pad(spot_scale)
-    price = heston.price(pad(strike), expiry, spot=spot, is_call=pad(is_call), **col)
-    return np.asarray(price)[:count]
+    spot = col.pop("spot") * spot_scale
+    count = len(params)
+    smile = lambda a: np.broadcast_to(a, (count,) + np.shape(expiry)[1:2] + (1,))  # noqa: E731
+    return _blocked("heston", strike, smile(expiry), is_call, smile(spot),
+                    *(smile(col[n]) for n in ("rate", "div", "v0", "kappa", "theta", "sigma",
+                                              "rho")))
 
 
 def _prices(params: pd.DataFrame, strike, expiry, is_call, spot_scale) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import jaxvol
 from jaxvol import synthetic
 
-N, E, S = 6, 4, 16
+N, E, S = 6, 4, 180  # the shapes of tests/test_jobs_pipeline.py (shared compilations)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def test_quotes_on_the_tick_grid_and_defect_shares(market):
     assert (market["bid"][crossed] > market["ask"][crossed]).all()
     assert (market["bid"][market["defect"] == synthetic.Defect.ZERO_BID] == 0).all()
     share = (~clean).mean()
-    # 3% requested; 768 rows give a binomial sd of 0.6%, zero-bid draws on rows already at 0
-    # are dropped: 1% .. 5% covers it
+    # 3% requested; 8,640 rows give a binomial sd of 0.18%, zero-bid draws on rows already at
+    # 0 are dropped: 1% .. 5% covers it
     assert 0.01 < share < 0.05
 
 
@@ -96,5 +96,6 @@ def test_fx_quotes_calibrate():
     result = jaxvol.fx.calibrate_smile(
         spot=quotes["spot"].to_numpy(), expiry=quotes["expiry"].to_numpy(),
         rd=quotes["rd"].to_numpy(), rf=quotes["rf"].to_numpy(), atm=quotes["atm"].to_numpy(),
-        rr25=quotes["rr25"].to_numpy(), bf25=quotes["bf25"].to_numpy(), model="polynomial")
+        rr25=quotes["rr25"].to_numpy(), bf25=quotes["bf25"].to_numpy(), delta_type="spot",
+        atm_type="dns", model="vanna_volga")  # the nightly job's call (shared compilation)
     assert (np.asarray(result.status) == 0).all()

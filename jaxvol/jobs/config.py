@@ -55,8 +55,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                  "> 0"),
         "devices": Key(int, 0, "local devices to shard over (0 = all)", _non_negative, ">= 0"),
         "fail_fast": Key(bool, False, "re-raise a stage error instead of logging it"),
-        "slice_multiple": Key(int, 8, "slice axis padded to a multiple of this (and of the "
-                              "device count) so every run uses the same shapes", _positive, "> 0"),
+        "slice_block": Key(int, 256, "slices per device per compiled call of the per-slice "
+                           "fits (fixed, so every chunk and device count runs one program)",
+                           _positive, "> 0"),
+        "underlying_block": Key(int, 32, "underlyings per device per compiled call of the "
+                                "per-underlying fits (Heston, SSVI, indices)", _positive, "> 0"),
     },
     "market": {
         "underlyings": Key(int, 2000, "synthetic underlyings when no --input", _positive, "> 0"),

@@ -1,9 +1,12 @@
 """Sharding of the slice/underlying axis across the local devices.
 
-The nightly job pads every batch it fits to a fixed multiple (a power of two at least
-``job.slice_multiple``), so a run on one device and a run on eight compile the same global
-shapes; the leading axis is then split across a 1-D mesh with ``NamedSharding`` and the fitting
-functions (pure, per lane) run where the data lies.
+The nightly job runs every fit on fixed blocks: ``block`` lanes per device per call
+(``job.slice_block`` for per-slice fits, ``job.underlying_block`` for per-underlying ones). A
+batch is padded to a multiple of ``block x devices`` lanes and cut into calls of that many lanes;
+each call places its lanes on a 1-D mesh with ``NamedSharding`` (split along the leading axis
+only) and maps the fitting function over the devices with ``jax.shard_map``. Every device thus
+runs the function on the same local shape whatever the chunk size or the device count, so one
+device and eight give bitwise-identical results and a whole run compiles each fit once.
 """
 
 from __future__ import annotations
@@ -31,13 +34,10 @@ def local_mesh(devices: int = 0) -> jax.sharding.Mesh:
                          devices=available[:count])
 
 
-def padded_size(lanes: int, multiple: int, devices: int) -> int:
-    """The padded lane count: a power of two >= lanes, multiple of ``multiple`` and devices."""
-    base = math.lcm(multiple, devices)
-    size = base
-    while size < lanes:
-        size *= 2
-    return size
+def padded_size(lanes: int, block: int, devices: int) -> int:
+    """The padded lane count: the smallest positive multiple of ``block x devices`` >= lanes."""
+    step = block * devices
+    return max(1, math.ceil(lanes / step)) * step
 
 
 def pad_leading(array: np.ndarray, size: int, fill) -> np.ndarray:

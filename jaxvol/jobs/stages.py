@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 from typing import Any, Callable
 
@@ -142,41 +143,89 @@ def pack(chunk: Chunk, env: JobEnv) -> None:
 
 
 def _sharded_call(env: JobEnv, fn: Callable, lane_arrays: list[np.ndarray], *,
-                  key: str | None = None):
+                  key: str | None = None, per: str = "slice"):
     """``fn(*arrays)`` over the lane axis, split across the mesh; the outputs (a PyTree of
     arrays with a lane axis) come back as numpy, unpadded.
 
-    The lanes are padded to ``size`` (a power of two, multiple of ``job.slice_multiple`` = M)
-    and cut into M blocks of ``size / M`` lanes; with D devices (D divides M) each call maps
-    ``fn`` over D blocks with ``jax.shard_map``, one block per device. Every device therefore
-    runs ``fn`` itself on the same local shape whatever D is, so a one-device run is bitwise
-    identical to an eight-device run (XLA's code generation depends on the shape, and an
-    iterative fit amplifies last-bit differences to its tolerance). ``key`` names ``fn`` for
-    reuse of the jitted map within a run (``fn`` must then depend only on the config)."""
+    ``per`` ("slice" or "underlying") picks the block B (``job.slice_block`` or
+    ``job.underlying_block``). The lanes are padded to a multiple of B x D (D devices; padded
+    lanes repeat the first lane, so they are well-posed problems) and run in calls of B x D
+    lanes, B per device, through one ``jax.shard_map``. Every device therefore runs ``fn`` on
+    the same local shape [B, ...] whatever D or the chunk size: one program per stage for the
+    whole run, and a one-device run bitwise identical to an eight-device run. ``key`` names
+    ``fn`` for reuse of the jitted map within a run (``fn`` must then depend only on the
+    config)."""
     lanes = lane_arrays[0].shape[0]
-    multiple = env.config["job"]["slice_multiple"]
-    if multiple % env.devices:
-        raise ValueError(f"job.slice_multiple = {multiple} must be a multiple of the "
-                         f"{env.devices} devices in use (set job.devices)")
-    size = padded_size(lanes, multiple, env.devices)
+    block = env.config["job"][f"{per}_block"]
+    size = padded_size(lanes, block, env.devices)
     padded = [pad_leading(np.asarray(a), size, None) for a in lane_arrays]
     mapped = _mapped(env, fn, len(padded), key)
-    step = size // multiple * env.devices
-    parts = [mapped(*shard_leading(env.mesh, *(a[i:i + step] for a in padded)))
-             for i in range(0, size, step)]
-    return jax.tree.map(lambda *leaves: np.concatenate([np.asarray(x) for x in leaves])[:lanes],
-                        *parts)
+    step = block * env.devices
+    parts = []
+    for i in range(0, size, step):
+        out = mapped(*shard_leading(env.mesh, *(a[i:i + step] for a in padded)))
+        parts.append(jax.tree.map(np.asarray, out))  # host copies: device buffers freed
+    return jax.tree.map(lambda *leaves: np.concatenate(leaves)[:lanes], *parts)
+
+
+_MAPPED: dict = {}
+"""Jitted shard_maps kept across runs of this process (a later run with the same settings, a
+resumed run, reuses the traced and compiled programs instead of tracing them again)."""
+
+
+_SETTINGS = {"svi": ("svi",), "sabr": ("sabr",), "ssvi": ("ssvi",), "heston": ("heston",),
+             "cboe": ("indices",), "vxj": ("indices",)}
+
+
+def _settings_key(env: JobEnv, key: str) -> str:
+    """What the fitting function named ``key`` may depend on besides its inputs: its section of
+    the config (found by the key's prefix), the warm-start cap, whether the night is warm."""
+    sections = _SETTINGS.get(key.split("-")[0], tuple(env.config))
+    relevant = {name: env.config[name] for name in sections}
+    return json.dumps([relevant, env.config["warm_start"], env.warm], sort_keys=True,
+                      default=str)
 
 
 def _mapped(env: JobEnv, fn: Callable, count: int, key: str | None):
-    cached = env.mapped.get((key, count)) if key else None
+    full_key = (key, count, env.mesh, _settings_key(env, key)) if key else None
+    cached = _MAPPED.get(full_key) if key else None
     if cached is None:
         spec = PartitionSpec(AXIS)
         cached = jax.jit(jax.shard_map(fn, mesh=env.mesh, in_specs=(spec,) * count,
                                        out_specs=spec, check_vma=False))
         if key:
-            env.mapped[(key, count)] = cached
+            if len(_MAPPED) > 64:  # many distinct settings in one process: start afresh
+                _MAPPED.clear()
+            _MAPPED[full_key] = cached
     return cached
+
+
+_JITTED: dict = {}
+HOST_BLOCK = 256
+"""Leading-axis multiple of the small unsharded helper calls (Black prices of the Heston quotes,
+the VXJ term structure): one compiled shape for every chunk."""
+
+
+def _padded_jit(fn: Callable, arrays: list[np.ndarray], *, block: int = HOST_BLOCK, **static):
+    """``jax.jit(fn)(*arrays, **static)`` with the leading axis padded to a multiple of
+    ``block`` (repeating the first row), returned as numpy without the padding."""
+    key = (fn, json.dumps({k: np.asarray(v).tolist() for k, v in static.items()},
+                          sort_keys=True))
+    jitted = _JITTED.get(key)
+    if jitted is None:
+        jitted = _JITTED[key] = jax.jit(functools.partial(fn, **static))
+    lanes = np.shape(arrays[0])[0]
+    size = max(1, -(-lanes // block)) * block
+    out = jitted(*(pad_leading(np.asarray(a), size, None) for a in arrays))
+    return jax.tree.map(lambda x: np.asarray(x)[:lanes], out)
+
+
+def _svi_total_variance(k: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Raw SVI total variance in numpy (params [..., 5] broadcast against k); the formula of
+    jaxvol.svi.total_variance, evaluated on the host (no compile per chunk shape)."""
+    a, b, rho, m, sigma = np.moveaxis(np.asarray(params, np.float64), -1, 0)
+    x = k - m
+    return a + b * (rho * x + np.sqrt(x * x + sigma * sigma))
 
 
 def _previous_for(env: JobEnv, table: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
@@ -228,8 +277,7 @@ def svi(chunk: Chunk, env: JobEnv) -> None:
     params, status = np.asarray(fit.params), np.asarray(fit.status)
     params, used_previous = _fallback(status, params, previous, (2, 3))
     expiry = batch.table["expiry"].to_numpy()[:, None]
-    model = np.asarray(svi_mod.total_variance(batch.log_moneyness, *np.moveaxis(
-        params[:, None, :], -1, 0)))
+    model = _svi_total_variance(batch.log_moneyness, params[:, None, :])
     table = chunk.slices
     table[SVI_PARAMS] = params
     table["svi_status"] = status.astype(np.int32)
@@ -237,7 +285,7 @@ def svi(chunk: Chunk, env: JobEnv) -> None:
         table["svi_iterations"] = np.asarray(fit.iterations).astype(np.int32)
     table["svi_previous"] = used_previous
     table["svi_rmse"] = _rmse(np.sqrt(np.maximum(model, 0.0) / expiry), batch)
-    _row_model_vol(chunk, svi_mod, params)
+    _row_model_vol(chunk, params)
 
 
 def _lm_config(fit_fn, max_iterations: int):
@@ -274,7 +322,7 @@ def _svi_fit(fit_fn, env, arrays, previous, options):
         key="svi-warm")
 
 
-def _row_model_vol(chunk: Chunk, svi_mod, params: np.ndarray) -> None:
+def _row_model_vol(chunk: Chunk, params: np.ndarray) -> None:
     """``iv_svi``: the fitted SVI vol at every row's strike (NaN where the slice has none)."""
     rows = chunk.rows
     slice_id = slices_mod.slice_index(rows)
@@ -282,7 +330,7 @@ def _row_model_vol(chunk: Chunk, svi_mod, params: np.ndarray) -> None:
     forward = rows["forward"].to_numpy()
     ok = np.isfinite(forward) & (forward > 0) & np.all(np.isfinite(p), axis=1)
     k = np.log(rows["strike"].to_numpy() / np.where(ok, forward, 1.0))
-    w = np.asarray(svi_mod.total_variance(np.where(ok, k, 0.0), *np.where(ok[:, None], p, 0.1).T))
+    w = _svi_total_variance(np.where(ok, k, 0.0), np.where(ok[:, None], p, 0.1))
     expiry = rows["expiry"].to_numpy()
     rows["iv_svi"] = np.where(ok & (w > 0), np.sqrt(np.maximum(w, 0.0) / expiry), np.nan)
 
@@ -362,6 +410,10 @@ def _atm_vol(batch: slices_mod.SliceBatch) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------- SSVI
+SSVI_MIN_SLOTS = 4
+"""Expiry slots per SSVI surface at least (the SPX board's two expiries then share the program
+of four-expiry markets; empty slots repeat the last slice at negligible weight)."""
+
 def _ssvi_grid(chunk: Chunk):
     """[U, slots, width] k / w / weight / mask of each underlying's fittable slices in expiry
     order; empty slots repeat the last slice at 1e-3 weight (ssvi.fit needs every expiry slot
@@ -375,7 +427,7 @@ def _ssvi_grid(chunk: Chunk):
     lane = pd.Index(names).get_indexer(table["underlying"].to_numpy()[order])
     slot = pd.Series(lane).groupby(lane).cumcount().to_numpy()
     count = np.bincount(lane, minlength=len(names))
-    slots = 1 << max(0, int(count.max(initial=1) - 1).bit_length())
+    slots = max(SSVI_MIN_SLOTS, 1 << max(0, int(count.max(initial=1) - 1).bit_length()))
     source = np.full((len(names), slots), -1)
     source[lane, slot] = order
     last = source[np.arange(len(names)), count - 1]
@@ -401,7 +453,7 @@ def ssvi(chunk: Chunk, env: JobEnv) -> None:
     config = _lm_config(ssvi_mod.fit, env.iterations("ssvi"))
     fit = _sharded_call(env, lambda k, w, weight, mask: ssvi_mod.fit(
         k, w, weights=weight, mask=mask, phi=form, config=config), [k, w, weight, mask],
-        key="ssvi")
+        key="ssvi", per="underlying")
     phi = np.asarray(fit.phi_params).reshape(len(names), -1)
     table = pd.DataFrame({"underlying": names, "ssvi_rho": np.asarray(fit.rho)})
     for i in range(phi.shape[1]):
@@ -453,7 +505,6 @@ def _heston_quotes(chunk: Chunk, env: JobEnv):
     """Per underlying [U, expiries, q] quotes (strike, is_call, price, vega, mask) and
     [U, expiries, 1] smile inputs (expiry, spot = F D, rate = -log(D) / T, so that the model
     forward is the slice's forward)."""
-    import jaxvol
     batch, table = chunk.batch, chunk.slices
     pick = _pick_quotes(batch, env.config["heston"]["strikes_per_expiry"])
     take = np.maximum(pick, 0)
@@ -466,8 +517,8 @@ def _heston_quotes(chunk: Chunk, env: JobEnv):
     vol = np.take_along_axis(batch.implied_vol, take, axis=1)
     valid = (pick >= 0) & np.take_along_axis(batch.mask, take, axis=1)
     is_call = strike >= forward
-    price = np.asarray(jaxvol.black_price(forward, strike, expiry, vol, is_call,
-                                          discount=discount))
+    lanes = np.broadcast_arrays(forward, strike, expiry, vol, is_call, discount)
+    price = _padded_jit(_black_price, lanes)
     std = vol * np.sqrt(expiry)
     d1 = np.log(forward / strike) / std + 0.5 * std
     vega = discount * forward * np.sqrt(expiry) * np.exp(-0.5 * d1 ** 2) / np.sqrt(2 * np.pi)
@@ -477,12 +528,24 @@ def _heston_quotes(chunk: Chunk, env: JobEnv):
     return _by_underlying(table["underlying"].to_numpy(), quotes, smiles)
 
 
-def _by_underlying(underlying: np.ndarray, quotes: dict, smiles: dict):
-    """Regroup per-slice rows into [underlyings, expiry slots, ...] (slots: a power of two)."""
+MIN_SLOTS = 8
+"""Expiry slots per underlying at least (a power of two above): the calendar of the embedded
+market, so that the SPX board's two expiries run the same Heston program as the others."""
+
+
+def _black_price(forward, strike, expiry, vol, is_call, discount):
+    import jaxvol
+    return jaxvol.black_price(forward, strike, expiry, vol, is_call, discount=discount)
+
+
+def _by_underlying(underlying: np.ndarray, quotes: dict, smiles: dict,
+                   min_slots: int = MIN_SLOTS):
+    """Regroup per-slice rows into [underlyings, expiry slots, ...] (slots: a power of two,
+    at least ``min_slots``)."""
     order = pd.unique(underlying)
     lane = pd.Index(order).get_indexer(underlying)
     slot = pd.Series(lane).groupby(lane).cumcount().to_numpy()
-    slots = 1 << max(0, int(slot.max()).bit_length())
+    slots = max(min_slots, 1 << max(0, int(slot.max()).bit_length()))
     fills = {"strike": 1.0, "is_call": True, "price": 1.0, "vega": 1.0, "mask": False,
              "expiry": 1.0, "spot": 1.0, "rate": 0.0, "minutes": 1.0, "variance": 0.0,
              "valid": False}
@@ -514,7 +577,8 @@ def heston(chunk: Chunk, env: JobEnv) -> None:
                              config=config)
 
     fit = _sharded_call(env, call, [start, q["strike"], q["expiry"], q["spot"], q["rate"],
-                                    q["is_call"], q["price"], q["vega"], mask], key="heston")
+                                    q["is_call"], q["price"], q["vega"], mask], key="heston",
+                        per="underlying")
     params, status = np.asarray(fit.params), np.asarray(fit.status)
     previous = _previous_underlyings(env, names)
     params, used_previous = _fallback(status, params, previous, (2, 3))
@@ -644,9 +708,9 @@ def indices(chunk: Chunk, env: JobEnv) -> None:
                                      "mask", "minutes")] + [rate]
         target = float(target_days * 1440)
         cboe = _sharded_call(env, lambda *a: cboe_vix_batch(*a, target_minutes=target), lanes,
-                             key="cboe")
+                             key="cboe", per="underlying")
         vxj = _sharded_call(env, lambda *a: vxj_index_batch(*a, target_minutes=target), lanes,
-                            key="vxj")
+                            key="vxj", per="underlying")
         found = pd.DataFrame({
             "underlying": names, f"cboe_{target_days}d": cboe.index,
             "cboe_status": cboe.status.astype(np.int32), f"vxj_{target_days}d": vxj.index,
@@ -679,8 +743,9 @@ def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
     days = env.config["indices"]["term_days"]
     targets = np.asarray(days, np.float64) * 1440.0
     valid = grid["valid"]
-    annual = np.asarray(term_structure(np.where(valid, grid["minutes"], 1.0),
-                                       np.where(valid, grid["variance"], 0.0), valid, targets))
+    annual = _padded_jit(term_structure, [np.where(valid, grid["minutes"], 1.0),
+                                          np.where(valid, grid["variance"], 0.0), valid],
+                         target_minutes=targets)
     index = 100.0 * np.sqrt(np.maximum(annual, 0.0))
     out = pd.DataFrame(np.where(np.isfinite(annual), index, np.nan),
                        columns=[f"vxj_term_{d}d" for d in days])
