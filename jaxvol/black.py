@@ -10,8 +10,10 @@ values are computed directly (never through put–call parity), in four regions 
 
 1. ``h < -10`` and ``h + t < -9.79``: an asymptotic expansion of ``Y(h+t) - Y(h-t)`` with
    ``Y = Phi/phi`` (A&S 26.2.12) to 20 orders, summed in a cancellation-free form;
-2. ``t < 0.21``: the Taylor expansion of ``Y(h+t) - Y(h-t)`` in ``t`` to order ``t**13`` from the
-   recurrence ``Y^(n+1) = h Y^(n) + n Y^(n-1)`` seeded with a cancellation-free ``1 + h Y(h)``;
+2. ``t < 0.21``, or ``t < 0.8`` and ``h > -1.5``: the Taylor expansion of ``Y(h+t) - Y(h-t)``
+   in ``t`` (odd powers, all terms positive) to order ``t**13`` (``t**33`` on the wider part,
+   where the erfcx difference of region 4 loses up to 16 eps) from the recurrence
+   ``Y^(n+1) = h Y^(n) + n Y^(n-1)`` seeded with a cancellation-free ``1 + h Y(h)``;
 3. ``h + t > 0.85``: the two normal CDFs directly;
 4. otherwise: ``exp(-(h**2+t**2)/2) * [erfcx(-(h+t)/sqrt2) - erfcx(-(h-t)/sqrt2)] / 2``.
 
@@ -64,7 +66,8 @@ def _asymptotic_table(order: int) -> np.ndarray:
 
 _ASYMPTOTIC = {64: _asymptotic_table(20), 32: _asymptotic_table(8)}
 _SMALL_T_ORDER = {64: 13, 32: 7}
-_WIDE_T = {64: (0.8, -1.5, 33), 32: (0.0, 0.0, 7)}  # (t bound, h bound, series order), see _call_otm_parts
+# region 2 also covers t < 0.8 where h > -1.5, with more orders (float64 only): (t, h, order)
+_WIDE_T = {64: (0.8, -1.5, 33), 32: (0.0, 0.0, 7)}
 
 
 def _bits(dtype) -> int:

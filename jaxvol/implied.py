@@ -2,22 +2,22 @@
 
 Algorithm (Black). The price is normalised to ``beta = price/(D sqrt(F K))`` and reduced to an
 out-of-the-money call ``b(x, s)`` with ``x = -|ln(F/K)| <= 0`` (put–call symmetry; the intrinsic
-value is subtracted in price units). Following Jäckel ("Let's Be Rational", 2015) the price axis
-is cut at the points where the tangent through the inflection point ``s_c = sqrt(2|x|)`` meets 0
-and ``b_max = exp(x/2)``:
+value is subtracted in price units). Following Jäckel ("Let's Be Rational", 2015, §4-5) the
+price axis is cut at ``b_l``, ``b_c`` and ``b_u``, the prices at ``s_c = sqrt(2|x|)`` (the
+inflection point) and where its tangent meets 0 and ``b_max = exp(x/2)``:
 
-* low prices use the objective ``1/ln(b) - 1/ln(beta)`` and start from an asymptotic guess
-  (the leading term of the deep out-of-the-money expansion, solved by fixed point);
-* middle prices use ``b - beta`` and start on the inflection tangent;
-* high prices use ``ln(b_max - beta) - ln(b_max - b)`` and start from the inverse of
-  ``b_max - b ~ (e^{x/2} + e^{-x/2}) Phi(-s/2)``.
+* the initial guess interpolates ``s(beta)`` by a shape-preserving rational cubic between
+  ``b_l`` and ``b_u``, and below ``b_l`` / above ``b_u`` interpolates the transformed maps
+  ``2 pi/sqrt27 |x| Phi(-|x|/(sqrt3 s))^3`` / ``Phi(-s/2)`` and inverts them through the
+  inverse normal CDF. Each lane evaluates only its own segment (select'ed arguments);
+* low prices iterate on ``1/ln(b) - 1/ln(beta)``, middle ones on ``b - beta`` and high ones
+  (``beta > max(b_u, b_max/2)``) on ``ln(b_max - beta) - ln(b_max - b)``.
 
-A FIXED number of third-order Householder steps follows, safeguarded by a bracket that every
-evaluation tightens (b is increasing in s), so a step that would leave the bracket bisects it.
-All steps but the last use a cheaper evaluation of ``b`` (two normal CDFs or erfcx terms) that is
-accurate to ~1e-10 relative in the far wings, where ``s`` is insensitive to it; the last step
-uses the full-precision :func:`jaxvol.black.normalised_black` kernel. No data-dependent loop:
-every lane does identical work under ``vmap``.
+Then ONE third-order Householder step on a two-erfcx evaluation of ``b`` (accurate to ~1e-10
+relative where it is worst, far in the wings, where ``s`` is insensitive to it), safeguarded by
+the segment's bracket, and one final log-ratio step on the full-precision four-region kernel
+(:func:`jaxvol.black._call_otm_parts`). No data-dependent loop: every lane does identical
+work under ``vmap``.
 
 Gradients use the implicit-function theorem (``dvol/dprice = 1/vega`` and likewise for forward,
 strike, expiry and discount); lanes without a solution get NaN and zero gradients, and never
@@ -297,8 +297,10 @@ def _stage(fn, *operands):
     pred = jax.lax.optimization_barrier(jnp.asarray(True))
     shapes = jax.eval_shape(fn, *operands)
 
-    def zeros(_):
-        return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    def zeros(ops):  # derived from an operand, so it carries shard_map's axis types too
+        zero = ops[0] * 0
+        return jax.tree_util.tree_map(
+            lambda a: jnp.broadcast_to(zero, a.shape).astype(a.dtype), shapes)
 
     return jax.lax.cond(pred, lambda ops: fn(*ops), zeros, operands)
 
