@@ -60,7 +60,7 @@ def main() -> None:
     price = np.asarray(jax.jit(jaxvol.black_price)(forward, strike, expiry, vol, is_call))
     device = jax.devices()[0]
     print(f"# {args.n:,} options, JAX {jax.__version__}, {device.platform} ({device.device_kind}), "
-          f"{platform.machine()}")
+          f"{platform.machine()}, load average {os.getloadavg()[0]:.2f} (1 min)")
     results = {}
     mesh = Mesh(np.array(jax.devices()), ("lanes",))
     sharding = NamedSharding(mesh, P("lanes"))
@@ -119,6 +119,7 @@ def main() -> None:
         base = results["jaxvol float64"]
         print(f"ratio jaxvol float64 / py_vollib_vectorized: {base / results['py_vollib_vectorized']:.2f}x")
         print(f"ratio jaxvol float64 / QuantLib loop: {base / results['QuantLib loop']:.1f}x")
+    print(f"# load average at the end {os.getloadavg()[0]:.2f} (1 min)")
 
 
 if __name__ == "__main__":
