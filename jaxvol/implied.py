@@ -432,7 +432,6 @@ def _implied_vol(price, forward, strike, expiry, discount, theta):
 def _implied_vol_jvp(primals, tangents):
     return _implicit_jvp(_implied_vol, black_price, 0.2, primals, tangents)
 
-@jax.jit
 def implied_vol(price, forward, strike, expiry, is_call, *, discount=1.0) -> ImpliedVol:
     """Black-76 implied volatility, broadcasting over any batch shape.
 
@@ -448,9 +447,22 @@ def implied_vol(price, forward, strike, expiry, is_call, *, discount=1.0) -> Imp
         :class:`ImpliedVol` with ``vol`` (the input's float dtype; NaN where no solution) and
         ``status`` (int32 :class:`IVStatus` codes).
     """
-    args = _broadcast_inputs(price, forward, strike, expiry, is_call, discount)
-    vol, status = _implied_vol(*args)
+    return _jitted_black(*_array_likes(price, forward, strike, expiry, is_call, discount))
+
+
+@jax.jit
+def _jitted_black(price, forward, strike, expiry, is_call, discount):
+    vol, status = _implied_vol(*_broadcast_inputs(price, forward, strike, expiry, is_call, discount))
     return ImpliedVol(vol=vol, status=status)
+
+
+def _array_likes(*values):
+    """Lists and tuples become arrays (jit takes arrays and scalars; scalars stay weakly typed).
+
+    The entry points are jitted so that eager callers compile one program per shape rather
+    than every primitive separately.
+    """
+    return [np.asarray(v) if isinstance(v, (list, tuple)) else v for v in values]
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,9 +536,12 @@ def _implied_normal(price, forward, strike, expiry, discount, theta):
 def _implied_normal_jvp(primals, tangents):
     return _implicit_jvp(_implied_normal, bachelier_price, 1.0, primals, tangents)
 
-@jax.jit
 def implied_normal_vol(price, forward, strike, expiry, is_call, *, discount=1.0) -> ImpliedVol:
     """Bachelier (normal) implied volatility in price units per sqrt(year); see implied_vol."""
-    args = _broadcast_inputs(price, forward, strike, expiry, is_call, discount)
-    vol, status = _implied_normal(*args)
+    return _jitted_normal(*_array_likes(price, forward, strike, expiry, is_call, discount))
+
+
+@jax.jit
+def _jitted_normal(price, forward, strike, expiry, is_call, discount):
+    vol, status = _implied_normal(*_broadcast_inputs(price, forward, strike, expiry, is_call, discount))
     return ImpliedVol(vol=vol, status=status)
