@@ -2,8 +2,10 @@
 
 k is log forward moneyness log(strike / forward); w is total implied variance vol^2 * expiry.
 Parameter order everywhere: (a, b, rho, m, sigma). Pure functions broadcast over their inputs;
-:func:`fit` calibrates [slices, strikes] arrays in one batch through
-:func:`jaxvol.calibrate.least_squares`.
+:func:`fit` calibrates [slices, strikes] arrays in one batch: a variable-projection
+Levenberg–Marquardt on (m, sigma) (the other three parameters are linear), with
+:func:`jaxvol.calibrate.least_squares` for the slices whose solution leaves the box and for the
+arbitrage-aware fit, and the engine's implicit gradients.
 
 References: Gatheral & Jacquier (2014), "Arbitrage-free SVI volatility surfaces" (Durrleman's
 condition, jump-wings, example 3.1); Lee (2004), "The moment formula for implied volatility at
@@ -540,11 +542,13 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
         keeping Durrleman's g >= 0 (at 25 points and at g's polished minimum over the quoted
         range extended by half its width on each side), Lee's wing bound and a non-negative
         minimum variance. The penalised problem is stiffer: it needs ~100+ iterations.
-      config: the engine's :class:`LMConfig`; default ``FIT_CONFIG`` (60 iterations), or
-        ``NO_ARBITRAGE_CONFIG`` (300) with ``no_arbitrage``.
+      config: :class:`LMConfig`; default ``FIT_CONFIG`` (60 iterations), or
+        ``NO_ARBITRAGE_CONFIG`` (300) with ``no_arbitrage``. Its tolerances and
+        ``max_iterations`` govern the variable-projection iterations and, separately, the
+        engine fit of the slices handed on to it (``iterations`` reports the sum).
       chunk_size: slices are fitted in chunks of this many (:func:`jaxvol.calibrate.map_chunks`:
-        cache-sized working sets, and each chunk stops when its own slowest slice is done);
-        None fits all at once. Results do not depend on it.
+        cache-sized working sets); None fits all at once. Results do not depend on it beyond
+        rounding.
     """
     if config is None:
         config = NO_ARBITRAGE_CONFIG if no_arbitrage else FIT_CONFIG
