@@ -1,7 +1,7 @@
 """Heston calibration on the shared Levenberg-Marquardt engine.
 
 Data: tests/data/cui_calibration.csv (Cui, del Bano Rollin & Germano 2017, copied from the
-project reference set). Heavy sweeps (1,000 noisy surfaces) live in scripts/heston_synthetic_study.py.
+project reference set). The 1,000-surface noisy study is `scripts/bench_heston.py calibration`.
 """
 
 import jax
