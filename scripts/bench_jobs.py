@@ -38,6 +38,8 @@ def _run(config, out, **kwargs) -> dict:
 
 
 def main(argv) -> None:
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
     jaxvol.configure()
     mode, out = argv[0], argv[1]
     config = load_config(None)
