@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import FitStatus, LMConfig, multistart
+from jaxvol.calibrate import LMConfig, multistart
 
 PHI_FORMS = ("heston", "power_law")
 FIT_CONFIG = LMConfig(max_iterations=100)
