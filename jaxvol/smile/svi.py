@@ -192,6 +192,7 @@ def jump_wings_to_raw(v, psi, p, c, v_tilde, expiry=1.0):
 _M_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # grid of m: fractions of the quoted k range
 _SIGMA_FRACTIONS = (0.03, 0.1, 0.3, 0.8)  # grid of sigma: fractions of the quoted k range
 _GRID_STRIDE = 3  # the grid ranks (m, sigma) on every third quote
+_MAX_STEP = 0.5  # trust cap of one reduced step (fraction of the k range; in log sigma)
 
 
 def _sum(x):
@@ -295,6 +296,7 @@ class _VPState(NamedTuple):
     scale: tuple  # running max of diag(H) (Marquardt scaling)
     status: jax.Array
     iterations: jax.Array
+    span: jax.Array  # quoted k range
 
 
 def _evaluate(data, m, log_sigma):
@@ -314,6 +316,12 @@ def _vp_iterate(data, config, state: _VPState) -> _VPState:
     det = p * q - hmt * hmt
     step_m = -(q * gm - hmt * gt) / det
     step_t = -(p * gt - hmt * gm) / det
+    # trust cap: |dm| <= _MAX_STEP * quoted k range, |d log sigma| <= _MAX_STEP. From a grid
+    # start the first Gauss–Newton step often overshoots far outside the data, and the damping
+    # would need several rejected steps to find a sensible length.
+    cap = jnp.minimum(1.0, _MAX_STEP * jnp.minimum(state.span / jnp.abs(step_m),
+                                                   1.0 / jnp.abs(step_t)))
+    step_m, step_t = step_m * cap, step_t * cap
     predicted = -(gm * step_m + gt * step_t) - 0.5 * (
         hmm * step_m * step_m + 2.0 * hmt * step_m * step_t + htt * step_t * step_t)
     trial_m, trial_t = state.m + step_m, state.log_sigma + step_t
@@ -333,7 +341,13 @@ def _vp_iterate(data, config, state: _VPState) -> _VPState:
     residual_norm = jnp.sqrt(2.0 * state.cost)
     cosine = jnp.maximum(*[jnp.abs(g) / jnp.where(h > 0, jnp.sqrt(h) * residual_norm, jnp.inf)
                            for g, h in ((gm, hmm), (gt, htt))])
-    converged = (cosine <= gtol) | (state.cost <= 0) | small_step | small_reduction
+    # ... and at the accepted point: the full Gauss–Newton step from it would lower the cost by
+    # at most ftol (saves the confirming iteration)
+    (g0, g1), (h0, h1, h2) = gradient, hessian
+    det_new = h0 * h2 - h1 * h1
+    next_gain = 0.5 * (h2 * g0 * g0 - 2.0 * h1 * g0 * g1 + h0 * g1 * g1) / det_new
+    converged = ((cosine <= gtol) | (state.cost <= 0) | small_step | small_reduction
+                 | (accept & (det_new > 0) & (next_gain <= ftol * cost)))
     pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
     new = _VPState(
         pick(trial_m, state.m), pick(trial_t, state.log_sigma),
@@ -342,17 +356,22 @@ def _vp_iterate(data, config, state: _VPState) -> _VPState:
         damping, growth,
         (jnp.maximum(state.scale[0], hessian[0]), jnp.maximum(state.scale[1], hessian[2])),
         jnp.where(converged, FitStatus.CONVERGED, _RUNNING).astype(jnp.int32),
-        state.iterations + 1)
+        state.iterations + 1, state.span)
     running = state.status == _RUNNING
     return jax.tree.map(lambda n, o: jnp.where(running, n, o), new, state)
+
+
+def _k_range(k, usable):
+    """(lowest usable k, quoted k range floored at 1e-3), each [lanes, 1]."""
+    k_lo = jnp.min(jnp.where(usable, k, jnp.inf), axis=-1, keepdims=True)
+    k_hi = jnp.max(jnp.where(usable, k, -jnp.inf), axis=-1, keepdims=True)
+    return k_lo, jnp.maximum(k_hi - k_lo, 1e-3)
 
 
 def _grid_start(data: _Data, usable):
     """Best (m, sigma) of a small grid scaled to each lane's quoted k range, ranked by the
     reduced sum of squares on every ``_GRID_STRIDE``-th quote (all grid points in one pass)."""
-    k_lo = jnp.min(jnp.where(usable, data.k, jnp.inf), axis=-1, keepdims=True)
-    k_hi = jnp.max(jnp.where(usable, data.k, -jnp.inf), axis=-1, keepdims=True)
-    span = jnp.maximum(k_hi - k_lo, 1e-3)
+    k_lo, span = _k_range(data.k, usable)
     fm, fs = (x.reshape(-1) for x in jnp.meshgrid(
         jnp.asarray(_M_FRACTIONS, span.dtype), jnp.asarray(_SIGMA_FRACTIONS, span.dtype)))
     m, sigma = k_lo + fm * span, fs * span  # [lanes, grid]
@@ -388,7 +407,7 @@ def _variable_projection(k, w, weights, usable, start, config: LMConfig):
     one = jnp.ones_like(m)
     state = _VPState(m, log_sigma, coefficients, cost, gradient, hessian,
                      config.initial_damping * one, 2.0 * one, (hessian[0], hessian[2]), status,
-                     jnp.zeros_like(m, dtype=jnp.int32))
+                     jnp.zeros_like(m, dtype=jnp.int32), _k_range(data.k, usable)[1])
 
     def cond(carry):
         count, s = carry
