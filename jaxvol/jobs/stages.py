@@ -30,9 +30,8 @@ import pandas as pd
 
 from jaxvol.jobs import slices as slices_mod
 from jaxvol.jobs.domains import StageUnavailable, module, require
-from jax.sharding import PartitionSpec
 
-from jaxvol.jobs.sharding import AXIS, pad_leading, padded_size, shard_leading
+from jaxvol.jobs.sharding import DeviceMap, pad_leading, padded_size
 
 __all__ = ["Chunk", "JobEnv", "STAGES", "StageUnavailable"]
 
@@ -48,7 +47,6 @@ class JobEnv:
     mesh: Any
     previous_slices: pd.DataFrame | None = None
     previous_underlyings: pd.DataFrame | None = None
-    mapped: dict = dataclasses.field(default_factory=dict)  # jitted shard_maps of this run
 
     @property
     def devices(self) -> int:
@@ -150,27 +148,28 @@ def _sharded_call(env: JobEnv, fn: Callable, lane_arrays: list[np.ndarray], *,
     ``per`` ("slice" or "underlying") picks the block B (``job.slice_block`` or
     ``job.underlying_block``). The lanes are padded to a multiple of B x D (D devices; padded
     lanes repeat the first lane, so they are well-posed problems) and run in calls of B x D
-    lanes, B per device, through one ``jax.shard_map``. Every device therefore runs ``fn`` on
-    the same local shape [B, ...] whatever D or the chunk size: one program per stage for the
-    whole run, and a one-device run bitwise identical to an eight-device run. ``key`` names
-    ``fn`` for reuse of the jitted map within a run (``fn`` must then depend only on the
-    config)."""
+    lanes, B per device, through a :class:`~jaxvol.jobs.sharding.DeviceMap`: every device runs
+    one executable of ``fn`` compiled for the local shape [B, ...], whatever D or the chunk
+    size. One program per stage for the whole run, and a one-device run bitwise identical to
+    an eight-device run. ``key`` names ``fn`` for reuse of the compiled programs within and
+    across runs of the process (``fn`` must then depend only on the config)."""
     lanes = lane_arrays[0].shape[0]
     block = env.config["job"][f"{per}_block"]
     size = padded_size(lanes, block, env.devices)
     padded = [pad_leading(np.asarray(a), size, None) for a in lane_arrays]
-    mapped = _mapped(env, fn, len(padded), key)
+    mapped = _mapped(env, fn, key)
     step = block * env.devices
     parts = []
     for i in range(0, size, step):
-        out = mapped(*shard_leading(env.mesh, *(a[i:i + step] for a in padded)))
+        out = mapped(env.mesh, *(a[i:i + step] for a in padded))
         parts.append(jax.tree.map(np.asarray, out))  # host copies: device buffers freed
     return jax.tree.map(lambda *leaves: np.concatenate(leaves)[:lanes], *parts)
 
 
 _MAPPED: dict = {}
-"""Jitted shard_maps kept across runs of this process (a later run with the same settings, a
-resumed run, reuses the traced and compiled programs instead of tracing them again)."""
+"""Device maps kept across runs of this process (a later run with the same settings, a resumed
+run, a run on another number of devices, reuses the traced and compiled programs instead of
+tracing them again)."""
 
 
 _SETTINGS = {"svi": ("svi",), "sabr": ("sabr",), "ssvi": ("ssvi",), "heston": ("heston",),
@@ -186,13 +185,13 @@ def _settings_key(env: JobEnv, key: str) -> str:
                       default=str)
 
 
-def _mapped(env: JobEnv, fn: Callable, count: int, key: str | None):
-    full_key = (key, count, env.mesh, _settings_key(env, key)) if key else None
+def _mapped(env: JobEnv, fn: Callable, key: str | None) -> DeviceMap:
+    # Not keyed by the mesh: a DeviceMap keeps its executables per device, so a one-device run
+    # after an eight-device one (or the reverse) runs the very same executable on device 0.
+    full_key = (key, _settings_key(env, key)) if key else None
     cached = _MAPPED.get(full_key) if key else None
     if cached is None:
-        spec = PartitionSpec(AXIS)
-        cached = jax.jit(jax.shard_map(fn, mesh=env.mesh, in_specs=(spec,) * count,
-                                       out_specs=spec, check_vma=False))
+        cached = DeviceMap(fn)
         if key:
             if len(_MAPPED) > 64:  # many distinct settings in one process: start afresh
                 _MAPPED.clear()
