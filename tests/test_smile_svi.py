@@ -30,7 +30,7 @@ def _synthetic(slices, seed):
                        rng.uniform(-0.8, 0.3, slices), rng.uniform(-0.2, 0.2, slices),
                        rng.uniform(0.05, 0.4, slices)], axis=1)
     k = np.tile(K, (slices, 1))
-    w = np.asarray(svi.total_variance(k, *[params[:, i:i + 1] for i in range(5)]))
+    w = np.array(svi.total_variance(k, *[params[:, i:i + 1] for i in range(5)]))
     return params, k, w
 
 
@@ -116,6 +116,62 @@ def test_noisy_fit_reaches_noise_level():
     # and no slice is stuck in a worse local minimum than the true parameters give
     true_rmse = np.sqrt(np.mean((w - noisy) ** 2, axis=1))
     assert np.all(result.rmse <= true_rmse * (1 + 1e-9))
+
+
+def test_optimum_on_the_rho_bound_is_reached_exactly():
+    """Slices whose best fit has |rho| = 1 (a smile linear on one side: short-dated, noisy
+    quotes often want it) converge onto the bound instead of creeping towards it (before,
+    such slices ended at the iteration limit)."""
+    params, k, w = _synthetic(SLICES, seed=11)
+    params[0, 2], params[1, 2] = -1.0, 1.0  # exact data on the bound: found to rounding
+    params[2, 2], params[3, 2] = -1.1, 1.1  # the formula beyond it: the best fit is on it
+    w[:4] = np.array(svi.total_variance(k[:4], *[params[:4, i:i + 1] for i in range(5)]))
+    result = svi.fit(k, w)
+    assert np.all(result.status == FitStatus.CONVERGED)
+    np.testing.assert_allclose(result.params[:2], params[:2], atol=1e-8)  # as in round trip
+    assert np.all(result.rmse[:2] < 1e-12)
+    assert result.params[2, 2] == -1.0 and result.params[3, 2] == 1.0  # exactly on the bound
+    assert np.all(result.rmse[2:4] > 1e-6)  # rho = +-1.1 is out of reach
+    np.testing.assert_allclose(result.params[4:], params[4:], atol=1e-8)
+
+
+def test_sigma_stays_in_its_box():
+    """sigma is kept within [R / 100, 10 R] (R the quoted k range): a kinked slice (true sigma
+    1e-4, far below R / 100 = 0.018) converges with sigma on that floor."""
+    params, k, w = _synthetic(SLICES, seed=12)
+    params[0] = (0.02, 0.2, -0.3, 0.0, 1e-4)
+    w[0] = np.asarray(svi.total_variance(k[0], *params[0]))
+    result = svi.fit(k, w)
+    assert np.all(result.status == FitStatus.CONVERGED)
+    floor = (K[-1] - K[0]) / 100
+    np.testing.assert_allclose(result.params[0, 4], floor, rtol=1e-12)
+    # the kink is smoothed over the floor's width: the true parameters with sigma on the floor
+    # miss no quote by more than b * floor (sqrt(x^2 + s^2) - |x| <= s), so the fit does not
+    # either (measured: rmse 2.1e-4 against b * floor = 3.6e-3)
+    assert float(result.rmse[0]) < 0.2 * floor
+    np.testing.assert_allclose(result.params[1:], params[1:], atol=1e-8)
+
+
+def test_implicit_gradient_on_the_rho_bound_matches_finite_differences():
+    """At an optimum on rho = -1 the derivatives follow the bound: rho does not move, the other
+    parameters move as the finite differences say. Slice 0 comes from the SVI formula with
+    rho = -1.1 (outside the model), so its best fit lies on the bound with room to spare."""
+    params, k, w = _synthetic(SLICES, seed=13)
+    params[0, 2] = -1.1
+    w[0] = np.asarray(svi.total_variance(k[0], *params[0]))
+    noisy = w + 1e-4 * np.random.default_rng(14).standard_normal(w.shape)
+    fit = lambda row: svi.fit(k, jnp.asarray(noisy).at[0].set(row)).params[0]  # noqa: E731
+    assert float(fit(jnp.asarray(noisy[0]))[2]) == -1.0
+    jacobian = jax.jacfwd(fit)(jnp.asarray(noisy[0]))
+    assert np.all(jacobian[2] == 0)
+    for j in [0, 15, 29]:
+        e = np.zeros_like(noisy[0])
+        e[j] = 1e-5  # small enough to stay on the bound, as the check of rho below shows
+        up, down = fit(noisy[0] + e), fit(noisy[0] - e)
+        assert float(up[2]) == float(down[2]) == -1.0
+        # same error budget as the interior test (a central difference, no extrapolation:
+        # truncation O(h^2) ~ 1e-10 relative, solver noise ~1e-10 / 1e-5 = 1e-5)
+        np.testing.assert_allclose(jacobian[:, j], (up - down) / 2e-5, rtol=1e-4, atol=1e-4)
 
 
 def test_garbage_slices_get_status_and_do_not_disturb_others():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -182,7 +183,12 @@ def jump_wings_to_raw(v, psi, p, c, v_tilde, expiry=1.0):
 # Levenberg–Marquardt steps theta with Kaufman's projected Jacobian, whose 2 x 2 Gauss–Newton
 # matrix is the Schur complement of the full 5 x 5 one. At a stationary point of the reduced
 # problem the full gradient vanishes too (Golub & Pereyra 1973), so a converged reduced fit
-# whose (b, rho) lies inside the box is a converged fit of the full problem.
+# whose (b, rho) lies inside the box is a converged fit of the full problem. The box:
+# b >= 0 and |rho| <= 1 is the cone c >= |d| of the linear coefficients, kept by the linear
+# step itself (its optimum on a face d = +-c when the unconstrained one lies outside), and
+# (m, sigma) stay in a box scaled to the quoted k range, kept by projected steps: noisy
+# short-dated slices otherwise drift towards degenerate limits (sigma -> 0, m -> +-inf with
+# b -> inf) and never converge.
 #
 # Layout: [lanes, strikes] inside a chunk, every per-lane quantity a [lanes, 1] column, and
 # every sum over strikes a reduction over the minor axis (measured ~4x faster on CPU than over
@@ -193,6 +199,8 @@ _M_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # grid of m: fractions of the quoted k
 _SIGMA_FRACTIONS = (0.03, 0.1, 0.3, 0.8)  # grid of sigma: fractions of the quoted k range
 _GRID_STRIDE = 3  # the grid ranks (m, sigma) on every third quote
 _MAX_STEP = 0.5  # trust cap of one reduced step (fraction of the k range; in log sigma)
+_M_MARGIN = 1.0  # m lies within the quoted k range widened by this many ranges on each side
+_SIGMA_RANGE = (0.01, 10.0)  # sigma lies within these multiples of the quoted k range
 
 
 def _sum(x):
@@ -232,32 +240,111 @@ class _Data(NamedTuple):
     s1: jax.Array  # [lanes, 1] sum of weight
     sw: jax.Array  # [lanes, 1] sum of weight * w
     sww: jax.Array  # [lanes, 1] sum of weight * w^2
+    span: jax.Array | None = None  # [lanes, 1] quoted k range (the fit's trust cap)
+    box: tuple | None = None  # bounds of (m, log sigma): (m_lo, m_hi, t_lo, t_hi)
 
 
 def _linear_fit(data: _Data, m, sigma):
-    """For fixed (m, sigma): the weighted least-squares (a, d, c), the Cholesky factor of the
-    normal equations and the reduced sum of squares (from the normal equations: only good for
-    ranking grid points)."""
+    """For fixed (m, sigma): the unconstrained weighted least-squares (a, d, c), the Cholesky
+    factor of the normal equations and the reduced sum of squares (from the normal equations:
+    only good for ranking grid points)."""
     y = (data.k - m) * (1.0 / sigma)
     z = jnp.sqrt(y * y + 1.0)
     wy, wz = data.weight * y, data.weight * z
-    sy, sz, syy, syz = _sum(wy), _sum(wz), _sum(wy * y), _sum(wy * z)
-    syw, szw = _sum(wy * data.w), _sum(wz * data.w)
-    szz = syy + data.s1  # z^2 = y^2 + 1
-    ridge = 1e-12 * (data.s1 + syy + szz) + jnp.finfo(y.dtype).tiny
-    factor = _cholesky3(data.s1 + ridge, sy, sz, syy + ridge, syz, szz + ridge)
-    coefficients = _backward3(factor, *_forward3(factor, data.sw, syw, szw))
-    a, d, c = coefficients
-    sse = data.sww - (a * data.sw + d * syw + c * szw)
+    sums = (_sum(wy), _sum(wz), _sum(wy * y), _sum(wy * z), _sum(wy * data.w), _sum(wz * data.w))
+    coefficients, factor, sse = _solve3(data, *sums)
     return coefficients, factor, sse
 
 
-def _reduced_model(data: _Data, m, sigma, coefficients, factor):
+def _ridge(*diagonal):
+    return 1e-12 * sum(diagonal) + jnp.finfo(diagonal[0].dtype).tiny
+
+
+def _solve3(data: _Data, sy, sz, syy, syz, syw, szw):
+    """Normal equations of the basis (1, y, z) from its sums: ((a, d, c), factor, sse)."""
+    szz = syy + data.s1  # z^2 = y^2 + 1
+    ridge = _ridge(data.s1, syy, szz)
+    factor = _cholesky3(data.s1 + ridge, sy, sz, syy + ridge, syz, szz + ridge)
+    coefficients = _backward3(factor, *_forward3(factor, data.sw, syw, szw))
+    a, d, c = coefficients
+    return coefficients, factor, data.sww - (a * data.sw + d * syw + c * szw)
+
+
+def _cholesky2(n00, n01, n11):
+    sqrt = lambda v: jnp.sqrt(jnp.where(v > 0, v, jnp.nan))  # noqa: E731
+    l00 = sqrt(n00)
+    l10 = n01 / l00
+    return l00, l10, sqrt(n11 - l10 * l10)
+
+
+def _forward2(factor, b0, b1):
+    l00, l10, l11 = factor
+    x0 = b0 / l00
+    return x0, (b1 - l10 * x0) / l11
+
+
+def _backward2(factor, x0, x1):
+    l00, l10, l11 = factor
+    u1 = x1 / l11
+    return (x0 - l10 * u1) / l00, u1
+
+
+def _on_face(face, s1, sy, sz):
+    """A triple of sums over the basis (1, y, z) in the face's basis (1, s y + z)."""
+    return s1, face * sy + sz
+
+
+class _Linear(NamedTuple):
+    """The linear coefficients at (m, sigma) under b >= 0, |rho| <= 1 (c >= |d|)."""
+
+    coefficients: tuple  # (a, d, c); d = face * c on a face
+    face: jax.Array  # 0: inside (c > |d|); +1 / -1: on rho = +1 / -1
+    factor3: tuple  # Cholesky factor of the (1, y, z) normal matrix
+    factor2: tuple | None  # ... of the active face's (1, face y + z) normal matrix
+
+
+def _constrained_fit(data: _Data, m, sigma, faces: bool) -> _Linear:
+    """The least-squares (a, d, c) at (m, sigma): unconstrained (``faces`` False), or over the
+    cone c >= |d| (b >= 0, |rho| <= 1): the unconstrained solution when it lies inside,
+    otherwise the better of the two faces d = +-c (each a two-column least squares), NaN at the
+    apex (c = 0 on both faces: a flat smile, where m and sigma are undetermined)."""
+    y = (data.k - m) * (1.0 / sigma)
+    z = jnp.sqrt(y * y + 1.0)
+    wy, wz = data.weight * y, data.weight * z
+    sy, sz, syy, syz, syw, szw = (_sum(wy), _sum(wz), _sum(wy * y), _sum(wy * z),
+                                  _sum(wy * data.w), _sum(wz * data.w))
+    (a, d, c), factor3, _ = _solve3(data, sy, sz, syy, syz, syw, szw)
+    if not faces:
+        return _Linear((a, d, c), jnp.zeros_like(a), factor3, None)
+    szz = syy + data.s1
+    candidates = []
+    for face in (1.0, -1.0):
+        n01, n11 = face * sy + sz, syy + 2.0 * face * syz + szz
+        ridge = _ridge(data.s1, n11)
+        factor2 = _cholesky2(data.s1 + ridge, n01, n11 + ridge)
+        rhs = face * syw + szw
+        a2, c2 = _backward2(factor2, *_forward2(factor2, data.sw, rhs))
+        sse = data.sww - (a2 * data.sw + c2 * rhs)
+        candidates.append((jnp.where(c2 > 0, sse, jnp.inf), a2, c2, factor2))
+    (sse_p, a_p, c_p, f_p), (sse_m, a_m, c_m, f_m) = candidates
+    plus = sse_p <= sse_m
+    inside = c > jnp.abs(d)
+    face = jnp.where(inside, 0.0, jnp.where(plus, 1.0, -1.0)).astype(a.dtype)
+    apex = ~inside & ~jnp.isfinite(jnp.minimum(sse_p, sse_m))
+    pick = lambda p, q: jnp.where(plus, p, q)  # noqa: E731
+    c_f = pick(c_p, c_m)
+    coefficients = tuple(jnp.where(apex, jnp.nan, jnp.where(inside, u, v)) for u, v in zip(
+        (a, d, c), (pick(a_p, a_m), face * c_f, c_f)))
+    return _Linear(coefficients, face, factor3, tuple(map(pick, f_p, f_m)))
+
+
+def _reduced_model(data: _Data, m, sigma, linear: _Linear):
     """Cost, gradient g and Gauss–Newton matrix H of the reduced problem in
-    theta = (m, log sigma) (Kaufman's Jacobian), and the linear coefficients after one step of
+    theta = (m, log sigma) (Kaufman's Jacobian, projected on the active basis: (1, y, z) inside
+    the cone, (1, s y + z) on the face rho = s), and the linear coefficients after one step of
     iterative refinement (the normal equations alone leave a residual floor of ~1e-11 on
     noiseless slices; the refinement's sums come with this pass, so it costs no extra pass)."""
-    a, d, c = coefficients
+    a, d, c = linear.coefficients
     y = (data.k - m) * (1.0 / sigma)
     z = jnp.sqrt(y * y + 1.0)
     e = d + c * (y / z)  # d model / d y; d model/dm = -e / sigma, d model / dlog(sigma) = -y e
@@ -268,16 +355,34 @@ def _reduced_model(data: _Data, m, sigma, coefficients, factor):
     see, syee, syyee = _sum(we * e), _sum(we * e * y), _sum(we * e * y * y)
     ser, syer, srr = _sum(we * r), _sum(we * y * r), _sum(wr * r)
     sr, syr, szr = _sum(wr), _sum(wr * y), _sum(wr * z)  # A^T W r
-    # refinement: delta = N^-1 A^T W r; r1 = r - A delta; |r1|^2_W = |r|^2_W - delta . A^T W r
-    delta = _backward3(factor, *_forward3(factor, sr, syr, szr))
-    refined = tuple(x - dx for x, dx in zip(coefficients, delta))
+    sums = (se, sye, sze, syye, syze, see, syee, syyee, ser, syer, srr, sr, syr, szr)
+    inv = 1.0 / sigma
+    triples = ((sr, syr, szr), (-se * inv, -sye * inv, -sze * inv), (-sye, -syye, -syze))
+    f3, f2, face = linear.factor3, linear.factor2, linear.face
+    # (1, y, z) basis: refinement N^-1 A^T W r, and L^-1 B for both columns of B = A^T W J
+    delta, xm, xt = (_backward3(f3, *_forward3(f3, *triples[0])),) + tuple(
+        _forward3(f3, *t) for t in triples[1:])
+    if f2 is not None:  # the same in a face's basis (1, s y + z), padded to three components
+        da, dc = _backward2(f2, *_forward2(f2, *_on_face(face, *triples[0])))
+        zero = jnp.zeros_like(sigma)
+        outer = ((da, face * dc, dc),) + tuple(
+            _forward2(f2, *_on_face(face, *t)) + (zero,) for t in triples[1:])
+        delta, xm, xt = (tuple(jnp.where(face == 0, u, v) for u, v in zip(i, o))
+                         for i, o in zip((delta, xm, xt), outer))
+    return _project(sigma, linear, sums, delta, xm, xt)
+
+
+def _project(sigma, linear: _Linear, sums, delta, xm, xt):
+    """The reduced cost, gradient and Gauss–Newton matrix from the sums, the refinement
+    ``delta`` of (a, d, c) and L^-1 B (``xm``, ``xt``: the m and log-sigma columns of B)."""
+    (se, sye, sze, syye, syze, see, syee, syyee, ser, syer, srr, sr, syr, szr) = sums
+    # refinement: r1 = r - A delta; |r1|^2_W = |r|^2_W - delta . A^T W r
+    refined = tuple(x - dx for x, dx in zip(linear.coefficients, delta))
     srr = srr - (delta[0] * sr + delta[1] * syr + delta[2] * szr)
     ser = ser - (delta[0] * se + delta[1] * sye + delta[2] * sze)
     syer = syer - (delta[0] * sye + delta[1] * syye + delta[2] * syze)
     inv = 1.0 / sigma
-    # B = A^T W J (3 x 2), J^T W J (2 x 2), g = J^T W r; H = J^T W J - B^T N^-1 B
-    xm = _forward3(factor, -se * inv, -sye * inv, -sze * inv)
-    xt = _forward3(factor, -sye, -syye, -syze)
+    # H = J^T W J - B^T N^-1 B, g = J^T W r
     hmm = see * inv * inv - sum(v * v for v in xm)
     hmt = syee * inv - sum(u * v for u, v in zip(xm, xt))
     htt = syyee - sum(v * v for v in xt)
@@ -296,36 +401,47 @@ class _VPState(NamedTuple):
     scale: tuple  # running max of diag(H) (Marquardt scaling)
     status: jax.Array
     iterations: jax.Array
-    span: jax.Array  # quoted k range
 
 
-def _evaluate(data, m, log_sigma):
+def _evaluate(data, m, log_sigma, faces):
     sigma = jnp.exp(log_sigma)
-    coefficients, factor, _ = _linear_fit(data, m, sigma)
-    return _reduced_model(data, m, sigma, coefficients, factor)
+    return _reduced_model(data, m, sigma, _constrained_fit(data, m, sigma, faces))
 
 
-def _vp_iterate(data, config, state: _VPState) -> _VPState:
+def _free(gradient, m, log_sigma, box):
+    """The gradient with the components that push against an active bound of theta zeroed
+    (projected gradient), and whether each coordinate is held at its bound."""
+    (gm, gt), (m_lo, m_hi, t_lo, t_hi) = gradient, box
+    hold_m = ((m <= m_lo) & (gm > 0)) | ((m >= m_hi) & (gm < 0))
+    hold_t = ((log_sigma <= t_lo) & (gt > 0)) | ((log_sigma >= t_hi) & (gt < 0))
+    return (jnp.where(hold_m, 0.0, gm), jnp.where(hold_t, 0.0, gt)), hold_m | hold_t
+
+
+def _vp_iterate(data, config, faces, state: _VPState) -> _VPState:
     ftol, xtol, gtol = _tolerances(config, state.m.dtype)
     hmm, hmt, htt = state.hessian
-    gm, gt = state.gradient
+    (gm, gt), held = _free(state.gradient, state.m, state.log_sigma, data.box)
+    hmt_free = jnp.where(held, 0.0, hmt)
     floor = jnp.finfo(state.m.dtype).eps * jnp.maximum(*state.scale)
     dm_scale, dt_scale = (jnp.maximum(s, floor) for s in state.scale)
     p = hmm + state.damping * dm_scale
     q = htt + state.damping * dt_scale
-    det = p * q - hmt * hmt
-    step_m = -(q * gm - hmt * gt) / det
-    step_t = -(p * gt - hmt * gm) / det
+    det = p * q - hmt_free * hmt_free
+    step_m = -(q * gm - hmt_free * gt) / det
+    step_t = -(p * gt - hmt_free * gm) / det
     # trust cap: |dm| <= _MAX_STEP * quoted k range, |d log sigma| <= _MAX_STEP. From a grid
     # start the first Gauss–Newton step often overshoots far outside the data, and the damping
     # would need several rejected steps to find a sensible length.
-    cap = jnp.minimum(1.0, _MAX_STEP * jnp.minimum(state.span / jnp.abs(step_m),
+    cap = jnp.minimum(1.0, _MAX_STEP * jnp.minimum(data.span / jnp.abs(step_m),
                                                    1.0 / jnp.abs(step_t)))
-    step_m, step_t = step_m * cap, step_t * cap
-    predicted = -(gm * step_m + gt * step_t) - 0.5 * (
+    m_lo, m_hi, t_lo, t_hi = data.box
+    trial_m = jnp.clip(state.m + step_m * cap, m_lo, m_hi)  # projected onto the box
+    trial_t = jnp.clip(state.log_sigma + step_t * cap, t_lo, t_hi)
+    step_m, step_t = trial_m - state.m, trial_t - state.log_sigma
+    g_m, g_t = state.gradient
+    predicted = -(g_m * step_m + g_t * step_t) - 0.5 * (
         hmm * step_m * step_m + 2.0 * hmt * step_m * step_t + htt * step_t * step_t)
-    trial_m, trial_t = state.m + step_m, state.log_sigma + step_t
-    coefficients, cost, gradient, hessian = _evaluate(data, trial_m, trial_t)
+    coefficients, cost, gradient, hessian = _evaluate(data, trial_m, trial_t, faces)
     reduction = state.cost - cost
     finite = (jnp.isfinite(cost) & jnp.isfinite(step_m) & jnp.isfinite(step_t)
               & functools.reduce(jnp.logical_and, [jnp.isfinite(v) for v in gradient + hessian]))
@@ -341,9 +457,11 @@ def _vp_iterate(data, config, state: _VPState) -> _VPState:
     residual_norm = jnp.sqrt(2.0 * state.cost)
     cosine = jnp.maximum(*[jnp.abs(g) / jnp.where(h > 0, jnp.sqrt(h) * residual_norm, jnp.inf)
                            for g, h in ((gm, hmm), (gt, htt))])
-    # ... and at the accepted point: the full Gauss–Newton step from it would lower the cost by
-    # at most ftol (saves the confirming iteration)
-    (g0, g1), (h0, h1, h2) = gradient, hessian
+    # ... and at the accepted point: the full Gauss–Newton step from it (held coordinates
+    # fixed) would lower the cost by at most ftol (saves the confirming iteration)
+    (g0, g1), held_new = _free(gradient, trial_m, trial_t, data.box)
+    h0, h1, h2 = hessian
+    h1 = jnp.where(held_new, 0.0, h1)
     det_new = h0 * h2 - h1 * h1
     next_gain = 0.5 * (h2 * g0 * g0 - 2.0 * h1 * g0 * g1 + h0 * g1 * g1) / det_new
     converged = ((cosine <= gtol) | (state.cost <= 0) | small_step | small_reduction
@@ -356,16 +474,26 @@ def _vp_iterate(data, config, state: _VPState) -> _VPState:
         damping, growth,
         (jnp.maximum(state.scale[0], hessian[0]), jnp.maximum(state.scale[1], hessian[2])),
         jnp.where(converged, FitStatus.CONVERGED, _RUNNING).astype(jnp.int32),
-        state.iterations + 1, state.span)
+        state.iterations + 1)
     running = state.status == _RUNNING
     return jax.tree.map(lambda n, o: jnp.where(running, n, o), new, state)
 
 
 def _k_range(k, usable):
-    """(lowest usable k, quoted k range floored at 1e-3), each [lanes, 1]."""
+    """(lowest usable k, quoted k range floored at 1e-3), each [..., 1]."""
     k_lo = jnp.min(jnp.where(usable, k, jnp.inf), axis=-1, keepdims=True)
     k_hi = jnp.max(jnp.where(usable, k, -jnp.inf), axis=-1, keepdims=True)
     return k_lo, jnp.maximum(k_hi - k_lo, 1e-3)
+
+
+def _theta_box(k, usable):
+    """(R, (m_lo, m_hi, log sigma_lo, log sigma_hi)), each [..., 1], from the quoted k range
+    of width R (floored at 1e-3) starting at k_lo: m in [k_lo - R, k_lo + 2 R], sigma in
+    [R / 100, 10 R]."""
+    k_lo, span = _k_range(k, usable)
+    log_span = jnp.log(span)
+    return (span, (k_lo - _M_MARGIN * span, k_lo + (1.0 + _M_MARGIN) * span,
+                   log_span + math.log(_SIGMA_RANGE[0]), log_span + math.log(_SIGMA_RANGE[1])))
 
 
 def _grid_start(data: _Data, usable):
@@ -383,23 +511,26 @@ def _grid_start(data: _Data, usable):
     return (jnp.take_along_axis(m, best, axis=-1), jnp.take_along_axis(sigma, best, axis=-1))
 
 
-def _variable_projection(k, w, weights, usable, start, config: LMConfig):
+def _variable_projection(k, w, weights, usable, start, config: LMConfig, faces: bool = False):
     """Reduced Levenberg–Marquardt fit of one chunk ([lanes, strikes] cleaned inputs).
 
-    start: None (grid start) or [lanes, 2] (m, sigma). Returns (raw params [lanes, 5] with b and
-    rho as solved (possibly outside the box), status [lanes], iterations [lanes]).
+    start: None (grid start) or [lanes, 2] (m, sigma), moved into the box of (m, sigma).
+    faces: False solves the linear coefficients without constraint (b and rho may leave their
+    box); True keeps them in the cone b >= 0, |rho| <= 1 (rho exactly +-1 on a face).
+    Returns (raw params [lanes, 5], status [lanes], iterations [lanes]).
     """
     weight = weights * weights
-    data = _Data(k, w, weight, _sum(weight), _sum(weight * w), _sum(weight * w * w))
+    span, box = _theta_box(k, usable)
+    data = _Data(k, w, weight, _sum(weight), _sum(weight * w), _sum(weight * w * w), span, box)
     enough = jnp.sum(usable.astype(jnp.int32), axis=-1, keepdims=True) >= len(PARAMS)
     if start is None:
         m, sigma = _grid_start(data, usable)
     else:
         m, sigma = start[:, 0:1], start[:, 1:2]
     ok = enough & jnp.isfinite(m) & jnp.isfinite(sigma) & (sigma > 0)
-    m = jnp.where(ok, m, 0.0)
-    log_sigma = jnp.log(jnp.where(ok, sigma, 1.0))
-    coefficients, cost, gradient, hessian = _evaluate(data, m, log_sigma)
+    m = jnp.clip(jnp.where(ok, m, 0.0), box[0], box[1])
+    log_sigma = jnp.clip(jnp.log(jnp.where(ok, sigma, 1.0)), box[2], box[3])
+    coefficients, cost, gradient, hessian = _evaluate(data, m, log_sigma, faces)
     finite = jnp.isfinite(cost) & functools.reduce(
         jnp.logical_and, [jnp.isfinite(v) for v in gradient + hessian])
     status = jnp.where(~ok, FitStatus.BAD_INPUT,
@@ -407,18 +538,22 @@ def _variable_projection(k, w, weights, usable, start, config: LMConfig):
     one = jnp.ones_like(m)
     state = _VPState(m, log_sigma, coefficients, cost, gradient, hessian,
                      config.initial_damping * one, 2.0 * one, (hessian[0], hessian[2]), status,
-                     jnp.zeros_like(m, dtype=jnp.int32), _k_range(data.k, usable)[1])
+                     jnp.zeros_like(m, dtype=jnp.int32))
 
     def cond(carry):
         count, s = carry
         return (count < config.max_iterations) & jnp.any(s.status == _RUNNING)
 
     _, state = jax.lax.while_loop(
-        cond, lambda c: (c[0] + 1, _vp_iterate(data, config, c[1])), (0, state))
+        cond, lambda c: (c[0] + 1, _vp_iterate(data, config, faces, c[1])), (0, state))
     status = jnp.where(state.status == _RUNNING, FitStatus.MAX_ITERATIONS, state.status)
     sigma = jnp.exp(state.log_sigma)
     a, d, c = state.coefficients
-    params = jnp.concatenate([a, c / sigma, d / c, state.m, sigma], axis=1)
+    a = jnp.where(jnp.isfinite(a), a, data.sw / data.s1)  # the flat fit at the apex
+    rho = d / c
+    if faces:  # the refinement step may cross a face by rounding
+        rho = jnp.clip(rho, -1.0, 1.0)
+    params = jnp.concatenate([a, c / sigma, rho, state.m, sigma], axis=1)
     return params, status[:, 0].astype(jnp.int32), state.iterations[:, 0]
 
 
@@ -556,6 +691,11 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
       mask: bool, False drops a point. Points that are non-finite, have w <= 0 (e.g. from crossed
         quotes) or a non-positive weight are dropped too; a slice with fewer than 5 usable
         points gets status BAD_INPUT and NaN params, and never affects the other slices.
+
+    The fit keeps b >= 0 and |rho| <= 1 (an optimum on rho = +-1 is returned exactly, with status
+    CONVERGED), m within [k_lo - R, k_hi + R] and sigma within [R / 100, 10 R], where [k_lo,
+    k_hi] is the slice's usable k range and R its width: the bounds that keep ill-determined
+    slices (few noisy quotes, a nearly linear smile) from drifting to degenerate limits.
       initial: warm-start params [slices, 5]; default the quasi-explicit :func:`initial_guess`.
       no_arbitrage: add penalty rows (:func:`arbitrage_penalties`, times ``penalty_weight``)
         keeping Durrleman's g >= 0 (at 25 points and at g's polished minimum over the quoted
@@ -613,26 +753,62 @@ def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config):
 
 
 _BOUNDS = make_bounds(LOWER, UPPER, len(PARAMS))
+_FACE_U = 40.0  # the engine coordinate of rho = +-1 (sigmoid(40) rounds to 1 in float64)
+_AT_BOUND = 1e-9  # |theta - bound| below this: the bound is active (implicit derivatives)
+
+
+def _to_engine(params):
+    """Raw params [lanes, 5] -> the engine's unbounded coordinates, rho = +-1 (a fit on a
+    face of the cone) at u = +-_FACE_U instead of +-inf."""
+    u = to_unbounded(params.T, _BOUNDS).T  # (which keeps |u_rho| <= 33.3 inside the box)
+    rho = params[:, 2]
+    return u.at[:, 2].set(jnp.where(rho <= -1, -_FACE_U, jnp.where(rho >= 1, _FACE_U, u[:, 2])))
+
+
+def _optimality(fn):
+    """One lane's optimality condition for the implicit derivatives: the engine's J^T r in
+    the free coordinates, and ``coordinate - bound`` for each active bound (rho = +-1, m or
+    log sigma on the edge of their box), so a constrained optimum moves along its bound."""
+    gradient = _implicit.least_squares_gradient(fn)
+
+    def condition(u, args, weights, mask):
+        g = gradient(u, args, weights, mask)
+        _, (m_lo, m_hi, t_lo, t_hi) = _theta_box(args[0], mask)
+        face = jax.lax.stop_gradient(jnp.sign(u[2])) * _FACE_U
+        g = g.at[2].set(jnp.where(jnp.abs(u[2]) >= _FACE_U, u[2] - face, g[2]))
+        for i, lo, hi in ((3, m_lo[0], m_hi[0]), (4, t_lo[0], t_hi[0])):
+            g = g.at[i].set(jnp.where(jnp.abs(u[i] - lo) <= _AT_BOUND, u[i] - lo,
+                                      jnp.where(jnp.abs(u[i] - hi) <= _AT_BOUND, u[i] - hi,
+                                                g[i])))
+        return g
+
+    return condition
 _FALLBACK_LANES = 16  # lanes per engine call of the fallback (gathered from the whole batch)
 
 
 def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
     """The plain fit: variable projection, then the engine for the lanes it cannot finish.
 
-    Lanes whose reduced fit converged with b > 0 and |rho| < 1 are done (a stationary point of
-    the full problem inside the box). The others (a solution outside the box, or no convergence
-    within ``config.max_iterations``) are gathered from the whole batch, ``_FALLBACK_LANES`` at
-    a time, and fitted by the engine's bounded Levenberg–Marquardt
-    (:func:`jaxvol.calibrate.least_squares`) from the VP point projected into the box.
+    1. The reduced fit with unconstrained linear coefficients (cheap; most slices end here):
+       lanes that converge with b > 0 and |rho| <= 1 are done.
+    2. Lanes whose solution leaves that cone, or that did not converge, are gathered
+       (``_VP_COMPACT_LANES`` at a time) and fitted again with the cone enforced in the linear
+       step (:func:`_constrained_fit`): an optimum on rho = +-1 is reached exactly.
+    3. What is still unfinished (no convergence, or b = 0: a flat smile) is gathered
+       ``_FALLBACK_LANES`` at a time and fitted by the engine's bounded Levenberg–Marquardt
+       (:func:`jaxvol.calibrate.least_squares`) from the point reached, projected into the box.
+
     Derivatives of the params with respect to the quotes and weights come from the engine's
-    implicit-function rule on the full 5-parameter problem (in its unbounded coordinates)."""
+    implicit-function rule on the full 5-parameter problem (in its unbounded coordinates), with
+    each active bound (rho = +-1, m or sigma on the edge of their box) held (:func:`_optimality`).
+    """
     fn = weighted_residual_fn(slice_residuals, _BOUNDS)
     warm = initial is not None
     u0 = initial if warm else jnp.zeros((k.shape[0], len(PARAMS)), k.dtype)
     solver = functools.partial(_separable_solver, fn=fn, warm=warm, config=config,
                                chunk_size=chunk_size)
-    u, status, iterations = _implicit.solve(solver, _implicit.least_squares_gradient(fn), u0,
-                                            (k, w), weights, usable)
+    u, status, iterations = _implicit.solve(solver, _optimality(fn), u0, (k, w), weights,
+                                            usable)
     failed = status >= FitStatus.NON_FINITE
     u_safe = jnp.where(failed[:, None], 0, u)  # double where, as in the engine
     params = to_bounded(u_safe.T, _BOUNDS).T
@@ -670,6 +846,12 @@ _VP_FIRST_ROUND = 10  # iterations every chunk runs; slower lanes go on in compa
 _VP_COMPACT_LANES = 1024
 
 
+def _in_cone(params):
+    """b > 0, |rho| <= 1 and every parameter finite, per lane."""
+    return ((params[:, 1] > 0) & (params[:, 2] <= 1) & (params[:, 2] >= -1)
+            & jnp.all(jnp.isfinite(params), axis=1))
+
+
 def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_size):
     """(u [lanes, 5] in the engine's unbounded coordinates, status, iterations)."""
     k, w = args
@@ -683,23 +865,39 @@ def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_s
                                                            _VP_FIRST_ROUND))
     params, status, iterations = map_chunks(vp(first, warm), chunk_size, k, w, weights, mask,
                                             params0[:, 3:5])
-    if config.max_iterations > first.max_iterations:
-        rest = dataclasses.replace(
-            config, max_iterations=config.max_iterations - first.max_iterations)
+    rest = dataclasses.replace(config, max_iterations=max(
+        1, config.max_iterations - first.max_iterations))
 
-        def resume(valid, k, w, weights, mask, params, iterations):
-            p, s, it = map_chunks(vp(rest, True), chunk_size, k, w, weights,
-                                  mask & valid[:, None], params[:, 3:5])
-            return p, s, iterations + it
+    def finished(params, status):
+        return (status == FitStatus.CONVERGED) & _in_cone(params)
 
-        params, status, iterations = _compacted(
-            status == FitStatus.MAX_ITERATIONS, min(_VP_COMPACT_LANES, size), resume,
-            (k, w, weights, mask, params, iterations), (params, status, iterations))
-    inside = (params[:, 1] > 0) & (jnp.abs(params[:, 2]) < 1) & jnp.all(
-        jnp.isfinite(params), axis=1)
-    done = (status == FitStatus.CONVERGED) & inside
+    def finish(valid, k, w, weights, mask, params, status, iterations):
+        """The unfinished lanes, gathered: the plain fit goes on where it ran out of iterations
+        inside the cone; lanes whose optimum leaves the cone b >= 0, |rho| <= 1 (or that still
+        did not converge) are fitted again with the constraint, from where they stopped."""
+        def run(lanes, fn, params, status, iterations):
+            p, s, it = map_chunks(fn, chunk_size, k, w, weights, mask & lanes[:, None],
+                                  params[:, 3:5])
+            keep = lambda new, old: jnp.where(  # noqa: E731
+                lanes.reshape(lanes.shape + (1,) * (old.ndim - 1)), new, old)
+            return keep(p, params), keep(s, status), keep(iterations + it, iterations)
+
+        if config.max_iterations > first.max_iterations:
+            params, status, iterations = run(
+                valid & (status == FitStatus.MAX_ITERATIONS) & _in_cone(params), vp(rest, True),
+                params, status, iterations)
+        return run(valid & ~finished(params, status),
+                   lambda *a: _variable_projection(*a, config, faces=True),
+                   params, status, iterations)
+
+    # one compacted loop for both (each loop copies the batch's arrays once)
+    params, status, iterations = _compacted(
+        ~finished(params, status) & (status != FitStatus.BAD_INPUT),
+        min(_VP_COMPACT_LANES, size), finish,
+        (k, w, weights, mask, params, status, iterations), (params, status, iterations))
+    done = finished(params, status)
     pending = ~done & (status != FitStatus.BAD_INPUT)
-    u = to_unbounded(jnp.where(done[:, None], params, 0.5).T, _BOUNDS).T
+    u = _to_engine(jnp.where(done[:, None], params, 0.5))
     u = jnp.where(done[:, None], u, jnp.nan)
 
     def engine(valid, k, w, weights, mask, start, iterations):
