@@ -8,16 +8,13 @@ only, :func:`shard_leading`), and :class:`DeviceMap` runs the fitting function o
 shard and reassembles the outputs into arrays with the same ``NamedSharding``.
 
 One program, every device. :class:`DeviceMap` compiles ``jax.jit(fn)`` once for the local block
-shape [block, ...] and loads that executable onto every device of the mesh (serialised with
-``jax.experimental.serialize_executable``, deserialised with the target device's assignment: a
-fraction of a second, no compilation), then calls each device's copy on that device's shard; the
-calls are dispatched asynchronously, so the devices run concurrently. A one-device mesh takes the
-ordinary ``jax.jit`` path for that device. Every device therefore runs the same module compiled
-with the same options on the same local shape, and a one-device run is bitwise identical to an
-eight-device run by construction (the job's fits are per lane, and a block holds the same lanes
-whatever the device count). Within a process a map keeps its executables per device, so
-device 0 runs the very same executable whatever the mesh; across processes the identity rests
-on XLA compiling one module deterministically, as JAX's persistent cache does.
+shape [block, ...] on one device, serialises the executable, and loads it for the mesh as D
+replicas of that one-device program, replica k on device k (XLA's replica mode: no partitioner
+runs, and loading takes a tenth of a second, no compilation); one asynchronous dispatch then
+runs every device on its own shard. A one-device run loads the same bytes as one replica. So
+every device runs the same machine code on the same local shape, and a one-device run is bitwise
+identical to an eight-device run by construction (the job's fits are per lane, and a block holds
+the same lanes whatever the device count).
 
 Why not ``jax.jit(jax.shard_map(fn, mesh))``, the obvious tool: XLA runs the SPMD partitioner
 only when there are two or more partitions, and the optimisation passes then see a different
@@ -28,14 +25,15 @@ had other fusions and 54 instead of 59 divides. Levenberg-Marquardt amplifies th
 differences (SVI RMSE off by 3e-12, a SABR lane at the rho bound changing status). ``jax.pmap``
 now lowers through ``shard_map`` too, and compiling ``jax.jit(fn)`` separately for each device
 would cost a full compilation per device (the persistent cache keys CPU executables by device
-assignment). Loading one executable everywhere costs neither.
+assignment). Loading one executable as replicas costs neither.
 
-The executable to load must come from a fresh compilation: one that JAX read from its persistent
+The bytes must come from a fresh compilation: an executable that JAX read from its persistent
 cache serialises without part of its code (jaxlib 0.10.2: a copy loaded from those bytes fails
-with "Function ... not found" when called). So the multi-device compilation bypasses JAX's cache
-and keeps the serialised executable in a store of its own next to it
-(``<jax_compilation_cache_dir>/jaxvol-device-map``, keyed by the lowered module, the JAX/jaxlib
-versions, the platform and XLA_FLAGS): a warm run loads, it does not compile.
+with "Function ... not found" when called). So this compilation bypasses JAX's cache, and the
+serialised executable goes to a store of its own next to it
+(``<jax_compilation_cache_dir>/jaxvol-device-map``, one file per program, keyed by the lowered
+module, the JAX/jaxlib versions, the platform and XLA_FLAGS): a warm run loads, it does not
+compile, whatever its device count.
 
 Where loading fails (a JAX whose executable serialisation changed), :class:`DeviceMap` falls back
 to compiling ``jax.jit(fn)`` for each device (same module, so the same results, at D times the
@@ -46,8 +44,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
-import io
 import logging
 import math
 import os
@@ -64,10 +62,10 @@ AXIS = "lanes"
 log = logging.getLogger("jaxvol.jobs")
 
 COUNTS: collections.Counter = collections.Counter()
-"""What the device maps of this process did: ``compiled`` (programs compiled; a one-device map's
-come from JAX's persistent cache where it has them), ``stored`` (executables read from the
-payload store instead of compiled), ``loaded`` (executables loaded onto a device) and
-``fallback`` (programs compiled per device because loading failed)."""
+"""What the device maps of this process did: ``compiled`` (programs compiled), ``stored``
+(executables read from the payload store instead), ``loaded`` (executables loaded for a mesh, as
+one replica per device) and ``fallback`` (programs compiled per device because loading
+failed)."""
 
 
 def local_mesh(devices: int = 0) -> jax.sharding.Mesh:
@@ -112,54 +110,62 @@ def shard_leading(mesh: jax.sharding.Mesh, *arrays):
 
 class DeviceMap:
     """``fn`` over the leading (lane) axis of arrays split across a mesh by :func:`shard_leading`:
-    each device runs its own copy of one executable, compiled once per local input shape, on
-    its own shard.
+    one executable, compiled once per local input shape, run by every device of the mesh on its
+    own shard.
 
     ``fn`` maps arrays with a leading lane axis to a PyTree of arrays with the same lane axis (a
-    fit per lane). Calling the map with a mesh and global arrays returns that PyTree as global
-    arrays split along the lane axis over the mesh, like the inputs. The executables are kept
-    per device, so the map may be called with any mesh of local devices, and device 0 runs the
-    same executable whatever the mesh."""
+    fit per lane), with no side effects. Calling the map with a mesh and global arrays returns
+    that PyTree as global arrays split along the lane axis over the mesh, like the inputs."""
 
     def __init__(self, fn):
-        self._jit = jax.jit(fn)
-        self._programs: dict = {}  # local input signature -> {device: jax.stages.Compiled}
+        self._jit = jax.jit(fn, keep_unused=True)  # every argument is a parameter of the module
+        self._programs: dict = {}  # (local input signature, devices) -> callable
 
     def __call__(self, mesh: jax.sharding.Mesh, *arrays):
         placed = shard_leading(mesh, *arrays)
-        shards = [{shard.device: shard.data for shard in array.addressable_shards}
-                  for array in placed]
-        devices = list(mesh.devices.flat)
-        local = [[by_device[device] for by_device in shards] for device in devices]
-        programs = self._programs_for(local[0], devices)
-        # asynchronous dispatch: every call returns at once and the devices run concurrently
-        outputs = [programs[device](*args) for device, args in zip(devices, local)]
-        return jax.tree.map(lambda *leaves: _assemble(mesh, leaves), *outputs)
+        devices = tuple(mesh.devices.flat)
+        local = [next(s.data for s in a.addressable_shards if s.device == devices[0])
+                 for a in placed]
+        key = (tuple((a.shape, a.dtype) for a in local), devices)
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = self._program(local, devices)
+        return program(mesh, placed)
 
-    def _programs_for(self, local: list, devices: list) -> dict:
-        signature = tuple((a.shape, a.dtype) for a in local)
-        programs = self._programs.setdefault(signature, {})
-        missing = [device for device in devices if device not in programs]
-        if not missing:
-            return programs
-        if not programs and len(missing) == 1:  # one device: the ordinary jit path
-            programs[missing[0]] = self._jit.lower(*local).compile()
-            COUNTS["compiled"] += 1
-            return programs
+    def _program(self, local: list, devices: tuple):
         try:
-            payload = _payload(self._jit.lower(*local), devices[0])
-            for device in missing:
-                programs[device] = _deserialize(payload, device)
-                COUNTS["loaded"] += 1
+            serialized, out_tree = _payload(self._jit.lower(*local), devices[0])
+            executable = _load(serialized, devices)
+            if (len(executable.get_parameter_layouts()) != len(local)
+                    or len(executable.get_output_layouts()) != out_tree.num_leaves):
+                raise ValueError("the executable's parameters or results are not the function's")
         except Exception as error:  # noqa: BLE001 - any failure: compile for each device
-            log.warning("cannot load one executable onto every device (%s: %s); compiling "
-                        "for each device instead", type(error).__name__, error)
-            for device in missing:
-                if device not in programs:
-                    on_device = [jax.device_put(a, device) for a in local]
-                    programs[device] = self._jit.lower(*on_device).compile()
-                    COUNTS["fallback"] += 1
-        return programs
+            log.warning("cannot run one executable on every device (%s: %s); compiling for "
+                        "each device instead", type(error).__name__, error)
+            return self._per_device(local, devices)
+        COUNTS["loaded"] += 1
+        return functools.partial(_run, executable, out_tree)
+
+    def _per_device(self, local: list, devices: tuple):
+        programs = [self._jit.lower(*(jax.device_put(a, d) for a in local)).compile()
+                    for d in devices]
+        COUNTS["fallback"] += len(devices)
+
+        def run(mesh, placed):
+            shards = [{s.device: s.data for s in a.addressable_shards} for a in placed]
+            outputs = [program(*(by_device[d] for by_device in shards))
+                       for d, program in zip(devices, programs)]
+            return jax.tree.map(lambda *leaves: _assemble(mesh, leaves), *outputs)
+
+        return run
+
+
+def _run(executable, out_tree, mesh: jax.sharding.Mesh, placed: list):
+    """One asynchronous dispatch: replica k runs on the mesh's device k with its shards."""
+    results = executable.execute_sharded(placed)
+    leaves = results.consume_with_handlers(
+        [functools.partial(_assemble, mesh)] * out_tree.num_leaves)
+    return jax.tree.unflatten(out_tree, leaves)
 
 
 def _assemble(mesh: jax.sharding.Mesh, leaves) -> jax.Array:
@@ -169,22 +175,32 @@ def _assemble(mesh: jax.sharding.Mesh, leaves) -> jax.Array:
     return jax.make_array_from_single_device_arrays(shape, sharding, list(leaves))
 
 
+def _load(serialized: bytes, devices: tuple):
+    """The single-device executable ``serialized`` loaded as ``len(devices)`` replicas, replica k
+    on ``devices[k]`` (the machine code is loaded, not compiled again)."""
+    from jax._src import compiler
+    from jax._src.lib import xla_client
+
+    options = compiler.get_compile_options(num_replicas=len(devices), num_partitions=1,
+                                           device_assignment=devices)
+    client = devices[0].client
+    return client.deserialize_executable(serialized, xla_client.DeviceList(devices), options)
+
+
 _PAYLOADS: dict = {}
 """Serialised executables of this process by key (see :func:`_payload`)."""
 
 
 def _payload(lowered, device) -> tuple:
-    """The serialised executable of ``lowered`` (lowered for one device) with its argument and
-    result trees: from this process, from the payload store next to JAX's compilation cache,
-    or compiled now.
-    (see the module docstring for why it must be a fresh compilation)."""
+    """The serialised executable of ``lowered`` (lowered for ``device``) and its result tree:
+    from this process, from the payload store next to JAX's compilation cache, or compiled now
+    with JAX's persistent cache bypassed (see the module docstring)."""
     from jax._src.lib import version_str as jaxlib_version
 
     key = hashlib.sha256("\n".join([
-        lowered.as_text(), jax.__version__, jaxlib_version, device.client.platform,
+        "replicas-1", lowered.as_text(), jax.__version__, jaxlib_version, device.client.platform,
         device.client.platform_version, device.device_kind, os.environ.get("XLA_FLAGS", ""),
         str(jax.config.jax_enable_x64)]).encode()).hexdigest()
-    trees = (jax.tree_util.tree_structure(lowered.args_info), lowered.out_tree)
     serialized = _PAYLOADS.get(key)
     store = _store()
     path = store / key if store is not None else None
@@ -193,16 +209,16 @@ def _payload(lowered, device) -> tuple:
         COUNTS["stored"] += 1
     if serialized is None:
         with _without_jax_cache():
-            compiled = lowered.compile()
+            executable = lowered.compile().runtime_executable()
         COUNTS["compiled"] += 1
-        serialized = _serialize(compiled)[0]
+        serialized = executable.client.serialize_executable(executable)
         if path is not None:
             store.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             partial.write_bytes(serialized)
             os.replace(partial, path)
     _PAYLOADS[key] = serialized
-    return (serialized,) + trees
+    return serialized, lowered.out_tree
 
 
 def _store() -> pathlib.Path | None:
@@ -222,34 +238,3 @@ def _without_jax_cache():
     finally:
         jax.config.update("jax_enable_compilation_cache", enabled)
         compilation_cache.reset_cache()
-
-
-def _serialize(program: jax.stages.Compiled):
-    from jax.experimental import serialize_executable
-
-    return serialize_executable.serialize(program)
-
-
-def _deserialize(payload, device) -> jax.stages.Compiled:
-    """The executable ``payload`` (compiled for one device) loaded onto ``device``: its device
-    references and its device assignment point at ``device`` instead."""
-    from jax._src import compiler
-    from jax.experimental import serialize_executable
-
-    serialized, in_tree, out_tree = payload
-    options = compiler.get_compile_options(num_replicas=1, num_partitions=1,
-                                           device_assignment=[device])
-
-    class Unpickler(serialize_executable._JaxPjrtUnpickler):
-        def persistent_load(self, pid):
-            if pid[0] == "exec":
-                return self.backend.deserialize_executable(
-                    pid[1], executable_devices=self.execution_devices, compile_options=options)
-            if pid[0] == "device":
-                return device
-            return super().persistent_load(pid)
-
-    unloaded, args_info, no_kwargs = Unpickler(io.BytesIO(serialized), device.client,
-                                               [device]).load()
-    return jax.stages.Compiled(unloaded.load(), [], in_tree.unflatten(args_info), out_tree,
-                               no_kwargs=no_kwargs)
