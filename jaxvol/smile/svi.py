@@ -842,7 +842,7 @@ def _compacted(pending, lanes, fn, arrays, outputs):
                               (pending, outputs))[1]
 
 
-_VP_FIRST_ROUND = 10  # iterations every chunk runs; slower lanes go on in compacted rounds
+_VP_FIRST_ROUND = 6  # iterations every chunk runs; slower lanes go on in compacted rounds
 _VP_COMPACT_LANES = 1024
 
 
