@@ -191,9 +191,9 @@ def jump_wings_to_raw(v, psi, p, c, v_tilde, expiry=1.0):
 # b -> inf) and never converge.
 #
 # Layout: [lanes, strikes] inside a chunk, every per-lane quantity a [lanes, 1] column, and
-# every sum over strikes a reduction over the minor axis (measured ~4x faster on CPU than over
-# the major one) of fused elementwise products: no batched linear algebra, no jacfwd; a whole
-# iteration is two passes over the quotes.
+# all the sums of a pass over the quotes one variadic reduction over the minor axis (measured
+# ~4x faster on CPU than over the major one, and ~2x faster than one reduction per sum): no
+# batched linear algebra, no jacfwd; a whole iteration is two passes over the quotes.
 
 _M_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # grid of m: fractions of the quoted k range
 _SIGMA_FRACTIONS = (0.03, 0.1, 0.3, 0.8)  # grid of sigma: fractions of the quoted k range
@@ -203,8 +203,14 @@ _M_MARGIN = 1.0  # m lies within the quoted k range widened by this many ranges 
 _SIGMA_RANGE = (0.01, 10.0)  # sigma lies within these multiples of the quoted k range
 
 
-def _sum(x):
-    return jnp.sum(x, axis=-1, keepdims=True)
+def _sums(*xs):
+    """Sums over the last axis (kept) of several arrays in ONE variadic reduction: XLA fuses the
+    products into a single loop with one accumulator each, instead of one reduction op (and a
+    materialised product) per sum (measured ~1.8x faster per iteration on CPU)."""
+    zeros = tuple(jnp.zeros((), x.dtype) for x in xs)
+    out = jax.lax.reduce(xs, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)),
+                         (xs[0].ndim - 1,))
+    return tuple(o[..., None] for o in out)
 
 
 def _cholesky3(n00, n01, n02, n11, n12, n22):
@@ -251,7 +257,7 @@ def _linear_fit(data: _Data, m, sigma):
     y = (data.k - m) * (1.0 / sigma)
     z = jnp.sqrt(y * y + 1.0)
     wy, wz = data.weight * y, data.weight * z
-    sums = (_sum(wy), _sum(wz), _sum(wy * y), _sum(wy * z), _sum(wy * data.w), _sum(wz * data.w))
+    sums = _sums(wy, wz, wy * y, wy * z, wy * data.w, wz * data.w)
     coefficients, factor, sse = _solve3(data, *sums)
     return coefficients, factor, sse
 
@@ -311,8 +317,7 @@ def _constrained_fit(data: _Data, m, sigma, faces: bool) -> _Linear:
     y = (data.k - m) * (1.0 / sigma)
     z = jnp.sqrt(y * y + 1.0)
     wy, wz = data.weight * y, data.weight * z
-    sy, sz, syy, syz, syw, szw = (_sum(wy), _sum(wz), _sum(wy * y), _sum(wy * z),
-                                  _sum(wy * data.w), _sum(wz * data.w))
+    sy, sz, syy, syz, syw, szw = _sums(wy, wz, wy * y, wy * z, wy * data.w, wz * data.w)
     (a, d, c), factor3, _ = _solve3(data, sy, sz, syy, syz, syw, szw)
     if not faces:
         return _Linear((a, d, c), jnp.zeros_like(a), factor3, None)
@@ -350,12 +355,9 @@ def _reduced_model(data: _Data, m, sigma, linear: _Linear):
     e = d + c * (y / z)  # d model / d y; d model/dm = -e / sigma, d model / dlog(sigma) = -y e
     r = a + d * y + c * z - data.w
     we, wr = data.weight * e, data.weight * r
-    se, sye, sze = _sum(we), _sum(we * y), _sum(we * z)
-    syye, syze = _sum(we * y * y), _sum(we * y * z)
-    see, syee, syyee = _sum(we * e), _sum(we * e * y), _sum(we * e * y * y)
-    ser, syer, srr = _sum(we * r), _sum(we * y * r), _sum(wr * r)
-    sr, syr, szr = _sum(wr), _sum(wr * y), _sum(wr * z)  # A^T W r
-    sums = (se, sye, sze, syye, syze, see, syee, syyee, ser, syer, srr, sr, syr, szr)
+    sums = _sums(we, we * y, we * z, we * y * y, we * y * z, we * e, we * e * y, we * e * y * y,
+                 we * r, we * y * r, wr * r, wr, wr * y, wr * z)  # the last three: A^T W r
+    (se, sye, sze, syye, syze, see, syee, syyee, ser, syer, srr, sr, syr, szr) = sums
     inv = 1.0 / sigma
     triples = ((sr, syr, szr), (-se * inv, -sye * inv, -sze * inv), (-sye, -syye, -syze))
     f3, f2, face = linear.factor3, linear.factor2, linear.face
@@ -505,7 +507,7 @@ def _grid_start(data: _Data, usable):
     m, sigma = k_lo + fm * span, fs * span  # [lanes, grid]
     every = slice(None, None, _GRID_STRIDE)
     k, w, weight = (x[:, None, every] for x in (data.k, data.w, data.weight))
-    sub = _Data(k, w, weight, _sum(weight), _sum(weight * w), _sum(weight * w * w))
+    sub = _Data(k, w, weight, *_sums(weight, weight * w, weight * w * w))
     sse = _linear_fit(sub, m[..., None], sigma[..., None])[2][..., 0]
     best = jnp.argmin(jnp.where(jnp.isnan(sse), jnp.inf, sse), axis=-1)[:, None]
     return (jnp.take_along_axis(m, best, axis=-1), jnp.take_along_axis(sigma, best, axis=-1))
@@ -521,7 +523,7 @@ def _variable_projection(k, w, weights, usable, start, config: LMConfig, faces: 
     """
     weight = weights * weights
     span, box = _theta_box(k, usable)
-    data = _Data(k, w, weight, _sum(weight), _sum(weight * w), _sum(weight * w * w), span, box)
+    data = _Data(k, w, weight, *_sums(weight, weight * w, weight * w * w), span, box)
     enough = jnp.sum(usable.astype(jnp.int32), axis=-1, keepdims=True) >= len(PARAMS)
     if start is None:
         m, sigma = _grid_start(data, usable)
