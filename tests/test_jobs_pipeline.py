@@ -256,8 +256,8 @@ def test_stage_errors_are_recorded_not_fatal(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     """Every stage: the small market plus the SPX board, Heston, SSVI, FX quotes and the report
-    (configs/quick.toml's stages on the shapes of the other tests; one device: Heston's
-    Levenberg-Marquardt loop runs far slower as an eight-way shard_map over host CPU devices)."""
+    (configs/quick.toml's stages on the shapes of the other tests; on one device, so that the
+    one-device path runs every stage: the eight-device path is the other tests')."""
     out = tmp_path_factory.mktemp("full")
     quotes = out / "fx_quotes.csv"
     synthetic.fx_quotes(2).to_csv(quotes, index=False)

@@ -32,8 +32,8 @@ cache serialises without part of its code (jaxlib 0.10.2: a copy loaded from tho
 with "Function ... not found" when called). So this compilation bypasses JAX's cache, and the
 serialised executable goes to a store of its own next to it
 (``<jax_compilation_cache_dir>/jaxvol-device-map``, one file per program, keyed by the lowered
-module, the JAX/jaxlib versions, the platform and XLA_FLAGS): a warm run loads, it does not
-compile, whatever its device count.
+module, the JAX/jaxlib versions, the platform and the XLA flags that JAX's cache key counts): a
+warm run loads, it does not compile, whatever its device count.
 
 Where loading fails (a JAX whose executable serialisation changed), :class:`DeviceMap` falls back
 to compiling ``jax.jit(fn)`` for each device (same module, so the same results, at D times the
@@ -199,7 +199,7 @@ def _payload(lowered, device) -> tuple:
 
     key = hashlib.sha256("\n".join([
         "replicas-1", lowered.as_text(), jax.__version__, jaxlib_version, device.client.platform,
-        device.client.platform_version, device.device_kind, os.environ.get("XLA_FLAGS", ""),
+        device.client.platform_version, device.device_kind, _xla_flags(),
         str(jax.config.jax_enable_x64)]).encode()).hexdigest()
     serialized = _PAYLOADS.get(key)
     store = _store()
@@ -219,6 +219,16 @@ def _payload(lowered, device) -> tuple:
             os.replace(partial, path)
     _PAYLOADS[key] = serialized
     return serialized, lowered.out_tree
+
+
+def _xla_flags() -> str:
+    """XLA_FLAGS less those that JAX's own cache key leaves out (the host device count...)."""
+    try:
+        from jax._src.cache_key import xla_flags_to_exclude_from_cache_key as excluded
+    except ImportError:  # pragma: no cover - another JAX
+        excluded = ["--xla_force_host_platform_device_count"]
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join(sorted(f for f in flags if f.split("=")[0] not in excluded))
 
 
 def _store() -> pathlib.Path | None:
