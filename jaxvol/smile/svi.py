@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvol._dtypes import float_dtype
 from jaxvol.calibrate import FitStatus, LMConfig, _implicit, least_squares, map_chunks
@@ -579,11 +580,13 @@ def initial_guess(k, total_variance, *, weights=None, mask=None):
     (``GUESS_CONFIG``), and the exact linear solution at its (m, sigma), projected onto
     b > 0 and |rho| < 1, is the guess. Lanes without 5 usable points get NaN.
     """
-    return _initial_guess(*_validate(k, total_variance, weights, mask))
+    *arrays, dtype = _validate(k, total_variance, weights, mask)
+    return _initial_guess(*arrays, dtype=dtype)
 
 
-@jax.jit
-def _initial_guess(k, w, weights, mask):
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _initial_guess(k, w, weights, mask, *, dtype):
+    k, w, weights, mask = _prepared(k, w, weights, mask, dtype)
     return map_chunks(lambda *a: _guess(*_clean(*a)), CHUNK_SIZE, k, w, weights, mask)
 
 
@@ -593,16 +596,36 @@ def _guess(k, w, weights, usable):
 
 
 def _validate(k, total_variance, weights, mask):
-    """Check [slices, strikes] shapes (ValueError) and fill default weights and mask."""
-    k, w = _floats(k, total_variance)
+    """Check shapes and the mask's dtype on the host (ValueError), without copying or casting
+    anything: (k, w, weights, mask, float dtype), arrays or None. :func:`_prepared` casts and
+    fills the defaults inside the jitted fit (eager casts of big batches cost as much as a fast
+    fit)."""
+    def array(x):
+        return x if x is None or isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x)
+
+    k, w, weights, mask = map(array, (k, total_variance, weights, mask))
     if k.ndim != 2 or k.shape != w.shape:
         raise ValueError(f"k and total_variance must both be [slices, strikes], got {k.shape} "
                          f"and {w.shape}")
+    if weights is not None and np.broadcast_shapes(weights.shape, w.shape) != w.shape:
+        raise ValueError(f"weights of shape {weights.shape} do not broadcast to [slices, "
+                         f"strikes] = {w.shape}")
+    if mask is not None:
+        if mask.dtype != bool:
+            raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
+        if np.broadcast_shapes(mask.shape, w.shape) != w.shape:
+            raise ValueError(f"mask of shape {mask.shape} does not broadcast to [slices, "
+                             f"strikes] = {w.shape}")
+    return k, w, weights, mask, np.dtype(float_dtype(k, w))
+
+
+def _prepared(k, w, weights, mask, dtype):
+    """Inside the jit: the inputs cast to ``dtype``, weights (default 1) and mask (default
+    all True) broadcast to [slices, strikes]."""
+    k, w = k.astype(dtype), w.astype(dtype)
     weights = jnp.ones_like(w) if weights is None else jnp.broadcast_to(
-        jnp.asarray(weights, w.dtype), w.shape)
-    mask = jnp.ones(w.shape, bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask), w.shape)
-    if mask.dtype != bool:
-        raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
+        weights.astype(dtype), w.shape)
+    mask = jnp.ones(w.shape, bool) if mask is None else jnp.broadcast_to(mask, w.shape)
     return k, w, weights, mask
 
 
@@ -713,16 +736,21 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
     """
     if config is None:
         config = NO_ARBITRAGE_CONFIG if no_arbitrage else FIT_CONFIG
-    k, w, weights, mask = _validate(k, total_variance, weights, mask)
+    *arrays, dtype = _validate(k, total_variance, weights, mask)
+    if initial is not None and not isinstance(initial, (jax.Array, np.ndarray)):
+        initial = np.asarray(initial)
+    return _fit(*arrays, initial, penalty_weight, dtype=dtype, no_arbitrage=bool(no_arbitrage),
+                config=config, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("dtype", "no_arbitrage", "config", "chunk_size"))
+def _fit(k, w, weights, mask, initial, penalty_weight, *, dtype, no_arbitrage, config,
+         chunk_size):
+    k, w, weights, usable = _clean(*_prepared(k, w, weights, mask, dtype))
+    penalty_weight = jnp.asarray(penalty_weight, dtype)
     if initial is not None:
-        initial = jnp.asarray(initial, k.dtype)
-    return _fit(k, w, weights, mask, initial, jnp.asarray(penalty_weight, k.dtype),
-                no_arbitrage=bool(no_arbitrage), config=config, chunk_size=chunk_size)
-
-
-@functools.partial(jax.jit, static_argnames=("no_arbitrage", "config", "chunk_size"))
-def _fit(k, w, weights, mask, initial, penalty_weight, *, no_arbitrage, config, chunk_size):
-    k, w, weights, usable = _clean(k, w, weights, mask)
+        initial = initial.astype(dtype)
     if no_arbitrage:
         body = lambda *a: _penalised_chunk(*a, penalty_weight, config)  # noqa: E731
         if initial is None:
