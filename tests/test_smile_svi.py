@@ -254,5 +254,11 @@ def test_float32_fit():
 def test_shape_misuse():
     with pytest.raises(ValueError, match="slices, strikes"):
         svi.fit(np.zeros(5), np.zeros(5))
+    with pytest.raises(ValueError, match="weights of shape"):
+        svi.fit(np.zeros((3, 5)), np.ones((3, 5)), weights=np.ones(4))
+    with pytest.raises(ValueError, match="mask of shape"):
+        svi.fit(np.zeros((3, 5)), np.ones((3, 5)), mask=np.ones((2, 5), bool))
+    with pytest.raises(ValueError, match="boolean"):
+        svi.fit(np.zeros((3, 5)), np.ones((3, 5)), mask=np.ones((3, 5)))
     with pytest.raises(ValueError, match="num"):
         svi.g_minimum(*VOGT, num=2)

@@ -607,16 +607,23 @@ def _validate(k, total_variance, weights, mask):
     if k.ndim != 2 or k.shape != w.shape:
         raise ValueError(f"k and total_variance must both be [slices, strikes], got {k.shape} "
                          f"and {w.shape}")
-    if weights is not None and np.broadcast_shapes(weights.shape, w.shape) != w.shape:
+    if weights is not None and not _broadcasts(weights.shape, w.shape):
         raise ValueError(f"weights of shape {weights.shape} do not broadcast to [slices, "
                          f"strikes] = {w.shape}")
     if mask is not None:
         if mask.dtype != bool:
             raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
-        if np.broadcast_shapes(mask.shape, w.shape) != w.shape:
+        if not _broadcasts(mask.shape, w.shape):
             raise ValueError(f"mask of shape {mask.shape} does not broadcast to [slices, "
                              f"strikes] = {w.shape}")
     return k, w, weights, mask, np.dtype(float_dtype(k, w))
+
+
+def _broadcasts(shape, target) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
 
 
 def _prepared(k, w, weights, mask, dtype):
