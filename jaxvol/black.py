@@ -36,8 +36,8 @@ import numpy as np
 
 from jaxvol._dtypes import as_bool, as_float, float_dtype, two_product
 from jaxvol.special import (SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg, erfcx,
-                            mills_complement, mills_complement_given_ratio,
-                            mills_ratio_left, norm_cdf, norm_pdf)
+                            mills_complement, mills_complement_given_ratio, norm_cdf, norm_pdf,
+                            split_exp)
 
 __all__ = [
     "normalised_black", "normalised_vega", "black_price", "bsm_price", "bachelier_price",
@@ -65,8 +65,7 @@ def _asymptotic_table(order: int) -> np.ndarray:
 
 
 _ASYMPTOTIC = {64: _asymptotic_table(20), 32: _asymptotic_table(8)}
-_SMALL_T_ORDER = {64: 13, 32: 7}
-# region 2 also covers t < 0.8 where h > -1.5, with more orders (float64 only): (t, h, order)
+# region 2 (t < 0.21) also covers t < 0.8 where h > -1.5 in float64: (t, h, series order)
 _WIDE_T = {64: (0.8, -1.5, 33), 32: (0.0, 0.0, 7)}
 
 
@@ -115,14 +114,9 @@ def _asymptotic_bracket(h, t):
     return 2.0 * (t / r) * total
 
 
-def _small_t_bracket(h, t):
-    """Y(h+t) - Y(h-t) = 2 sum_{m odd} Y^(m)(h) t^m / m! for t < 0.21 (region 2)."""
-    return _small_t_series(h, t, mills_ratio_left(h), mills_complement(h))
-
-
-def _small_t_series(h, t, ratio, complement, order=None):
-    """The series of :func:`_small_t_bracket` given ``Y(h)`` and ``Y'(h) = 1 + h Y(h)``."""
-    order = order or _SMALL_T_ORDER[_bits(h.dtype)]
+def _small_t_series(h, t, ratio, complement, order):
+    """Y(h+t) - Y(h-t) = 2 sum_{m odd} Y^(m)(h) t^m / m! (region 2) to ``order``, given
+    ``ratio = Y(h)`` and ``complement = Y'(h) = 1 + h Y(h)``."""
     y_prev, y_curr = ratio, complement
     total = y_curr * t
     t_pow_over_fact = t
@@ -132,23 +126,6 @@ def _small_t_series(h, t, ratio, complement, order=None):
         if (n + 1) % 2 == 1:
             total = total + y_curr * t_pow_over_fact
     return 2.0 * total
-
-
-def _erfcx_bracket(h, t):
-    """Y(h+t) - Y(h-t) through erfcx (region 4): Y(z) = sqrt(pi/2) erfcx(-z/sqrt2)."""
-    return (0.5 * SQRT_2PI) * (erfcx(-SQRT_HALF * (h + t)) - erfcx(-SQRT_HALF * (h - t)))
-
-
-def _split_exp(z, k):
-    """exp(k z^2) for k in {-1, -1/2}, split as in jaxvol.special (exact high part, small rest).
-
-    Bitwise the same as ``exp_minus_square`` (k = -1) and ``exp_minus_half_square`` (k = -1/2),
-    so that one call serves lanes that need either.
-    """
-    z = jnp.abs(z)
-    hi = jnp.trunc(z * 16.0) / 16.0
-    rest = (z - hi) * (z + hi)
-    return jnp.exp(k * hi * hi) * jnp.exp(k * rest)
 
 
 def _call_otm_parts(x, s):
@@ -173,8 +150,8 @@ def _call_otm_parts(x, s):
     second = _erfcx_nonneg(SQRT_HALF * (t - h))
     # split exponentials: region 3 needs exp(-u^2/2) and exp(-(h-t)^2/2); region 4 with u > 0
     # needs exp(-u^2/2) as exp(-y^2), y = u/sqrt2, for erfcx(-y) = 2 exp(y^2) - erfcx(y)
-    split_a = _split_exp(jnp.where(region3, u, SQRT_HALF * u), jnp.where(region3, -0.5, -1.0))
-    split_b = _split_exp(jnp.where(region3, h - t, 0.0), -0.5)
+    split_a = split_exp(jnp.where(region3, u, SQRT_HALF * u), jnp.where(region3, -0.5, -1.0))
+    split_b = split_exp(jnp.where(region3, h - t, 0.0), -0.5)
     erfcx_u = jnp.where(u > 0, 2.0 / split_a - first, first)
     bracket_erfcx = (0.5 * SQRT_2PI) * (erfcx_u - second)
     h1 = jnp.where(region1, h, 2.0 * _ASYMPTOTIC_H)

@@ -77,20 +77,24 @@ def _erfcx_large(y):
     return (SQRT_PI_INV - _cody_large_remainder(y)) / y
 
 
+def split_exp(z, k):
+    """exp(k z**2) for k < 0, accurate to a few ulp for large |z| (Cody's split of z**2: an
+    exactly squared high part and a small rest). ``k`` may be an array (one call serves lanes
+    that need different k)."""
+    z = jnp.abs(z)
+    hi = jnp.trunc(z * 16.0) / 16.0
+    rest = (z - hi) * (z + hi)
+    return jnp.exp(k * hi * hi) * jnp.exp(k * rest)
+
+
 def exp_minus_square(y):
-    """exp(-y**2) accurate to a few ulp for large |y| (Cody's split of y**2)."""
-    y = jnp.abs(y)
-    ysq = jnp.trunc(y * 16.0) / 16.0
-    rest = (y - ysq) * (y + ysq)
-    return jnp.exp(-ysq * ysq) * jnp.exp(-rest)
+    """exp(-y**2) accurate to a few ulp for large |y|."""
+    return split_exp(y, -1.0)
 
 
 def exp_minus_half_square(z):
-    """exp(-z**2/2) accurate to a few ulp for large |z| (same split as above)."""
-    z = jnp.abs(z)
-    zhi = jnp.trunc(z * 16.0) / 16.0
-    rest = (z - zhi) * (z + zhi)
-    return jnp.exp(-0.5 * zhi * zhi) * jnp.exp(-0.5 * rest)
+    """exp(-z**2/2) accurate to a few ulp for large |z|."""
+    return split_exp(z, -0.5)
 
 
 def _erfcx_nonneg(y):

@@ -253,14 +253,13 @@ class _Data(NamedTuple):
 
 def _linear_fit(data: _Data, m, sigma):
     """For fixed (m, sigma): the unconstrained weighted least-squares (a, d, c), the Cholesky
-    factor of the normal equations and the reduced sum of squares (from the normal equations:
-    only good for ranking grid points)."""
+    factor of the normal equations, the reduced sum of squares (from the normal equations:
+    only good for ranking) and the sums (sy, sz, syy, syz, syw, szw) they came from."""
     y = (data.k - m) * (1.0 / sigma)
     z = jnp.sqrt(y * y + 1.0)
     wy, wz = data.weight * y, data.weight * z
     sums = _sums(wy, wz, wy * y, wy * z, wy * data.w, wz * data.w)
-    coefficients, factor, sse = _solve3(data, *sums)
-    return coefficients, factor, sse
+    return _solve3(data, *sums) + (sums,)
 
 
 def _ridge(*diagonal):
@@ -315,20 +314,17 @@ def _constrained_fit(data: _Data, m, sigma, faces: bool) -> _Linear:
     cone c >= |d| (b >= 0, |rho| <= 1): the unconstrained solution when it lies inside,
     otherwise the better of the two faces d = +-c (each a two-column least squares), NaN at the
     apex (c = 0 on both faces: a flat smile, where m and sigma are undetermined)."""
-    y = (data.k - m) * (1.0 / sigma)
-    z = jnp.sqrt(y * y + 1.0)
-    wy, wz = data.weight * y, data.weight * z
-    sy, sz, syy, syz, syw, szw = _sums(wy, wz, wy * y, wy * z, wy * data.w, wz * data.w)
-    (a, d, c), factor3, _ = _solve3(data, sy, sz, syy, syz, syw, szw)
+    (a, d, c), factor3, _, (sy, sz, syy, syz, syw, szw) = _linear_fit(data, m, sigma)
     if not faces:
         return _Linear((a, d, c), jnp.zeros_like(a), factor3, None)
     szz = syy + data.s1
     candidates = []
     for face in (1.0, -1.0):
-        n01, n11 = face * sy + sz, syy + 2.0 * face * syz + szz
+        _, n01 = _on_face(face, data.s1, sy, sz)
+        n11 = syy + 2.0 * face * syz + szz
         ridge = _ridge(data.s1, n11)
         factor2 = _cholesky2(data.s1 + ridge, n01, n11 + ridge)
-        rhs = face * syw + szw
+        _, rhs = _on_face(face, data.sw, syw, szw)
         a2, c2 = _backward2(factor2, *_forward2(factor2, data.sw, rhs))
         sse = data.sww - (a2 * data.sw + c2 * rhs)
         candidates.append((jnp.where(c2 > 0, sse, jnp.inf), a2, c2, factor2))
