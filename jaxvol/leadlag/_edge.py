@@ -113,3 +113,18 @@ class _quiet:
 
     def __exit__(self, *exc):
         self._w.__exit__(*exc)
+
+
+def map_lanes(kernel, arrays, lanes: int):
+    """kernel over the leading (lane) axis: one vmap if the batch fits in ``lanes``, else a
+    lax.map over groups of ``lanes`` (the batch padded with copies of lane 0 so the groups are
+    even: one compiled copy of the kernel)."""
+    batch = arrays[0].shape[0]
+    if batch <= lanes:
+        return jax.vmap(kernel)(*arrays)
+    groups = -(-batch // lanes)
+    extra = groups * lanes - batch
+    padded = tuple(jnp.concatenate([a, jnp.repeat(a[:1], extra, axis=0)]) if extra else a
+                   for a in arrays)
+    out = jax.lax.map(lambda args: kernel(*args), padded, batch_size=lanes)
+    return jax.tree_util.tree_map(lambda a: a[:batch], out)

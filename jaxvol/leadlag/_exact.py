@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxvol.leadlag._series import Series, increments
+from jaxvol.leadlag._series import Series, increments, search
 
 CHUNK = 1 << 16
 
@@ -31,8 +31,8 @@ def pair_counts(sx: Series, sy: Series, lag_first, lag_last, tol):
     """Per x interval: the first y interval that can overlap and how many can, over the grid."""
     tx, ty = sx.times, sy.times
     valid = jnp.arange(tx.shape[-1] - 1) < sx.count - 1
-    start = jnp.maximum(jnp.searchsorted(ty, tx[:-1] + lag_first + tol, side="right") - 1, 0)
-    end = jnp.minimum(jnp.searchsorted(ty, tx[1:] + lag_last - tol, side="left"),
+    start = jnp.maximum(search(ty, tx[:-1] + lag_first + tol, "right") - 1, 0)
+    end = jnp.minimum(search(ty, tx[1:] + lag_last - tol, "left"),
                       sy.count - 1)
     count = jnp.where(valid, jnp.maximum(end - start, 0), 0)
     return start, count
@@ -54,12 +54,12 @@ def block_differences(sx: Series, sy: Series, lags, tol, blocks: int, chunk: int
         base, diff = carry
         p = base + jnp.arange(chunk, dtype=int_dtype)
         live = p < total
-        i = jnp.minimum(jnp.searchsorted(ends, p, side="right"), dx.shape[-1] - 1)
+        i = jnp.minimum(search(ends, p, "right"), dx.shape[-1] - 1)
         j = jnp.clip(start[i] + (p - firsts[i]), 0, dy.shape[-1] - 1)
         low = ty[j] - tx[i + 1] + tol
         high = ty[j + 1] - tx[i] - tol
-        k_lo = jnp.searchsorted(lags, low, side="right")
-        k_hi = jnp.searchsorted(lags, high, side="left")
+        k_lo = search(lags, low, "right")
+        k_hi = search(lags, high, "left")
         live = live & (k_lo < k_hi)
         value = jnp.where(live, dx[i] * dy[j], 0.0)
         row = (i.astype(int_dtype) * blocks) // intervals

@@ -18,7 +18,7 @@ from jaxvol.leadlag.status import LeadLagStatus
 class Series(NamedTuple):
     times: jnp.ndarray   # [n] seconds, valid first, +inf after
     values: jnp.ndarray  # [n] valid first, 0 after
-    count: jnp.ndarray   # int32 number of valid ticks
+    count: jnp.ndarray   # number of valid ticks (default int)
     status: jnp.ndarray  # int32 LeadLagStatus
 
 
@@ -28,7 +28,7 @@ def compact(times, values, keep):
     position = jnp.where(keep, jnp.cumsum(keep) - 1, n)
     out_t = jnp.full_like(times, jnp.inf).at[position].set(times, mode="drop")
     out_v = jnp.zeros_like(values).at[position].set(values, mode="drop")
-    return out_t, out_v, jnp.sum(keep).astype(jnp.int32)
+    return out_t, out_v, jnp.sum(keep).astype(jnp.result_type(int))
 
 
 def _first_bad(*checks):
@@ -81,3 +81,8 @@ def increments(series: Series):
     """Increments ``values[i+1] - values[i]`` of the valid intervals (0 elsewhere), [n-1]."""
     valid = jnp.arange(1, series.values.shape[-1]) < series.count
     return jnp.where(valid, jnp.diff(series.values), 0.0)
+
+
+def search(sorted_values, query, side):
+    """jnp.searchsorted in the default int dtype (it returns int32)."""
+    return jnp.searchsorted(sorted_values, query, side=side).astype(jnp.result_type(int))

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol.leadlag import _edge
-from jaxvol.leadlag.contrast import binned_rows
+from jaxvol.leadlag.hry import binned_rows
 from jaxvol.leadlag.options import LeadLagOptions
 from jaxvol.leadlag.status import LeadLagStatus
 
@@ -93,8 +93,7 @@ def _summaries(rows, variance_x, variance_y, status, key, lags, *, replicates, l
     keys = jax.vmap(lambda lane: jax.random.fold_in(key, lane))(jnp.arange(status.shape[0]))
     kernel = functools.partial(_summary, lags=lags, replicates=replicates, level=level)
     lanes = _edge.lane_batch(max(replicates, 1) * lags.shape[0] * 24)
-    return jax.lax.map(lambda a: kernel(*a), (rows, variance_x, variance_y, status, keys),
-                       batch_size=lanes)
+    return _edge.map_lanes(kernel, (rows, variance_x, variance_y, status, keys), lanes)
 
 
 def estimate(t_x, x, t_y, y, *, max_lag, resolution, mask_x=None, mask_y=None,

@@ -77,7 +77,7 @@ def _finish(rows, batch):
 def _contrast_exact(tx, x, mx, ty, y, my, lags, *, series_opts, tol, chunk, lanes):
     kernel = functools.partial(exact_pair, series_opts=dict(series_opts), tol=tol, blocks=1,
                                chunk=chunk)
-    return jax.lax.map(lambda a: kernel(*a, lags), (tx, x, mx, ty, y, my), batch_size=lanes)
+    return _edge.map_lanes(lambda *a: kernel(*a, lags), (tx, x, mx, ty, y, my), lanes)
 
 
 def _check_lags(lags, dtype):
@@ -164,7 +164,7 @@ def _binned_rows(tx, x, mx, ty, y, my, *, series_opts, half, resolution, method,
     kernel = functools.partial(binned_pair, series_opts=dict(series_opts), half=half,
                                resolution=resolution, method=method, n_cells=n_cells,
                                blocks=blocks, chunk=chunk)
-    return jax.lax.map(lambda a: kernel(*a), (tx, x, mx, ty, y, my), batch_size=lanes)
+    return _edge.map_lanes(kernel, (tx, x, mx, ty, y, my), lanes)
 
 
 def binned_rows(t_x, x, t_y, y, *, mask_x, mask_y, max_lag, resolution, options, n_cells,
@@ -190,7 +190,8 @@ def binned_rows(t_x, x, t_y, y, *, mask_x, mask_y, max_lag, resolution, options,
     rows = _binned_rows(tx, xv, mx, ty, yv, my,
                         series_opts=tuple(sorted(options.series_options().items())),
                         half=half, resolution=float(resolution), method=method,
-                        n_cells=int(n_cells or 0), blocks=int(blocks), chunk=chunk,
+                        n_cells=int(n_cells) if method == "grid" else 0,
+                        blocks=int(blocks), chunk=chunk,
                         lanes=_edge.lane_batch(lane_bytes))
     lags = jnp.arange(-half, half + 1).astype(dtype) * jnp.asarray(resolution, dtype)
     return rows, lags, batch
