@@ -50,16 +50,18 @@ def _previous(series: Series, at):
     return series.values[jnp.clip(index, 0, series.values.shape[-1] - 1)]
 
 
-def _grid_sums(own: Series, other: Series, start, stop, interval):
-    """sum_k dA_k dB_k over grid bins, A = ``own`` (by its ticks), B = ``other``."""
+def _grid_sums(own: Series, other: Series, start, stop, interval, tol):
+    """sum_k dA_k dB_k over grid bins, A = ``own`` (by its ticks), B = ``other``; a tick within
+    ``tol`` seconds of a grid time counts as at it (float grids never split a shared time)."""
     d = increments(own)
     tick = own.times[1:]
-    bin_ = jnp.ceil((tick - start) / interval) - 1.0
-    live = (d != 0) & (bin_ >= 0) & (start + (bin_ + 1) * interval <= stop)
+    bin_ = jnp.ceil((tick - start - tol) / interval) - 1.0
+    live = (d != 0) & (bin_ >= 0) & (start + (bin_ + 1) * interval <= stop + tol)
     bin_ = jnp.where(live, bin_, 0.0)
     low = start + bin_ * interval
     high = low + interval
-    return jnp.sum(jnp.where(live, d * (_previous(other, high) - _previous(other, low)), 0.0))
+    change = _previous(other, high + tol) - _previous(other, low + tol)
+    return jnp.sum(jnp.where(live, d * change, 0.0))
 
 
 def _epps_lane(tx, x, mx, ty, y, my, intervals, *, series_opts):
@@ -70,11 +72,12 @@ def _epps_lane(tx, x, mx, ty, y, my, intervals, *, series_opts):
                        sy.times[jnp.maximum(sy.count - 1, 0)])
 
     def one(interval):
-        whole = jnp.floor((stop - start) / interval)
+        whole = jnp.floor((stop - start) / interval + 1e-9)
         end = start + whole * interval
-        cov = _grid_sums(sx, sy, start, end, interval)
-        var_x = _grid_sums(sx, sx, start, end, interval)
-        var_y = _grid_sums(sy, sy, start, end, interval)
+        tol = series_opts["tie_tolerance"]
+        cov = _grid_sums(sx, sy, start, end, interval, tol)
+        var_x = _grid_sums(sx, sx, start, end, interval, tol)
+        var_y = _grid_sums(sy, sy, start, end, interval, tol)
         ok = (whole >= 2) & (var_x > 0) & (var_y > 0)
         corr = cov / jnp.sqrt(jnp.where(ok, var_x * var_y, 1.0))
         return jnp.where(ok, corr, jnp.nan), whole
