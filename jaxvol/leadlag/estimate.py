@@ -7,7 +7,9 @@ times floored to the resolution, see :func:`jaxvol.leadlag.contrast_grid`) and r
   positive when x leads y;
 - ``llr``: the lead–lag ratio of Huth & Abergel (2014), sum_{theta>0} U^2 / sum_{theta<0} U^2,
   above 1 when x leads y;
-- ``correlation``: the signed HY correlation at ``lag``, U(lag) / sqrt(sum dx^2 sum dy^2);
+- ``correlation``: the signed HY correlation at ``lag``, U(lag) / sqrt(sum dx^2 sum dy^2)
+  (a ratio of the HY covariance to realised variances, not an inner product of two vectors:
+  on a finite sample it can leave [-1, 1] slightly);
 - ``lag_low``/``lag_high``, ``llr_low``/``llr_high``: percentile intervals (two-sided
   ``options.level``) of a Gaussian multiplier block bootstrap. The contrast is a sum over blocks
   of consecutive x intervals (or cells), U = sum_g U_g; a replicate is
