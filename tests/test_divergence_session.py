@@ -66,7 +66,12 @@ def test_report_and_tables(session, tmp_path):
     table, truth, out = session
     write_report(out, tmp_path / "report.html", truth=truth)
     text = (tmp_path / "report.html").read_text()
-    assert text.count("data:image/png;base64") == 3
+    assert text.count("data:image/png;base64") == 4
+    # spot leads the IV in the planted IV-lag events: the contrast peaks at lag >= 0
+    c = out["contrast"]
+    for name in c.instrument.unique():
+        r = c[c.instrument == name]
+        assert r.lag.iloc[int(np.argmax(np.abs(r.correlation)))] >= 0.0
     assert list(out["events"].columns) == list(divergence.EVENT_COLUMNS)
     assert {"d_sticky_strike", "d_sticky_delta", "d_ssr", "z", "state"} <= set(out["series"])
     assert set(out["fits"]["lam_status_name"]) <= {"CONVERGED", "AT_BOUND", "MAX_ITERATIONS"}

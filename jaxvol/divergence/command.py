@@ -58,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"jaxvol divergence: {err}") from None
     folder = pathlib.Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("series", "fits", "events", "curves", "spread_buckets"):
+    for name in ("series", "fits", "events", "curves", "spread_buckets", "contrast"):
         out[name].to_parquet(folder / f"{name}.parquet", index=False)
     write_report(out, folder / "report.html", truth=truth)
-    say(f"wrote {folder}/{{series,fits,events,curves,spread_buckets}}.parquet and report.html")
+    say(f"wrote {folder}/{{series,fits,events,curves,spread_buckets,contrast}}.parquet and report.html")
     return 0
 
 
@@ -119,6 +119,18 @@ def _figures(out):
     ax.legend(fontsize=7)
     figs.append(("Reversion speed by spread bucket", _png(fig)))
     plt.close(fig)
+    c = out["contrast"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name in names:
+        r = c[c.instrument == name]
+        ax.plot(r.lag, r.correlation, label=name)
+    ax.axvline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("lag (s), positive = spot leads IV")
+    ax.set_ylabel("HRY contrast (correlation)")
+    ax.set_title("Lead-lag contrast: log spot vs ATM IV (jaxvol.leadlag)")
+    ax.legend(fontsize=7)
+    figs.append(("Lead–lag contrast curve", _png(fig)))
+    plt.close(fig)
     return figs
 
 
@@ -139,8 +151,6 @@ def write_report(out, path, *, truth=None) -> None:
     if out.get("flagged"):
         parts.append(f"<p><b>{out['flagged']} rows flagged</b> for duplicate or decreasing "
                      "timestamps (kept in the input, excluded from the series).</p>")
-    parts.append("<p>The lead–lag contrast curve is not shown: jaxvol.leadlag is not "
-                 "available in this build.</p>")
     for title, png in figs:
         parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{png}'>")
     parts += ["<h2>OU fits</h2>", fits, f"<h2>Events ({len(out['events'])})</h2>", events,

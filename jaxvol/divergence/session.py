@@ -57,6 +57,22 @@ def _fit_table(names, result, label):
         lam_status=status, lam_status_name=status_names(status, ou.OUStatus)))
 
 
+def _lead_lag(names, data, max_lag: float = 10.0, resolution: float = 0.25):
+    """HRY contrast of log spot (x) against the ATM IV (y) on -max_lag..max_lag (positive
+    lag = spot leads), through jaxvol.leadlag.contrast."""
+    import pandas as pd
+    from jaxvol import leadlag
+
+    lags = np.arange(-max_lag, max_lag + 0.5 * resolution, resolution)
+    rows = []
+    for name in names:
+        s = data[name]
+        c = leadlag.contrast(s["t_spot"], np.log(s["spot"]), s["t_iv"], s["iv"], lags)
+        rows.append(pd.DataFrame(dict(instrument=name, lag=lags,
+                                      correlation=np.asarray(c.correlation))))
+    return pd.concat(rows, ignore_index=True)
+
+
 def analyse(table, *, skew: float = -0.4, enter: float = 3.0, exit: float = 1.0,
             progress=print):
     """Run the pipeline; returns dict of DataFrames ``series``, ``fits``, ``events`` and
@@ -124,6 +140,8 @@ def analyse(table, *, skew: float = -0.4, enter: float = 3.0, exit: float = 1.0,
             **{f"d_{m}": s[f"d_{m}"] for m in MODELS})))
     ev = pd.concat(tables, ignore_index=True)
     progress(f"{len(ev)} events")
+    contrast = _lead_lag(names, data)
+    progress("lead-lag contrast of log spot against ATM IV")
     buckets = []
     for i, name in enumerate(names):
         b = np.asarray(covar.beta)[i]
@@ -132,5 +150,6 @@ def analyse(table, *, skew: float = -0.4, enter: float = 3.0, exit: float = 1.0,
                                 lam=math.exp(b[0] + b[1] * math.log(q)),
                                 half_life=math.log(2) / math.exp(b[0] + b[1] * math.log(q))))
     return dict(series=pd.concat(frames, ignore_index=True), fits=fits, events=ev,
+                contrast=contrast,
                 curves=pd.concat(curves, ignore_index=True),
                 spread_buckets=pd.DataFrame(buckets), data=data, flagged=flagged)
