@@ -429,12 +429,12 @@ def _payoff_lane(data, lane_id, params, args, *, impl, scheme, measure, config, 
     p, ok = _lane_model(params, measure)
     init, step, observe = _simulation(p, scheme, config, dtype)
     times = p["expiry"] * jnp.asarray(observe_steps, dtype) / config.steps
-    discount = jnp.exp(-p["rate"] * p["expiry"])
+    discount = jnp.exp(-p["rate"] * times)
 
     def summarize(observed, state, blocks):
-        path = dict(observed, times=times, spot0=p["spot"], v0=p["v0"])
+        path = dict(observed, times=times, discount=discount, spot0=p["spot"], v0=p["v0"])
         values = payoff(path, args)
-        return estimators.path_statistics(discount * values, None, blocks, config.antithetic)
+        return estimators.path_statistics(values, None, blocks, config.antithetic)
 
     sums = engine.lane_sums(_wrap(data, impl), lane_id, init=init, step=step, observe=observe,
                             summarize=summarize, observe_steps=observe_steps, noise=NOISE,
@@ -446,7 +446,7 @@ def heston_price(key, payoff, payoff_args=None, *, spot, v0, kappa, theta, sigma
                  div, expiry, steps, paths, observe=None, scheme="qe_m", measure="Q",
                  drift=None, vol_risk_premium=0.0, antithetic=True, block=1024, chunk=16,
                  lane=None, devices=None):
-    """Discounted expectation e^{-rate expiry} E[payoff(path)] of any path payoff; an
+    """The expectation E[payoff(path)] of any (discounted) path payoff; an
     :class:`MCResult` of shape lane shape + (k,).
 
     ``payoff(path, payoff_args)`` returns values [n, k] from ``path``, a dict with ``spot`` and
