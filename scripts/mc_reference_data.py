@@ -16,7 +16,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import QuantLib as ql  # noqa: E402
 
-from jaxvol import heston  # noqa: E402
+from jaxvol import heston, indices  # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "mc_references.json"
 
@@ -54,6 +54,15 @@ def main():
                    rho=-0.7)
     out["surface"] = dict(surface, expiry=1.0, strike=[80.0, 100.0, 120.0], price=[
         float(heston.price(k, 1.0, is_call=True, **surface)) for k in (80.0, 100.0, 120.0)])
+    strikes = jnp.linspace(20.0, 400.0, 381)
+    calls = heston.price(strikes, 1.0, is_call=True, **surface)
+    puts = heston.price(strikes, 1.0, is_call=False, **surface)
+    replicated = indices.varswap.replication_variance(strikes, calls, puts,
+                                                      jnp.ones(381, bool), 100.0, 1.0, 1.0,
+                                                      100.0, 1.0)
+    out["varswap"] = dict(surface, expiry=1.0, strikes="20..400 step 1", replicated=float(
+        replicated), fair_variance=float(heston.fair_variance(1.0, 0.04, 1.5, 0.04)))
+    print("varswap", out["varswap"])
     OUT.write_text(json.dumps(out, indent=1))
     for name in ("physical",):
         print(name, out[name]["price"], out[name]["quantlib"])
