@@ -41,7 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr, ndtr
+from jax.scipy.special import ndtr
 
 from jaxvol import heston as analytic
 from jaxvol.heston.measures import to_physical
@@ -96,9 +96,9 @@ def _qe_exponential(m, psi, zv, big_a):
     """Exponential branch (valid for psi >= 1): v' = 0 w.p. p, else exponential(beta)."""
     p = jnp.clip((psi - 1.0) / (psi + 1.0), 0.0, 1.0 - 1e-12)
     beta = (1.0 - p) / m
-    u = ndtr(zv)
-    tail = jnp.log1p(-p) - log_ndtr(-zv)  # log((1 - p)/(1 - u)), stable for u -> 1
-    v_new = jnp.where(u > p, jnp.maximum(tail, 0.0) / beta, 0.0)
+    upper = ndtr(-zv)  # 1 - u, u = Phi(zv): accurate in the tail u -> 1 (erfc)
+    tail = jnp.log1p(-p) - jnp.log(jnp.maximum(upper, jnp.finfo(upper.dtype).tiny))
+    v_new = jnp.where(upper < 1.0 - p, jnp.maximum(tail, 0.0) / beta, 0.0)
     ok = big_a < beta
     safe = jnp.where(ok, beta - big_a, 1.0)
     log_mgf = jnp.log(p + beta * (1.0 - p) / safe)
