@@ -105,8 +105,8 @@ def test_forward_start_call_closed_form():
 def test_realized_variance_matches_model_free_fair_variance():
     # Heston (reference surface parameters, r = 0), 252 daily fixings: E[realised variance]
     # from QE-M paths vs the model-free fair variance of jaxvol.indices' replication on
-    # jaxvol.heston.price's smile (tests/data), and vs the analytic fair_variance; within 3 standard errors
-    # plus the replication's strike-grid error (measured: below 2e-4 here)
+    # jaxvol.heston.price's smile (tests/data), and vs the analytic fair_variance; within 3
+    # standard errors plus the replication's strike-grid error (measured: below 2e-4 here)
     s = REF["surface"]
     p = dict(spot=100.0, rate=0.0, div=0.0, v0=s["v0"], kappa=s["kappa"], theta=s["theta"],
              sigma=s["sigma"], rho=s["rho"])
