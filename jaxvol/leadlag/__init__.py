@@ -11,11 +11,12 @@ Sign convention everywhere: a **positive lag means x leads y**. Times and lags i
 """
 
 from jaxvol.leadlag.hry import (Contrast, HayashiYoshida, contrast, contrast_grid,
-                                     hayashi_yoshida)
+                                hayashi_yoshida)
 from jaxvol.leadlag.epps import EppsCurve, epps_curve
 from jaxvol.leadlag.estimate import LeadLagEstimate, estimate, lead_lag_matrix
 from jaxvol.leadlag.options import LeadLagOptions
 from jaxvol.leadlag.status import LeadLagStatus
 
-__all__ = ["Contrast", "EppsCurve", "epps_curve", "HayashiYoshida", "LeadLagEstimate", "LeadLagOptions", "LeadLagStatus",
-           "contrast", "contrast_grid", "estimate", "hayashi_yoshida", "lead_lag_matrix"]
+__all__ = ["Contrast", "EppsCurve", "HayashiYoshida", "LeadLagEstimate", "LeadLagOptions",
+           "LeadLagStatus", "contrast", "contrast_grid", "epps_curve", "estimate",
+           "hayashi_yoshida", "lead_lag_matrix"]

@@ -17,6 +17,11 @@ times floored to the resolution, see :func:`jaxvol.leadlag.contrast_grid`) and r
   The block rows come out of the same single pass, so B replicates cost a [B, blocks] x
   [blocks, lags] product, not B passes. The interval is widened to contain the point estimate.
 - ``status``: :class:`LeadLagStatus` (``AT_BOUND``: the lag is an end of the grid, widen it).
+
+A grid finer than the tick spacing resolves the lag only to about one spacing: a shift smaller
+than the intervals keeps most pairs overlapping, so |U| is nearly flat there and the argmax can
+sit anywhere on that plateau (HRY's consistency is for spacings going to 0). The bootstrap
+interval shows that width; sub-sampling widens it, pre-averaging smears the peak.
 """
 
 from __future__ import annotations
