@@ -1,0 +1,13 @@
+"""Local volatility: implied surfaces as JAX functions, Gatheral/Dupire local vol by autodiff,
+local-volatility Monte Carlo and Heston stochastic-local volatility (particle calibration)."""
+
+from jaxvol.localvol.gatheral import (LVStatus, LocalVol, SimulationPolicy, SurfaceDiagnostics,
+                                      apply_policy, call_prices, diagnostics, dupire_local_vol,
+                                      local_vol, local_vol_parts, violation_summary)
+from jaxvol.localvol.surface import (SSVISurface, SVISurface, flat_surface, from_tables,
+                                     interval_weights)
+
+__all__ = ["LVStatus", "LocalVol", "SimulationPolicy", "SurfaceDiagnostics", "SSVISurface",
+           "SVISurface", "apply_policy", "call_prices", "diagnostics", "dupire_local_vol",
+           "flat_surface", "from_tables", "interval_weights", "local_vol", "local_vol_parts",
+           "violation_summary"]
