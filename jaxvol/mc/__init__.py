@@ -7,6 +7,9 @@ User entry points
   :mod:`jaxvol.mc.payoffs`): Heston with schemes ``"qe_m"`` (Andersen 2008 QE-M, default),
   ``"qe_m_smooth"`` (differentiable switch, for greeks), ``"euler"`` (full truncation),
   ``"exact"`` (noncentral chi-square variance); see :mod:`jaxvol.mc.heston`.
+- :func:`simulate` (general SV models :class:`SVModel`, ready-made :data:`HESTON`,
+  :data:`THREE_HALVES`, :data:`GARCH`; schemes ``"euler"``, ``"milstein"``), see
+  :mod:`jaxvol.mc.general`; :func:`jaxvol.heston.to_risk_neutral` / ``to_physical``.
 - Results: :class:`MCResult` ``(price, stderr, stderr_plain, paths, status)``, one per lane and
   priced quantity; :class:`MCStatus` codes (``jaxvol.status``).
 
@@ -40,11 +43,13 @@ with ``summarize`` built from ``path_statistics``, then ``estimate``; and expose
 function through ``run_lanes`` (see ``jaxvol.mc.heston._european_lane`` as the example).
 """
 
-from jaxvol.mc import batch, engine, estimators, keys  # noqa: F401
+from jaxvol.mc import batch, engine, estimators, keys, payoffs  # noqa: F401
 from jaxvol.mc.engine import MCConfig
 from jaxvol.mc.estimators import MCResult, MCStatus
+from jaxvol.mc.general import GARCH, HESTON, THREE_HALVES, SVModel, simulate
 from jaxvol.mc.heston import (SCHEMES, HestonPaths, heston_european, heston_paths,
                               heston_price)
 
 __all__ = ["MCConfig", "MCResult", "MCStatus", "SCHEMES", "HestonPaths", "heston_european",
-           "heston_paths", "heston_price", "batch", "engine", "estimators", "keys"]
+           "heston_paths", "heston_price", "SVModel", "HESTON", "THREE_HALVES", "GARCH",
+           "simulate", "batch", "engine", "estimators", "keys", "payoffs"]

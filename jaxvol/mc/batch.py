@@ -20,6 +20,7 @@ import numpy as np
 __all__ = ["run_lanes", "is_traced"]
 
 _MAPS: dict = {}
+_JITS: dict = {}
 
 
 def is_traced(*trees) -> bool:
@@ -32,25 +33,27 @@ def run_lanes(lane_fn, arrays, *, devices=None, cache_key=None):
 
     ``lane_fn`` must be a pure function of arrays only (static settings bound in a
     ``functools.partial``); ``cache_key`` (hashable) identifies it for the device-map cache."""
-    mapped = jax.vmap(lane_fn)
+    key = cache_key if cache_key is not None else lane_fn
+    jitted = _JITS.get(key)
+    if jitted is None:
+        jitted = _JITS[key] = jax.jit(jax.vmap(lane_fn))
     lanes = jax.tree.leaves(arrays)[0].shape[0]
     count = len(jax.local_devices()) if devices is None else int(devices)
     if count < 1:
         raise ValueError(f"devices must be >= 1, got {devices!r}")
     if count == 1 or lanes == 0 or is_traced(arrays):
-        return jax.jit(mapped)(*arrays)
+        return jitted(*arrays)
     from jaxvol.jobs.sharding import DeviceMap, local_mesh
 
     mesh = local_mesh(count)
-    key = (cache_key if cache_key is not None else lane_fn, count)
-    device_map = _MAPS.get(key)
+    leaves, tree = jax.tree.flatten(arrays)
+    device_map = _MAPS.get((key, count, tree))
     if device_map is None:
-        device_map = _MAPS[key] = DeviceMap(mapped)
+        device_map = _MAPS[(key, count, tree)] = DeviceMap(
+            lambda *flat: jax.vmap(lane_fn)(*jax.tree.unflatten(tree, flat)))
     padded = -(-lanes // count) * count
-    host = [np.asarray(a) for a in arrays]
+    host = [np.asarray(a) for a in leaves]
     host = [np.concatenate([a, np.repeat(a[:1], padded - lanes, axis=0)]) if padded > lanes
             else a for a in host]
     out = device_map(mesh, *host)
     return jax.tree.map(lambda a: jax.device_put(a, jax.local_devices()[0])[:lanes], out)
-
-
