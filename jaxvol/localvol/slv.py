@@ -36,11 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvol._dtypes import float_dtype
+from jaxvol._dtypes import as_bool, float_dtype
 from jaxvol.black import black_price
 from jaxvol.implied import implied_vol
 from jaxvol.localvol.gatheral import LVStatus, SimulationPolicy, _local_vol_kernel, apply_policy
-from jaxvol.localvol.montecarlo import DEFAULT_POLICY, interpolate_nodes, time_grid
+from jaxvol.localvol.montecarlo import (DEFAULT_POLICY, _engine_promotion, interpolate_nodes,
+                                        time_grid)
 from jaxvol.mc import engine, estimators, keys
 
 PSEUDO_PARTICLES = 0.01  # per node: defines empty nodes, biases a node of n particles by 1%/n
@@ -102,7 +103,7 @@ def conditional_variance(k, v, nodes):
     h = nodes[1] - nodes[0]
     u = jnp.clip((k - nodes[0]) / h, 0.0, nodes.shape[0] - 1.0)
     j = jnp.clip(jnp.floor(u), 0, nodes.shape[0] - 2).astype(jnp.int32)
-    frac = u - j
+    frac = u - j.astype(u.dtype)
     count = jnp.zeros_like(nodes).at[j].add(1.0 - frac).at[j + 1].add(frac)
     mass = jnp.zeros_like(nodes).at[j].add((1.0 - frac) * v).at[j + 1].add(frac * v)
     return (mass + PSEUDO_PARTICLES * jnp.mean(v)) / (count + PSEUDO_PARTICLES)
@@ -132,7 +133,8 @@ def _lv_at(w, nodes, t, policy):
 def _calibrate_pass(w, key, model, times, *, paths, block, bins, width, leverage_cap, policy,
                     dtype):
     blocks = paths // block
-    block_keys = jax.vmap(lambda b: keys.block_key(key, 0, b))(jnp.arange(blocks))
+    block_keys = jax.vmap(lambda b: keys.block_key(key, jnp.int32(0), b))(
+        jnp.arange(blocks, dtype=jnp.int32))
     atm_vol = jnp.sqrt(jnp.maximum(w(jnp.zeros((), dtype), times[-1]), 1e-8) / times[-1])
 
     def one_step(state, i):
@@ -182,7 +184,7 @@ def _reprice(key, lane, model, times, lev, nodes, sigma_lv, strike, is_call, opt
         return estimators.path_statistics(payoff(k_obs[option_obs]), controls, blocks,
                                           config.antithetic)
 
-    sums = engine.lane_sums(key, lane, init=init, step=step,
+    sums = engine.lane_sums(key, jnp.int32(lane), init=init, step=step,
                             observe=lambda s: (s[0], s[2]), summarize=summarize,
                             observe_steps=observe_steps, noise=2, dtype=dtype, config=config)
     means = jnp.concatenate([surface_price, jnp.ones(len(observe_steps), dtype)])
@@ -301,13 +303,15 @@ def calibrate_slv(key, w, strike, expiry, *, spot, rate, div, v0, kappa, theta, 
     model = HestonSLV(*(jnp.asarray(x, dtype) for x in (v0, kappa, theta, sigma, rho, mixing)))
     data, impl = _key_parts(key)
     core = _calibrate_traced if hasattr(w, "tree_flatten") else _calibrate_static
-    return core(w, data, model, jnp.asarray(times, dtype), jnp.asarray(strike_host, dtype),
-                jnp.asarray(calls), jnp.asarray(option_obs, jnp.int32),
-                jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
-                jnp.asarray(rate, dtype), jnp.asarray(div, dtype), jnp.asarray(tolerance, dtype),
-                impl=impl, paths=int(paths), block=int(block), bins=int(bins),
-                width=float(width), leverage_cap=float(leverage_cap), policy=policy,
-                reprice_config=reprice, observe_steps=observe_steps, dtype=dtype)
+    with _engine_promotion():
+        return core(w, data, model, jnp.asarray(times, dtype), jnp.asarray(strike_host, dtype),
+                    jnp.asarray(calls), jnp.asarray(option_obs, jnp.int32),
+                    jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
+                    jnp.asarray(rate, dtype), jnp.asarray(div, dtype),
+                    jnp.asarray(tolerance, dtype),
+                    impl=impl, paths=int(paths), block=int(block), bins=int(bins),
+                    width=float(width), leverage_cap=float(leverage_cap), policy=policy,
+                    reprice_config=reprice, observe_steps=observe_steps, dtype=dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("config", "observe_steps",
@@ -355,11 +359,12 @@ def slv_european_mc(key, w, calibration: SLVCalibration, strike, expiry, *, spot
     config = engine.MCConfig(paths=int(paths), steps=len(times) - 1, block=block, chunk=chunk)
     data, impl = _key_parts(key)
     fn = _price_traced if hasattr(w, "tree_flatten") else _price_static
-    result = fn(w, data, calibration, jnp.broadcast_to(jnp.asarray(strike, dtype),
-                                                       shape).reshape(-1),
-                jnp.broadcast_to(jnp.asarray(is_call) != 0, shape).reshape(-1),
-                jnp.asarray(np.searchsorted(unique, expiry_host), jnp.int32),
-                jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
-                jnp.asarray(rate, dtype), jnp.asarray(div, dtype), config=config,
-                observe_steps=tuple(int(i) for i in index), dtype=jnp.dtype(dtype), impl=impl)
-    return jax.tree.map(lambda x: x.reshape(shape), result)
+    with _engine_promotion():
+        result = fn(w, data, calibration, jnp.broadcast_to(jnp.asarray(strike, dtype),
+                                                           shape).reshape(-1),
+                    jnp.broadcast_to(as_bool(is_call), shape).reshape(-1),
+                    jnp.asarray(np.searchsorted(unique, expiry_host), jnp.int32),
+                    jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
+                    jnp.asarray(rate, dtype), jnp.asarray(div, dtype), config=config,
+                    observe_steps=tuple(int(i) for i in index), dtype=jnp.dtype(dtype), impl=impl)
+        return jax.tree.map(lambda x: x.reshape(shape), result)
