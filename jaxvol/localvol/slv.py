@@ -104,9 +104,11 @@ def conditional_variance(k, v, nodes):
     u = jnp.clip((k - nodes[0]) / h, 0.0, nodes.shape[0] - 1.0)
     j = jnp.clip(jnp.floor(u), 0, nodes.shape[0] - 2).astype(jnp.int32)
     frac = u - j.astype(u.dtype)
-    count = jnp.zeros_like(nodes).at[j].add(1.0 - frac).at[j + 1].add(frac)
-    mass = jnp.zeros_like(nodes).at[j].add((1.0 - frac) * v).at[j + 1].add(frac * v)
-    return (mass + PSEUDO_PARTICLES * jnp.mean(v)) / (count + PSEUDO_PARTICLES)
+    weight = jnp.concatenate([1.0 - frac, frac])
+    values = jnp.stack([weight, weight * jnp.concatenate([v, v])], axis=1)
+    sums = jnp.zeros((nodes.shape[0], 2), nodes.dtype).at[jnp.concatenate([j, j + 1])].add(
+        values)  # one scatter: (count, mass) per node
+    return (sums[:, 1] + PSEUDO_PARTICLES * jnp.mean(v)) / (sums[:, 0] + PSEUDO_PARTICLES)
 
 
 def _correlated(z, rho):
