@@ -86,7 +86,8 @@ def test_calendar_arbitrage_and_bad_points_get_status_not_exceptions():
     # two SVI slices whose total variance decreases at k = 0 between T = 0.5 and T = 1
     params = np.array([[0.04, 0.1, -0.5, 0.0, 0.2], [0.03, 0.1, -0.5, 0.0, 0.2]])
     surface = lv.SVISurface(np.array([0.5, 1.0]), params)
-    out = lv.local_vol(surface, np.array([0.0, 0.0, np.nan, 0.0]), np.array([0.75, 0.25, 0.5, -1.0]))
+    out = lv.local_vol(surface, np.array([0.0, 0.0, np.nan, 0.0]),
+                       np.array([0.75, 0.25, 0.5, -1.0]))
     assert list(np.asarray(out.status)) == [lv.LVStatus.CALENDAR_ARBITRAGE, 0,
                                             lv.LVStatus.NON_FINITE_INPUT, lv.LVStatus.BAD_INPUT]
     assert np.isnan(np.asarray(out.vol)[[0, 2, 3]]).all() and np.isfinite(out.vol[1])

@@ -12,7 +12,6 @@ depend on which device runs it.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np

@@ -123,7 +123,8 @@ def observation_index(steps: int, observe_steps) -> tuple[np.ndarray, np.ndarray
 
 
 def _chunk_keys(key, lane, chunk_index, config):
-    blocks = chunk_index * config.chunk_blocks + jnp.arange(config.chunk_blocks)
+    blocks = chunk_index * config.chunk_blocks + jnp.arange(config.chunk_blocks,
+                                                            dtype=jnp.int32)
     return jax.vmap(lambda b: mc_keys.block_key(key, lane, b))(blocks), blocks
 
 

@@ -140,11 +140,11 @@ def _general_lane(data, lane_id, base, params, args, *, impl, model, scheme, mea
         return {"spot": b["spot"] * jnp.exp(state[0]), "variance": state[1]}
 
     times = b["expiry"] * jnp.asarray(observe_steps, dtype) / config.steps
-    discount = jnp.exp(-b["rate"] * b["expiry"])
+    discount = jnp.exp(-b["rate"] * times)
 
     def summarize(observed, state, blocks):
-        path = dict(observed, times=times, spot0=b["spot"], v0=b["v0"])
-        return estimators.path_statistics(discount * payoff(path, args), None, blocks,
+        path = dict(observed, times=times, discount=discount, spot0=b["spot"], v0=b["v0"])
+        return estimators.path_statistics(payoff(path, args), None, blocks,
                                           config.antithetic)
 
     sums = engine.lane_sums(_wrap(data, impl), lane_id, init=init, step=step, observe=observe,
@@ -156,7 +156,7 @@ def _general_lane(data, lane_id, base, params, args, *, impl, model, scheme, mea
 def simulate(key, model: SVModel, params: dict, payoff, payoff_args=None, *, spot, v0, rho,
              rate, div, expiry, steps, paths, scheme="euler", measure="Q", drift=None,
              observe=None, antithetic=True, block=1024, chunk=16, lane=None, devices=None):
-    """Discounted e^{-rate expiry} E[payoff(path)] under a general SV model; an
+    """E[payoff(path)] of a (discounted) path payoff under a general SV model; an
     :class:`MCResult` of shape lane shape + (k,).
 
     ``params``: the model's parameters (dict of arrays, must hold ``eta`` > 0), broadcast with

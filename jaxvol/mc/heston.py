@@ -41,7 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr, ndtr
+from jax.scipy.special import ndtr
 
 from jaxvol import heston as analytic
 from jaxvol.heston.measures import to_physical
@@ -96,9 +96,9 @@ def _qe_exponential(m, psi, zv, big_a):
     """Exponential branch (valid for psi >= 1): v' = 0 w.p. p, else exponential(beta)."""
     p = jnp.clip((psi - 1.0) / (psi + 1.0), 0.0, 1.0 - 1e-12)
     beta = (1.0 - p) / m
-    u = ndtr(zv)
-    tail = jnp.log1p(-p) - log_ndtr(-zv)  # log((1 - p)/(1 - u)), stable for u -> 1
-    v_new = jnp.where(u > p, jnp.maximum(tail, 0.0) / beta, 0.0)
+    upper = ndtr(-zv)  # 1 - u, u = Phi(zv): accurate in the tail u -> 1 (erfc)
+    tail = jnp.log1p(-p) - jnp.log(jnp.maximum(upper, jnp.finfo(upper.dtype).tiny))
+    v_new = jnp.where(upper < 1.0 - p, jnp.maximum(tail, 0.0) / beta, 0.0)
     ok = big_a < beta
     safe = jnp.where(ok, beta - big_a, 1.0)
     log_mgf = jnp.log(p + beta * (1.0 - p) / safe)
@@ -429,12 +429,12 @@ def _payoff_lane(data, lane_id, params, args, *, impl, scheme, measure, config, 
     p, ok = _lane_model(params, measure)
     init, step, observe = _simulation(p, scheme, config, dtype)
     times = p["expiry"] * jnp.asarray(observe_steps, dtype) / config.steps
-    discount = jnp.exp(-p["rate"] * p["expiry"])
+    discount = jnp.exp(-p["rate"] * times)
 
     def summarize(observed, state, blocks):
-        path = dict(observed, times=times, spot0=p["spot"], v0=p["v0"])
+        path = dict(observed, times=times, discount=discount, spot0=p["spot"], v0=p["v0"])
         values = payoff(path, args)
-        return estimators.path_statistics(discount * values, None, blocks, config.antithetic)
+        return estimators.path_statistics(values, None, blocks, config.antithetic)
 
     sums = engine.lane_sums(_wrap(data, impl), lane_id, init=init, step=step, observe=observe,
                             summarize=summarize, observe_steps=observe_steps, noise=NOISE,
@@ -446,7 +446,7 @@ def heston_price(key, payoff, payoff_args=None, *, spot, v0, kappa, theta, sigma
                  div, expiry, steps, paths, observe=None, scheme="qe_m", measure="Q",
                  drift=None, vol_risk_premium=0.0, antithetic=True, block=1024, chunk=16,
                  lane=None, devices=None):
-    """Discounted expectation e^{-rate expiry} E[payoff(path)] of any path payoff; an
+    """The expectation E[payoff(path)] of any (discounted) path payoff; an
     :class:`MCResult` of shape lane shape + (k,).
 
     ``payoff(path, payoff_args)`` returns values [n, k] from ``path``, a dict with ``spot`` and

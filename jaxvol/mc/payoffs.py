@@ -1,11 +1,14 @@
-"""Path payoffs: pure functions ``payoff(path, args) -> values[n, k]`` (undiscounted).
+"""Path payoffs: pure functions ``payoff(path, args) -> values[n, k]``, discounted to 0.
 
 ``path`` is a dict: ``spot`` and ``variance`` [obs, n] at the observation steps, ``times``
-[obs] (years), ``spot0`` and ``v0`` (scalars). ``args`` a dict of arrays (``strike[k]``,
-``is_call[k]``, ...). The pricing functions (:func:`jaxvol.mc.heston_price`,
-:func:`jaxvol.mc.simulate`) discount by e^{-rate expiry}.
+[obs] (years), ``discount`` [obs] (e^{-rate t} to each observation date), ``spot0`` and ``v0``
+(scalars). ``args`` a dict of arrays (``strike[k]``, ``is_call[k]``, ...). A payoff paid at
+the last observation multiplies by ``discount[-1]``; the pricing functions
+(:func:`jaxvol.mc.heston_price`, :func:`jaxvol.mc.simulate`) average what it returns.
 
-- :func:`european`, :func:`digital` (cash-or-nothing, pays 1): on the last observation.
+- :func:`european`, :func:`digital` (cash-or-nothing, pays 1): on the last observation, or,
+  with ``args["date"][k]`` (indices of observation dates), each column at its own date: a whole
+  surface (expiries x strikes) from one set of paths.
 - :func:`asian`: arithmetic average of the spot over all observation dates.
 - :func:`barrier`: discretely monitored at the observation dates; ``args``: ``strike``,
   ``is_call``, ``barrier`` (scalar), ``up`` and ``knock_in`` (bools), ``correction`` (bool):
@@ -35,21 +38,35 @@ def _vanilla(s, strike, is_call):
                                  strike[None, :] - s[:, None]), 0.0)
 
 
+def _at_dates(path, args):
+    """(spot [n, k] or [n, 1], discount [k] or [1]) at each column's date (default: last)."""
+    if "date" in args:
+        date = jnp.asarray(args["date"])
+        return path["spot"][date].T, path["discount"][date]
+    return path["spot"][-1][:, None], path["discount"][-1:]
+
+
 def european(path, args):
-    """max(S_T - K, 0) or max(K - S_T, 0): args ``strike[k]``, ``is_call[k]``."""
-    return _vanilla(path["spot"][-1], args["strike"], args["is_call"])
+    """max(S_T - K, 0) or max(K - S_T, 0), discounted: args ``strike[k]``, ``is_call[k]``,
+    optional ``date[k]``."""
+    s, discount = _at_dates(path, args)
+    intrinsic = jnp.where(args["is_call"][None, :], s - args["strike"][None, :],
+                          args["strike"][None, :] - s)
+    return discount[None, :] * jnp.maximum(intrinsic, 0.0)
 
 
 def digital(path, args):
-    """1{S_T > K} (call) or 1{S_T < K} (put): args ``strike[k]``, ``is_call[k]``."""
-    s = path["spot"][-1][:, None]
+    """1{S_T > K} (call) or 1{S_T < K} (put), discounted: args ``strike[k]``, ``is_call[k]``,
+    optional ``date[k]``."""
+    s, discount = _at_dates(path, args)
     up = (s > args["strike"][None, :]).astype(s.dtype)
-    return jnp.where(args["is_call"][None, :], up, 1.0 - up)
+    return discount[None, :] * jnp.where(args["is_call"][None, :], up, 1.0 - up)
 
 
 def asian(path, args):
     """Arithmetic-average option on the mean spot over the observation dates."""
-    return _vanilla(jnp.mean(path["spot"], axis=0), args["strike"], args["is_call"])
+    return path["discount"][-1] * _vanilla(jnp.mean(path["spot"], axis=0), args["strike"],
+                                           args["is_call"])
 
 
 def _monitoring_intervals(times):
@@ -66,7 +83,8 @@ def barrier(path, args):
     level = args["barrier"] * jnp.exp(jnp.where(correction, jnp.where(up, -shift, shift), 0.0))
     crossed = jnp.where(up, jnp.any(spot >= level, axis=0), jnp.any(spot <= level, axis=0))
     alive = jnp.where(jnp.asarray(args["knock_in"], bool), crossed, ~crossed)
-    return jnp.where(alive[:, None], _vanilla(spot[-1], args["strike"], args["is_call"]), 0.0)
+    value = _vanilla(spot[-1], args["strike"], args["is_call"])
+    return path["discount"][-1] * jnp.where(alive[:, None], value, 0.0)
 
 
 def forward_start(path, args):
@@ -75,7 +93,8 @@ def forward_start(path, args):
     start = jnp.take(path["spot"], args["start"], axis=0)
     strike = args["moneyness"][None, :] * start[:, None]
     s = path["spot"][-1][:, None]
-    return jnp.maximum(jnp.where(args["is_call"][None, :], s - strike, strike - s), 0.0)
+    value = jnp.maximum(jnp.where(args["is_call"][None, :], s - strike, strike - s), 0.0)
+    return path["discount"][-1] * value
 
 
 def realized_variance(path, args):
@@ -83,4 +102,4 @@ def realized_variance(path, args):
     spot = path["spot"]
     logs = jnp.log(jnp.concatenate([jnp.broadcast_to(path["spot0"], spot[:1].shape), spot]))
     variance = jnp.sum(jnp.diff(logs, axis=0) ** 2, axis=0) / path["times"][-1]
-    return variance[:, None] - args["strike"][None, :]
+    return path["discount"][-1] * (variance[:, None] - args["strike"][None, :])
