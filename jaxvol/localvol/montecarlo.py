@@ -166,13 +166,6 @@ _core_traced = jax.jit(_european_core, static_argnames=_STATIC)
 _core_static = jax.jit(_european_core, static_argnums=(0,), static_argnames=_STATIC)
 
 
-def _engine_promotion():
-    """jaxvol.mc.engine mixes int32 and int64 block indices (engine.py _chunk_keys), which
-    fails under jax_numpy_dtype_promotion="strict" (the test suite's setting): trace the
-    engine under standard promotion until that is fixed there."""
-    return jax.numpy_dtype_promotion("standard")
-
-
 def _key_parts(key):
     key = jnp.asarray(key) if not hasattr(key, "dtype") else key
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -238,14 +231,13 @@ def european_mc(key, w, strike, expiry, *, spot, rate, div, paths, steps, is_cal
     core = _core_traced if hasattr(w, "tree_flatten") else _core_static
     if not callable(w):
         raise ValueError(f"w must be a JAX function w(k, t) or a surface object, got {type(w)!r}")
-    with _engine_promotion():
-        result = core(w, data, strike, is_call, jnp.asarray(option_obs, jnp.int32),
-                      jnp.asarray(option_expiry, dtype), jnp.asarray(times, dtype),
-                      jnp.asarray(spot, dtype), jnp.asarray(rate, dtype),
-                      jnp.asarray(div, dtype), impl=impl, config=config,
-                      observe_steps=observe_steps, method=method,
-                      grid_points=int(grid_points), grid_width=float(grid_width),
-                      policy=policy, control=bool(control), dtype=dtype)
+    result = core(w, data, strike, is_call, jnp.asarray(option_obs, jnp.int32),
+                  jnp.asarray(option_expiry, dtype), jnp.asarray(times, dtype),
+                  jnp.asarray(spot, dtype), jnp.asarray(rate, dtype),
+                  jnp.asarray(div, dtype), impl=impl, config=config,
+                  observe_steps=observe_steps, method=method,
+                  grid_points=int(grid_points), grid_width=float(grid_width),
+                  policy=policy, control=bool(control), dtype=dtype)
     return jax.tree.map(lambda x: x.reshape(shape), result)
 
 

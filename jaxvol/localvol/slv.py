@@ -40,8 +40,7 @@ from jaxvol._dtypes import as_bool, float_dtype
 from jaxvol.black import black_price
 from jaxvol.implied import implied_vol
 from jaxvol.localvol.gatheral import LVStatus, SimulationPolicy, _local_vol_kernel, apply_policy
-from jaxvol.localvol.montecarlo import (DEFAULT_POLICY, _engine_promotion, interpolate_nodes,
-                                        time_grid)
+from jaxvol.localvol.montecarlo import DEFAULT_POLICY, interpolate_nodes, time_grid
 from jaxvol.mc import engine, estimators, keys
 
 PSEUDO_PARTICLES = 0.01  # per node: defines empty nodes, biases a node of n particles by 1%/n
@@ -305,15 +304,14 @@ def calibrate_slv(key, w, strike, expiry, *, spot, rate, div, v0, kappa, theta, 
     model = HestonSLV(*(jnp.asarray(x, dtype) for x in (v0, kappa, theta, sigma, rho, mixing)))
     data, impl = _key_parts(key)
     core = _calibrate_traced if hasattr(w, "tree_flatten") else _calibrate_static
-    with _engine_promotion():
-        return core(w, data, model, jnp.asarray(times, dtype), jnp.asarray(strike_host, dtype),
-                    jnp.asarray(calls), jnp.asarray(option_obs, jnp.int32),
-                    jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
-                    jnp.asarray(rate, dtype), jnp.asarray(div, dtype),
-                    jnp.asarray(tolerance, dtype),
-                    impl=impl, paths=int(paths), block=int(block), bins=int(bins),
-                    width=float(width), leverage_cap=float(leverage_cap), policy=policy,
-                    reprice_config=reprice, observe_steps=observe_steps, dtype=dtype)
+    return core(w, data, model, jnp.asarray(times, dtype), jnp.asarray(strike_host, dtype),
+                jnp.asarray(calls), jnp.asarray(option_obs, jnp.int32),
+                jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
+                jnp.asarray(rate, dtype), jnp.asarray(div, dtype),
+                jnp.asarray(tolerance, dtype),
+                impl=impl, paths=int(paths), block=int(block), bins=int(bins),
+                width=float(width), leverage_cap=float(leverage_cap), policy=policy,
+                reprice_config=reprice, observe_steps=observe_steps, dtype=dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("config", "observe_steps",
@@ -361,12 +359,11 @@ def slv_european_mc(key, w, calibration: SLVCalibration, strike, expiry, *, spot
     config = engine.MCConfig(paths=int(paths), steps=len(times) - 1, block=block, chunk=chunk)
     data, impl = _key_parts(key)
     fn = _price_traced if hasattr(w, "tree_flatten") else _price_static
-    with _engine_promotion():
-        result = fn(w, data, calibration, jnp.broadcast_to(jnp.asarray(strike, dtype),
-                                                           shape).reshape(-1),
-                    jnp.broadcast_to(as_bool(is_call), shape).reshape(-1),
-                    jnp.asarray(np.searchsorted(unique, expiry_host), jnp.int32),
-                    jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
-                    jnp.asarray(rate, dtype), jnp.asarray(div, dtype), config=config,
-                    observe_steps=tuple(int(i) for i in index), dtype=jnp.dtype(dtype), impl=impl)
-        return jax.tree.map(lambda x: x.reshape(shape), result)
+    result = fn(w, data, calibration, jnp.broadcast_to(jnp.asarray(strike, dtype),
+                                                       shape).reshape(-1),
+                jnp.broadcast_to(as_bool(is_call), shape).reshape(-1),
+                jnp.asarray(np.searchsorted(unique, expiry_host), jnp.int32),
+                jnp.asarray(expiry_host, dtype), jnp.asarray(spot, dtype),
+                jnp.asarray(rate, dtype), jnp.asarray(div, dtype), config=config,
+                observe_steps=tuple(int(i) for i in index), dtype=jnp.dtype(dtype), impl=impl)
+    return jax.tree.map(lambda x: x.reshape(shape), result)
