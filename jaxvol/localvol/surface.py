@@ -18,10 +18,12 @@ respect to their parameters):
   phi(theta(t))), the SSVI surface's own interpolation, free of static arbitrage under the
   fitted form's conditions.
 
-Extrapolation, both surfaces: before the first expiry T_1 the implied vol at fixed k is held
-(w(k, t) = w(k, T_1) t / T_1, so w -> 0 as t -> 0 and dw/dt = w(k, T_1)/T_1 > 0); beyond the last
-expiry T_E likewise (w(k, t) = w(k, T_E) t / T_E). In k the slice formulas apply as they are
-(SVI and SSVI wings are linear in k, within Lee's bounds when fitted so).
+Extrapolation. SVI: before the first expiry T_1 the implied vol at fixed k is held
+(w(k, t) = w(k, T_1) t / T_1, so w -> 0 as t -> 0 and dw/dt = w(k, T_1)/T_1 > 0); beyond the
+last expiry T_E likewise (w(k, t) = w(k, T_E) t / T_E). SSVI: theta(t) = theta_1 t / T_1 before
+T_1 and theta_E t / T_E beyond T_E, then the SSVI formula (theta stays increasing, so no
+calendar arbitrage). In k the slice formulas apply as they are (SVI and SSVI wings are linear
+in k, within Lee's bounds when fitted so).
 
 :func:`from_tables` builds either surface from the nightly job's ``slices.parquet`` /
 ``underlyings.parquet`` tables.
