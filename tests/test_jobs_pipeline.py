@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxvol import synthetic
+from jaxvol import batching, synthetic
 from jaxvol.jobs import (JobError, SimulatedCrash, default_config, merge, merge_overrides,
                          run_nightly)
 from jaxvol.jobs import pipeline, sharding, stages
@@ -166,7 +166,7 @@ def test_device_map_falls_back_to_per_device_compiles(monkeypatch):
     def refuse(*args):
         raise RuntimeError("no replicas here")
 
-    monkeypatch.setattr(sharding, "_load", refuse)
+    monkeypatch.setattr(batching, "_load", refuse)
     before = sharding.COUNTS["fallback"]
     mapped = sharding.DeviceMap(lambda x: (jnp.exp(x) * x).sum(axis=1))
     x = np.random.default_rng(1).normal(size=(16, 7))

@@ -5,9 +5,10 @@
 """
 
 from jaxvol.heston.analytic import fair_variance, integrated_variance, log_mgf, price
-from jaxvol.heston.calibrate import (PARAM_NAMES, Surface, calibrate, implied_vol_rmse,
-                                     model_surface, surface_prices, with_vol_noise)
+from jaxvol.heston.calibrate import (LOWER, PARAM_NAMES, UPPER, Surface, calibrate,
+                                     implied_vol_rmse, model_surface, surface_prices, vol_start,
+                                     with_vol_noise)
 
-__all__ = ["PARAM_NAMES", "Surface", "calibrate", "fair_variance", "implied_vol_rmse",
-           "integrated_variance", "log_mgf", "model_surface", "price", "surface_prices",
-           "with_vol_noise"]
+__all__ = ["LOWER", "PARAM_NAMES", "UPPER", "Surface", "calibrate", "fair_variance",
+           "implied_vol_rmse", "integrated_variance", "log_mgf", "model_surface", "price", "surface_prices",
+           "vol_start", "with_vol_noise"]

@@ -64,12 +64,22 @@ def surface_prices(params, strike, expiry, spot, rate, div, is_call, *, nodes=FI
     return jax.vmap(smile)(strike, expiry, rate, div, is_call)
 
 
-def _residuals(params, strike, expiry, spot, rate, div, is_call, quote, scale, feller_weight):
-    model = surface_prices(params, strike, expiry, spot, rate, div, is_call)
+def _residuals(params, strike, expiry, spot, rate, div, is_call, quote, scale, feller_weight, *,
+               nodes=FIT_NODES, contours=FIT_CONTOURS):
+    model = surface_prices(params, strike, expiry, spot, rate, div, is_call, nodes=nodes,
+                           contours=contours)
     fit = ((model - quote) / scale).reshape(-1)
     gap = params[3] * params[3] - 2.0 * params[1] * params[2]
     penalty = jnp.sqrt(feller_weight) * jnp.maximum(gap, 0.0)
     return jnp.concatenate([fit, penalty[None]])
+
+
+@functools.lru_cache(maxsize=None)
+def _residuals_for(nodes: int, contours: int):
+    """One residual function per quadrature (the engine takes it as a static argument)."""
+    if (nodes, contours) == (FIT_NODES, FIT_CONTOURS):
+        return _residuals
+    return functools.partial(_residuals, nodes=nodes, contours=contours)
 
 
 @jax.jit
@@ -85,6 +95,34 @@ def quote_vegas(surface: Surface):
                         discount=discount).vega
 
 
+def vol_start(surface: Surface, lower=LOWER, upper=UPPER):
+    """Start point per underlying from the quotes' implied vols: v0 = the squared vol quoted
+    nearest the forward on the first expiry with a usable quote, theta the same on the last,
+    kappa 2, sigma 0.6, rho -0.6; pulled inside the box (1% from each bound). Underlyings
+    without a usable quote start from the vols' default 0.2."""
+    expiry = surface.expiry[..., None]
+    forward = surface.spot[..., None, None] * jnp.exp((surface.rate - surface.div)[..., None]
+                                                      * expiry)
+    discount = jnp.exp(-surface.rate[..., None] * expiry)
+    vol = implied.implied_vol(surface.quote, forward, surface.strike, expiry, surface.is_call,
+                              discount=discount).vol
+    usable = surface.mask & jnp.isfinite(vol) & (vol > 0)
+    distance = jnp.where(usable, jnp.abs(jnp.log(surface.strike / forward)), jnp.inf)
+    nearest = jnp.argmin(distance, axis=-1)
+    atm = jnp.take_along_axis(vol, nearest[..., None], axis=-1)[..., 0]  # [U, E]
+    has = usable.any(axis=-1)
+    slots = jnp.arange(has.shape[-1])
+    first = jnp.argmin(jnp.where(has, slots, has.shape[-1]), axis=-1)
+    last = jnp.argmax(jnp.where(has, slots, -1), axis=-1)
+    pick = lambda i: jnp.where(has.any(axis=-1), jnp.take_along_axis(  # noqa: E731
+        atm, i[..., None], axis=-1)[..., 0], 0.2)
+    v_first, v_last = pick(first), pick(last)
+    ones = jnp.ones_like(v_first)
+    start = jnp.stack([v_first ** 2, 2.0 * ones, v_last ** 2, 0.6 * ones, -0.6 * ones], axis=-1)
+    low, high = jnp.asarray(lower, start.dtype), jnp.asarray(upper, start.dtype)
+    return jnp.clip(start, low + 0.01 * (high - low), high - 0.01 * (high - low))
+
+
 def default_start(surface: Surface):
     """Start point per underlying: v0 = theta = mean ATM-ish implied variance proxy 0.04-scaled,
     kappa 1.5, sigma 0.5, rho -0.5."""
@@ -93,15 +131,22 @@ def default_start(surface: Surface):
     return jnp.broadcast_to(row, (lanes, 5))
 
 
-def calibrate(surface: Surface, params0=None, *, objective="vol", feller_weight=0.0,
-              lower=LOWER, upper=UPPER, config=LMConfig()):
+def calibrate(surface: Surface, params0=None, *, initial=None, objective="vol",
+              feller_weight=0.0, lower=LOWER, upper=UPPER, config=LMConfig(),
+              nodes=FIT_NODES, contours=FIT_CONTOURS):
     """Fit (v0, kappa, theta, sigma, rho) to every underlying of a batch of surfaces.
 
-    ``surface`` fields carry a leading underlyings axis [U, ...]; ``params0`` [U, 5] (default
+    ``surface`` fields carry a leading underlyings axis [U, ...]; ``initial`` (or ``params0``,
+    its older name) [U, 5] start parameters, e.g. yesterday's fit or :func:`vol_start` (default
     :func:`default_start`). Returns the engine's :class:`jaxvol.calibrate.FitResult` (params in
     :data:`PARAM_NAMES` order, per-lane status). Masked quotes (and quotes without an implied vol
-    under ``objective="vol"``) do not count.
+    under ``objective="vol"``) do not count. ``nodes`` and ``contours``: the Fourier quadrature
+    of the fit (:func:`jaxvol.heston.price`; the defaults' 1e-9 relative error is far below
+    quote noise, and fewer nodes are faster).
     """
+    if initial is not None and params0 is not None:
+        raise ValueError("give the start as initial= or params0, not both")
+    params0 = initial if initial is not None else params0
     if objective not in ("price", "vol"):
         raise ValueError(f"objective must be 'price' or 'vol', got {objective!r}")
     if not float(feller_weight) >= 0.0:
@@ -119,7 +164,7 @@ def calibrate(surface: Surface, params0=None, *, objective="vol", feller_weight=
     flat_mask = jnp.concatenate([mask.reshape(lanes, -1), jnp.ones((lanes, 1), bool)], axis=1)
     weight = jnp.full((lanes,), feller_weight, dtype)
     return least_squares(
-        _residuals, params0, surface.strike, surface.expiry, surface.spot, surface.rate,
+        _residuals_for(int(nodes), int(contours)), params0, surface.strike, surface.expiry, surface.spot, surface.rate,
         surface.div, surface.is_call, surface.quote, scale, weight, mask=flat_mask,
         lower=None if lower is None else np.asarray(lower),
         upper=None if upper is None else np.asarray(upper), config=config)

@@ -116,6 +116,7 @@ LOWER = (0.0, -1.0, 0.0)
 UPPER = (jnp.inf, 1.0, jnp.inf)
 _RHO_STARTS = (-0.5, 0.0, 0.5)
 _NU_STARTS = (0.3, 1.0)
+_WARM_FALLBACK = 1  # the start (rho -0.5, nu 1) of slices without a warm start
 
 
 class SABRFit(NamedTuple):
@@ -151,13 +152,18 @@ def _starts(forward, strike, vol, beta, usable):
 
 
 def fit(forward, strike, expiry, vol, *, beta, weights=None, mask=None, method="hagan",
-        config: LMConfig = FIT_CONFIG) -> SABRFit:
+        initial=None, config: LMConfig = FIT_CONFIG) -> SABRFit:
     """Fit (alpha, rho, nu) with beta fixed to every slice of [slices, strikes] Black vols.
 
     forward, expiry: [slices]; strike, vol: [slices, strikes]; beta: fixed (scalar or
     [slices]). Points that are masked, non-finite or non-positive are dropped; slices with fewer
     than 3 usable points get BAD_INPUT. Six start points per slice (:func:`_starts`), the best
     kept (:func:`jaxvol.calibrate.multistart`).
+
+    ``initial`` (warm start, e.g. yesterday's fit): [slices, 3] (alpha, rho, nu); a slice whose
+    row is finite starts from it alone, the others from one of the default starts (the ATM
+    alpha, rho -0.5, nu 1). Same residuals, same bounds: a warm fit is the same model as a
+    cold one, only its start differs.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -177,6 +183,10 @@ def fit(forward, strike, expiry, vol, *, beta, weights=None, mask=None, method="
     strike = jnp.where(usable, strike, forward[:, None])  # double where: safe dummies
     vol = jnp.where(usable, vol, 1.0)
     starts = _starts(forward, strike, vol, beta, usable)
+    if initial is not None:
+        initial = jnp.broadcast_to(jnp.asarray(initial, dtype), (slices, len(PARAMS)))
+        given = jnp.all(jnp.isfinite(initial), axis=1)
+        starts = jnp.where(given[:, None], initial, starts[:, _WARM_FALLBACK])[:, None, :]
     lane_ok = (jnp.sum(usable.astype(jnp.int32), axis=1) >= len(PARAMS)) & (forward > 0) & (
         expiry > 0)
     starts = jnp.where(lane_ok[:, None, None], starts, jnp.nan)
