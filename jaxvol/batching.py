@@ -76,7 +76,7 @@ log = logging.getLogger("jaxvol.jobs")
 # ------------------------------------------------------------------------------ sizes
 STRIKE_BUCKETS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 """Strike-axis widths: powers of two and their 1.5x (at most a third of a row is padding);
-beyond the last bucket, multiples of the last bucket or 256, whichever is smaller."""
+beyond the last bucket, its multiples."""
 
 
 def strike_bucket(count: int, buckets=STRIKE_BUCKETS) -> int:
@@ -91,7 +91,7 @@ def strike_buckets(counts, buckets=STRIKE_BUCKETS) -> np.ndarray:
         raise ValueError(f"strike buckets must be positive sizes, got {tuple(buckets)}")
     n = np.maximum(np.asarray(counts, dtype=np.int64), 1)
     index = np.searchsorted(table, n)
-    step = min(int(table[-1]), 256)
+    step = int(table[-1])
     beyond = -(-n // step) * step
     return np.where(index < len(table), table[np.minimum(index, len(table) - 1)], beyond)
 
@@ -220,7 +220,7 @@ def clear_programs() -> None:
 
 
 def run_blocks(fn: Callable, arrays, block: int, *, mesh=None, name: str | None = None,
-               settings=None):
+               settings=None, jit: bool = True):
     """``fn(*arrays)`` over the leading (lane) axis in fixed blocks; outputs (a PyTree of arrays
     with the lane axis) come back as numpy, without the padding.
 
@@ -230,7 +230,8 @@ def run_blocks(fn: Callable, arrays, block: int, *, mesh=None, name: str | None 
     every device). Every call therefore has the same shape: one trace and one compile per
     (``name``, ``settings``, input bucket) for the whole process. ``name`` keys the program for
     reuse across calls (``fn`` must then depend only on ``settings``, a JSON-able value);
-    without it each call traces afresh."""
+    without it each call traces afresh. ``jit=False`` (no mesh) calls ``fn`` itself on each
+    block, for a ``fn`` made of its own jitted kernels."""
     arrays = [np.asarray(a) for a in arrays]
     lanes = arrays[0].shape[0]
     if any(a.shape[:1] != (lanes,) for a in arrays):
@@ -239,7 +240,7 @@ def run_blocks(fn: Callable, arrays, block: int, *, mesh=None, name: str | None 
     devices = 1 if mesh is None else mesh.size
     size = padded_size(lanes, block, devices)
     padded = [pad_leading(a, size) for a in arrays]
-    program = _program(fn, name, settings, mesh)
+    program = _program(fn, name, settings, mesh) if jit or mesh is not None else fn
     step = int(block) * devices
     parts = []
     for start in range(0, size, step):

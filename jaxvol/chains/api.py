@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jaxvol import batching
 from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema as schemas
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
 
@@ -165,12 +166,14 @@ def _timed(timings: dict, name: str):
 
 
 def _run_batch(batch: packing.ChainBatch, slice_block: int, opts: ChainOptions) -> dict:
+    """The three kernels over the batch in blocks of ``slice_block`` slices (the batch is
+    already padded to its slice capacity, so every block has one of a few shapes)."""
     kernel = functools.partial(_block_kernel, near_strikes=opts.near_strikes,
                                iterations=opts.iterations, huber=opts.huber,
                                reject=opts.reject, tolerance=opts.tolerance)
-    blocks = [jax.device_get(kernel(jax.device_put(block)))
-              for block in packing.iter_blocks(batch, slice_block)]
-    return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+    block = min(slice_block, batch.expiry.shape[0])
+    return batching.run_blocks(lambda *fields: kernel(packing.ChainBatch(*fields)), list(batch),
+                               block, jit=False)
 
 
 def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber, reject,
