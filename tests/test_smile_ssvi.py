@@ -146,8 +146,8 @@ def test_garbage_underlyings_get_status_and_do_not_disturb_others():
     dirty[2, 3] = -1.0  # one expiry with only crossed quotes (negative variance)
     clean = ssvi.fit(_grid(), w)
     result = ssvi.fit(_grid(), dirty)
-    assert result.status.tolist() == [FitStatus.CONVERGED, FitStatus.BAD_INPUT,
-                                      FitStatus.BAD_INPUT, FitStatus.CONVERGED]
+    assert result.status.tolist() == [FitStatus.CONVERGED, FitStatus.TOO_FEW_POINTS,
+                                      FitStatus.TOO_FEW_POINTS, FitStatus.CONVERGED]
     assert np.all(np.isnan(np.asarray(result.theta)[[1, 2]]))
     # Same shapes, same program: healthy lanes are bit-for-bit unchanged.
     np.testing.assert_array_equal(np.asarray(result.theta)[[0, 3]],

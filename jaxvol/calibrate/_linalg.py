@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+__all__ = ["cholesky_solve"]
+
 
 def cholesky_solve(matrix, rhs):
     """Solve matrix @ x = rhs for one SPD matrix [n, n] (n static, small) and rhs [n]."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = ["map_chunks"]
+
 
 def map_chunks(fn, chunk_size: int | None, *arrays):
     """``fn(*chunk_arrays)`` over chunks of the leading (lanes) axis of every array leaf.

@@ -23,6 +23,10 @@ import pandas as pd
 
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, QUOTE_LEVEL, Flag
 
+__all__ = ["ChainBatch", "DEFAULT_SLICE_BLOCK", "DEFAULT_STRIKE_BUCKETS", "gather_slices",
+           "iter_blocks", "pack", "PackedChain", "slice_capacity", "strike_capacity",
+           "unpack_cells", "unpack_slices"]
+
 DEFAULT_STRIKE_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 DEFAULT_SLICE_BLOCK = 4096
 _MIN_SLICES = 8

@@ -5,9 +5,11 @@
 """
 
 from jaxvol.heston.analytic import fair_variance, integrated_variance, log_mgf, price
-from jaxvol.heston.calibrate import (PARAM_NAMES, Surface, calibrate, implied_vol_rmse,
+from jaxvol.heston.calibrate import (PARAM_NAMES, HestonFit, Surface, calibrate,
+                                     implied_vol_rmse,
                                      model_surface, surface_prices, with_vol_noise)
 
-__all__ = ["PARAM_NAMES", "Surface", "calibrate", "fair_variance", "implied_vol_rmse",
+__all__ = ["HestonFit", "PARAM_NAMES", "Surface", "calibrate", "fair_variance",
+           "implied_vol_rmse",
            "integrated_variance", "log_mgf", "model_surface", "price", "surface_prices",
            "with_vol_noise"]

@@ -15,6 +15,7 @@ implied-vol inversion per iteration). Optional Feller penalty: one extra residua
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -22,8 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol import black, implied
-from jaxvol.calibrate import LMConfig, least_squares
+from jaxvol.calibrate import (LMConfig, distinct_count, least_squares, near_bounds,
+                              refine_status, rmse_of)
 from jaxvol.heston import analytic
+
+__all__ = ["calibrate", "default_start", "HestonFit", "implied_vol_rmse", "LOWER", "model_surface",
+           "PARAM_NAMES", "quote_vegas", "Surface", "surface_prices", "UPPER", "with_vol_noise"]
 
 PARAM_NAMES = ("v0", "kappa", "theta", "sigma", "rho")
 #: default box: v0, theta in [1e-4, 2], kappa in [1e-3, 30], sigma in [1e-3, 5], rho in (-1, 1)
@@ -93,21 +98,57 @@ def default_start(surface: Surface):
     return jnp.broadcast_to(row, (lanes, 5))
 
 
-def calibrate(surface: Surface, params0=None, *, objective="vol", feller_weight=0.0,
-              lower=LOWER, upper=UPPER, config=LMConfig()):
+class HestonFit(NamedTuple):
+    """Per-underlying result of :func:`calibrate`, the shared fit-result fields first:
+    ``params`` [U, 5] (:data:`PARAM_NAMES` order), ``status``
+    (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``, ``rmse`` [U] of the
+    objective's residuals over the usable quotes (in vol for ``objective="vol"``: the
+    vega-weighted price error is the first-order implied-vol error; in price units for
+    ``"price"``), then ``residuals`` [U, E * K + 1] (the last one is the Feller penalty row)."""
+
+    params: jax.Array
+    status: jax.Array
+    loss: jax.Array
+    iterations: jax.Array
+    rmse: jax.Array
+    residuals: jax.Array
+
+
+def calibrate(surface: Surface, initial=None, *, objective="vol", feller_weight=0.0,
+              lower=LOWER, upper=UPPER, config=LMConfig(), params0=None) -> HestonFit:
     """Fit (v0, kappa, theta, sigma, rho) to every underlying of a batch of surfaces.
 
-    ``surface`` fields carry a leading underlyings axis [U, ...]; ``params0`` [U, 5] (default
-    :func:`default_start`). Returns the engine's :class:`jaxvol.calibrate.FitResult` (params in
-    :data:`PARAM_NAMES` order, per-lane status). Masked quotes (and quotes without an implied vol
-    under ``objective="vol"``) do not count.
+    ``surface`` fields carry a leading underlyings axis [U, ...]; ``initial`` [U, 5] is the warm
+    start (default :func:`default_start`; rows that are not finite fall back to it);
+    ``params0`` is its old name (deprecated). Returns :class:`HestonFit` (params in
+    :data:`PARAM_NAMES` order). Masked quotes (and quotes without an implied vol under
+    ``objective="vol"``) do not count.
+
+    Status (:class:`jaxvol.calibrate.FitStatus`): TOO_FEW_POINTS with fewer usable quotes than
+    5 parameters; UNIDENTIFIED with fewer than two expiries carrying usable quotes (v0, kappa
+    and theta then trade off) or fewer than three distinct strikes; AT_BOUND where a parameter
+    lies within 1e-6 (relative) of its box bound (``lower``, ``upper``: kappa at its cap,
+    sigma at its cap, ...); CONVERGED only for a usable fit.
     """
     if objective not in ("price", "vol"):
         raise ValueError(f"objective must be 'price' or 'vol', got {objective!r}")
     if not float(feller_weight) >= 0.0:
         raise ValueError(f"feller_weight must be >= 0, got {feller_weight!r}")
+    if params0 is not None:
+        if initial is not None:
+            raise ValueError("pass the warm start as initial= only (params0 is its old name)")
+        warnings.warn("heston.calibrate(params0=...) is deprecated: use initial=",
+                      DeprecationWarning, stacklevel=2)
+        initial = params0
     dtype = surface.quote.dtype
-    params0 = default_start(surface) if params0 is None else jnp.asarray(params0, dtype)
+    start = default_start(surface)
+    if initial is not None:
+        initial = jnp.asarray(initial, dtype)
+        if initial.shape != start.shape:
+            raise ValueError(f"initial must be [underlyings, 5] = {start.shape}, got "
+                             f"{initial.shape}")
+        start = jnp.where(jnp.all(jnp.isfinite(initial), axis=1, keepdims=True), initial,
+                          start)
     mask = surface.mask
     if objective == "vol":
         scale = quote_vegas(surface)
@@ -115,14 +156,26 @@ def calibrate(surface: Surface, params0=None, *, objective="vol", feller_weight=
         scale = jnp.where(mask, scale, 1.0)
     else:
         scale = jnp.ones_like(surface.quote)
-    lanes = params0.shape[0]
+    lanes = start.shape[0]
     flat_mask = jnp.concatenate([mask.reshape(lanes, -1), jnp.ones((lanes, 1), bool)], axis=1)
     weight = jnp.full((lanes,), feller_weight, dtype)
-    return least_squares(
-        _residuals, params0, surface.strike, surface.expiry, surface.spot, surface.rate,
+    result = least_squares(
+        _residuals, start, surface.strike, surface.expiry, surface.spot, surface.rate,
         surface.div, surface.is_call, surface.quote, scale, weight, mask=flat_mask,
         lower=None if lower is None else np.asarray(lower),
         upper=None if upper is None else np.asarray(upper), config=config)
+    quotes = mask.reshape(lanes, -1)
+    expiries = jnp.sum(jnp.any(mask, axis=-1), axis=-1)
+    strikes = distinct_count(jnp.where(mask, surface.strike, 0.0).reshape(lanes, -1), quotes)
+    box = np.broadcast_to(-np.inf if lower is None else np.asarray(lower, float), (5,)), \
+        np.broadcast_to(np.inf if upper is None else np.asarray(upper, float), (5,))
+    status = refine_status(
+        result.status, too_few=jnp.sum(quotes, axis=1) < len(PARAM_NAMES),
+        unidentified=(expiries < 2) | (strikes < 3),
+        at_bound=near_bounds(result.params, *box))
+    residuals = result.residuals
+    return HestonFit(result.params, status, result.loss, result.iterations,
+                     rmse_of(residuals[:, :-1], quotes), residuals)
 
 
 def implied_vol_rmse(params, surface: Surface):

@@ -25,10 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import FitStatus, LMConfig, _implicit, least_squares, map_chunks
-from jaxvol.calibrate.levenberg_marquardt import (_RUNNING, _batched_loop, _tolerances,
+from jaxvol.calibrate import (FitStatus, LMConfig, distinct_count, has_solution,
+                              implicit_solve, least_squares, least_squares_gradient,
+                              map_chunks, refine_status, rmse_of)
+from jaxvol.calibrate.levenberg_marquardt import (RUNNING, batched_loop, tolerances,
                                                   weighted_residual_fn)
 from jaxvol.calibrate.transforms import make_bounds, to_bounded, to_unbounded
+
+__all__ = ["arbitrage_penalties", "durrleman_g", "fit", "FIT_CONFIG", "g_minimum", "implied_vol",
+           "initial_guess", "jump_wings_to_raw", "JumpWings", "lee_wing_slopes", "LOWER",
+           "NO_ARBITRAGE_CONFIG", "PARAMS", "penalised_residuals", "raw_to_jump_wings",
+           "satisfies_lee_bound", "slice_residuals", "SVIFit", "total_variance",
+           "total_variance_derivatives", "UPPER"]
 
 PARAMS = ("a", "b", "rho", "m", "sigma")
 LOWER = (-jnp.inf, 0.0, -1.0, -jnp.inf, 0.0)
@@ -417,7 +425,7 @@ def _free(gradient, m, log_sigma, box):
 
 
 def _vp_iterate(data, config, faces, state: _VPState) -> _VPState:
-    ftol, xtol, gtol = _tolerances(config, state.m.dtype)
+    ftol, xtol, gtol = tolerances(config, state.m.dtype)
     hmm, hmt, htt = state.hessian
     (gm, gt), held = _free(state.gradient, state.m, state.log_sigma, data.box)
     hmt_free = jnp.where(held, 0.0, hmt)
@@ -472,9 +480,9 @@ def _vp_iterate(data, config, faces, state: _VPState) -> _VPState:
         tuple(map(pick, gradient, state.gradient)), tuple(map(pick, hessian, state.hessian)),
         damping, growth,
         (jnp.maximum(state.scale[0], hessian[0]), jnp.maximum(state.scale[1], hessian[2])),
-        jnp.where(converged, FitStatus.CONVERGED, _RUNNING).astype(jnp.int32),
+        jnp.where(converged, FitStatus.CONVERGED, RUNNING).astype(jnp.int32),
         state.iterations + 1)
-    running = state.status == _RUNNING
+    running = state.status == RUNNING
     return jax.tree.map(lambda n, o: jnp.where(running, n, o), new, state)
 
 
@@ -533,7 +541,7 @@ def _variable_projection(k, w, weights, usable, start, config: LMConfig, faces: 
     finite = jnp.isfinite(cost) & functools.reduce(
         jnp.logical_and, [jnp.isfinite(v) for v in gradient + hessian])
     status = jnp.where(~ok, FitStatus.BAD_INPUT,
-                       jnp.where(finite, _RUNNING, FitStatus.NON_FINITE)).astype(jnp.int32)
+                       jnp.where(finite, RUNNING, FitStatus.NON_FINITE)).astype(jnp.int32)
     one = jnp.ones_like(m)
     state = _VPState(m, log_sigma, coefficients, cost, gradient, hessian,
                      config.initial_damping * one, 2.0 * one, (hessian[0], hessian[2]), status,
@@ -541,11 +549,11 @@ def _variable_projection(k, w, weights, usable, start, config: LMConfig, faces: 
 
     def cond(carry):
         count, s = carry
-        return (count < config.max_iterations) & jnp.any(s.status == _RUNNING)
+        return (count < config.max_iterations) & jnp.any(s.status == RUNNING)
 
     _, state = jax.lax.while_loop(
         cond, lambda c: (c[0] + 1, _vp_iterate(data, config, faces, c[1])), (0, state))
-    status = jnp.where(state.status == _RUNNING, FitStatus.MAX_ITERATIONS, state.status)
+    status = jnp.where(state.status == RUNNING, FitStatus.MAX_ITERATIONS, state.status)
     sigma = jnp.exp(state.log_sigma)
     a, d, c = state.coefficients
     a = jnp.where(jnp.isfinite(a), a, data.sw / data.s1)  # the flat fit at the apex
@@ -645,17 +653,18 @@ def _clean(k, w, weights, mask):
 class SVIFit(NamedTuple):
     """Per-slice result of :func:`fit`.
 
-    ``params`` [slices, 5] (a, b, rho, m, sigma); ``status`` [slices] int32
-    :class:`jaxvol.calibrate.FitStatus`; ``rmse`` [slices] root-mean-square total-variance error
-    over the usable points (unweighted); ``loss``, ``iterations`` as in the engine;
-    ``residuals`` [slices, strikes] model minus market total variance (0 where unusable).
+    The shared fit-result fields first (docs/conventions.md): ``params`` [slices, 5] (a, b, rho,
+    m, sigma); ``status`` [slices] int32 :class:`jaxvol.calibrate.FitStatus`; ``loss``,
+    ``iterations`` as in the engine; ``rmse`` [slices] root-mean-square total-variance error
+    over the usable points (unweighted); then ``residuals`` [slices, strikes] model minus market
+    total variance (0 where unusable).
     """
 
     params: jax.Array
     status: jax.Array
-    rmse: jax.Array
     loss: jax.Array
     iterations: jax.Array
+    rmse: jax.Array
     residuals: jax.Array
 
 
@@ -707,7 +716,10 @@ def _penalty_grid(k, usable):
     return centre + span * unit  # the quoted range and half a span beyond on each side
 
 
-def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrage=False,
+NO_ARBITRAGE_MODES = ("off", "repair", "penalty")
+
+
+def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrage="repair",
         penalty_weight=10.0, config: LMConfig | None = None,
         chunk_size: int | None = CHUNK_SIZE) -> SVIFit:
     """Fit raw SVI to every slice of [slices, strikes] arrays in one batch.
@@ -718,32 +730,57 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
       weights: residual multipliers (e.g. vega or 1/spread), [slices, strikes] or broadcastable.
       mask: bool, False drops a point. Points that are non-finite, have w <= 0 (e.g. from crossed
         quotes) or a non-positive weight are dropped too; a slice with fewer than 5 usable
-        points gets status BAD_INPUT and NaN params, and never affects the other slices.
-
-    The fit keeps b >= 0 and |rho| <= 1 (an optimum on rho = +-1 is returned exactly, with status
-    CONVERGED), m within [k_lo - R, k_hi + R] and sigma within [R / 100, 10 R], where [k_lo,
-    k_hi] is the slice's usable k range and R its width: the bounds that keep ill-determined
-    slices (few noisy quotes, a nearly linear smile) from drifting to degenerate limits.
+        points gets status TOO_FEW_POINTS and NaN params, and never affects the other slices.
       initial: warm-start params [slices, 5]; default the quasi-explicit :func:`initial_guess`.
-      no_arbitrage: add penalty rows (:func:`arbitrage_penalties`, times ``penalty_weight``)
-        keeping Durrleman's g >= 0 (at 25 points and at g's polished minimum over the quoted
-        range extended by half its width on each side), Lee's wing bound and a non-negative
-        minimum variance. The penalised problem is stiffer: it needs ~100+ iterations.
+      no_arbitrage: ``"repair"`` (default): the plain fit, then the slices whose fit violates
+        Lee's wing bound, Durrleman's g >= 0 or a non-negative minimum variance over the
+        checked range (the quoted k range widened by ``CHECK_MARGIN`` = half its width on each
+        side) are fitted again with the penalty rows below, from the plain fit's point (only
+        those slices pay for it); ``"penalty"`` (or True): every slice is fitted with the
+        penalty rows (:func:`arbitrage_penalties`, times ``penalty_weight``) keeping g >= 0 (at
+        25 points and at g's polished minimum over the checked range), Lee's bound and a
+        non-negative minimum variance (stiffer: ~100+ iterations); ``"off"`` (or False): the
+        plain fit only.
       config: :class:`LMConfig`; default ``FIT_CONFIG`` (60 iterations), or
-        ``NO_ARBITRAGE_CONFIG`` (300) with ``no_arbitrage``. Its tolerances and
-        ``max_iterations`` govern the variable-projection iterations and, separately, the
-        engine fit of the slices handed on to it (``iterations`` reports the sum).
+        ``NO_ARBITRAGE_CONFIG`` (300) with ``"penalty"`` (the repair always runs
+        ``NO_ARBITRAGE_CONFIG``). Its tolerances and ``max_iterations`` govern the
+        variable-projection iterations and, separately, the engine fit of the slices handed on
+        to it (``iterations`` reports the sum).
       chunk_size: slices are fitted in chunks of this many (:func:`jaxvol.calibrate.map_chunks`:
         cache-sized working sets); None fits all at once. Results do not depend on it beyond
         rounding.
+
+    The fit keeps b >= 0 and |rho| <= 1 (an optimum on rho = +-1 is returned exactly), m within
+    [k_lo - R, k_hi + R] and sigma within [R / 100, 10 R], where [k_lo, k_hi] is the slice's
+    usable k range and R its width.
+
+    Status (:class:`jaxvol.calibrate.FitStatus`, precedence as in
+    :func:`jaxvol.calibrate.refine_status`): TOO_FEW_POINTS below 5 usable points;
+    UNIDENTIFIED with fewer than 5 distinct k or all quotes equal (a flat slice: m and sigma are
+    free); DEGENERATE beyond Lee's wing bound b (1 + |rho|) <= 2 (which also caps b) or with
+    rho = +-1 and sigma on its floor; AT_BOUND with rho = +-1, sigma on its floor or cap, m on
+    the edge of its box or b = 0; ARBITRAGE where g < 0 (below -1e-9) or the minimum variance
+    is negative over the checked range. CONVERGED is a usable fit: none of these holds.
     """
+    mode = _no_arbitrage_mode(no_arbitrage)
     if config is None:
-        config = NO_ARBITRAGE_CONFIG if no_arbitrage else FIT_CONFIG
+        config = NO_ARBITRAGE_CONFIG if mode == "penalty" else FIT_CONFIG
     *arrays, dtype = _validate(k, total_variance, weights, mask)
     if initial is not None and not isinstance(initial, (jax.Array, np.ndarray)):
         initial = np.asarray(initial)
-    return _fit(*arrays, initial, penalty_weight, dtype=dtype, no_arbitrage=bool(no_arbitrage),
+    return _fit(*arrays, initial, penalty_weight, dtype=dtype, no_arbitrage=mode,
                 config=config, chunk_size=chunk_size)
+
+
+def _no_arbitrage_mode(value) -> str:
+    if value is True:
+        return "penalty"
+    if value is False or value is None:
+        return "off"
+    if value not in NO_ARBITRAGE_MODES:
+        raise ValueError(f"no_arbitrage must be one of {NO_ARBITRAGE_MODES} (or a bool), got "
+                         f"{value!r}")
+    return value
 
 
 @functools.partial(jax.jit,
@@ -754,7 +791,7 @@ def _fit(k, w, weights, mask, initial, penalty_weight, *, dtype, no_arbitrage, c
     penalty_weight = jnp.asarray(penalty_weight, dtype)
     if initial is not None:
         initial = initial.astype(dtype)
-    if no_arbitrage:
+    if no_arbitrage == "penalty":
         body = lambda *a: _penalised_chunk(*a, penalty_weight, config)  # noqa: E731
         if initial is None:
             outputs = map_chunks(lambda *a: body(*a, None), chunk_size, k, w, weights, usable)
@@ -763,9 +800,48 @@ def _fit(k, w, weights, mask, initial, penalty_weight, *, dtype, no_arbitrage, c
     else:
         outputs = _separable_fit(k, w, weights, usable, initial, config, chunk_size)
     params, status, loss, iterations, residuals = outputs
-    count = jnp.sum(usable.astype(residuals.dtype), axis=1)
-    rmse = jnp.sqrt(jnp.sum(residuals * residuals, axis=1) / count)
-    return SVIFit(params, status, rmse, loss, iterations, residuals)
+    status = refine_status(status, **_quality(params, k, w, usable))
+    if no_arbitrage == "repair":
+        params, status, loss, iterations, residuals = _repair(
+            (params, status, loss, iterations, residuals), k, w, weights, usable,
+            penalty_weight)
+    return SVIFit(params, status, loss, iterations, rmse_of(residuals, usable), residuals)
+
+
+_REPAIR_LANES = 32  # lanes per penalised refit of the slices that need a repair
+
+
+def _repair(outputs, k, w, weights, usable, penalty_weight):
+    """Refit the slices whose plain fit has static arbitrage (ARBITRAGE, or DEGENERATE beyond
+    Lee's bound) with the penalty rows, from their plain fit projected into the box; a slice
+    takes the refit where it is usable (CONVERGED after the checks), else keeps the plain fit
+    and its status."""
+    params, status, loss, iterations, residuals = outputs
+    lee = ~satisfies_lee_bound(params[:, 1], params[:, 2])
+    pending = (status == FitStatus.ARBITRAGE) | ((status == FitStatus.DEGENERATE) & lee)
+
+    def refit(valid, k, w, weights, usable, start, status, *old):
+        start = _lee_feasible(_feasible_raw(start))
+        new = _penalised_chunk(k, w, weights, usable & valid[:, None], start, penalty_weight,
+                               NO_ARBITRAGE_CONFIG)
+        new_status = refine_status(new[1], **_quality(new[0], k, w, usable))
+        take = new_status == FitStatus.CONVERGED
+        pick = lambda n, o: jnp.where(  # noqa: E731
+            take.reshape(take.shape + (1,) * (o.ndim - 1)), n, o)
+        return (pick(new[0], old[0]), jnp.where(take, new_status, status), pick(new[2], old[1]),
+                old[2] + new[3], pick(new[4], old[3]))  # iterations: plain plus refit
+
+    size = k.shape[0]
+    return _compacted(pending, min(_REPAIR_LANES, size), refit,
+                      (k, w, weights, usable, params, status, params, loss, iterations,
+                       residuals), (params, status, loss, iterations, residuals))
+
+
+def _lee_feasible(params):
+    """b scaled down to 0.99 of Lee's bound 2 / (1 + |rho|) where it lies beyond it."""
+    b, rho = params[:, 1], params[:, 2]
+    cap = 0.99 * 2.0 / (1.0 + jnp.abs(rho))
+    return params.at[:, 1].set(jnp.minimum(b, cap))
 
 
 def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config):
@@ -802,7 +878,7 @@ def _optimality(fn):
     """One lane's optimality condition for the implicit derivatives: the engine's J^T r in
     the free coordinates, and ``coordinate - bound`` for each active bound (rho = +-1, m or
     log sigma on the edge of their box), so a constrained optimum moves along its bound."""
-    gradient = _implicit.least_squares_gradient(fn)
+    gradient = least_squares_gradient(fn)
 
     def condition(u, args, weights, mask):
         g = gradient(u, args, weights, mask)
@@ -840,9 +916,9 @@ def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
     u0 = initial if warm else jnp.zeros((k.shape[0], len(PARAMS)), k.dtype)
     solver = functools.partial(_separable_solver, fn=fn, warm=warm, config=config,
                                chunk_size=chunk_size)
-    u, status, iterations = _implicit.solve(solver, _optimality(fn), u0, (k, w), weights,
+    u, status, iterations = implicit_solve(solver, _optimality(fn), u0, (k, w), weights,
                                             usable)
-    failed = status >= FitStatus.NON_FINITE
+    failed = ~has_solution(status)
     u_safe = jnp.where(failed[:, None], 0, u)  # double where, as in the engine
     params = to_bounded(u_safe.T, _BOUNDS).T
     residuals = jnp.where(usable & ~failed[:, None],
@@ -936,7 +1012,7 @@ def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_s
     def engine(valid, k, w, weights, mask, start, iterations):
         u_start = to_unbounded(jnp.where(valid[:, None], start, 0.5).T, _BOUNDS).T
         # padding lanes have no usable point: BAD_INPUT, frozen at once
-        u, status, more = _batched_loop(fn, u_start, (k, w), weights, mask & valid[:, None],
+        u, status, more = batched_loop(fn, u_start, (k, w), weights, mask & valid[:, None],
                                         config)
         return u, status, iterations + more
 
