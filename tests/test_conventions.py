@@ -111,3 +111,23 @@ def test_no_private_cross_package_imports():
             if any(p.startswith("_") for p in inner) or any(n.startswith("_") for n in names):
                 offences.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module} {names}")
     assert not offences, offences
+
+
+def _has_lm_controller(path):
+    """A module that runs an iteration primitive and updates a damping field of a solver state
+    (``state.damping``): what a Levenberg–Marquardt controller looks like."""
+    tree = ast.parse(path.read_text())
+    attributes = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    return bool(attributes & {"while_loop", "fori_loop"}) and "damping" in attributes
+
+
+def test_no_levenberg_marquardt_loop_outside_calibrate():
+    """One least-squares controller: the damping update, tolerances and lane freezing live in
+    jaxvol/calibrate (the dense engine and the reduced, box-projected one); the domains supply
+    residuals or a reduced model. The detector finds the two controllers it is meant to find
+    (and found svi.py's own copy before it moved)."""
+    inside = sorted(p.name for p in (ROOT / "calibrate").glob("*.py") if _has_lm_controller(p))
+    assert inside == ["levenberg_marquardt.py", "projected.py"], inside
+    outside = [str(p.relative_to(ROOT)) for p in MODULES
+               if "calibrate" not in p.relative_to(ROOT).parts and _has_lm_controller(p)]
+    assert not outside, outside

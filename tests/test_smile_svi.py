@@ -211,8 +211,9 @@ def test_arbitrage_aware_fit_removes_butterfly_arbitrage():
     _, k, w = (np.array(x) for x in _synthetic(SLICES, seed=10))  # Vogt in row 0 (shared shape)
     k[0] = np.linspace(-1.5, 1.5, STRIKES)
     w[0] = np.asarray(svi.total_variance(k[0], *VOGT))
-    plain = svi.fit(k, w)
+    plain = svi.fit(k, w, no_arbitrage="off")
     np.testing.assert_allclose(plain.params[0], VOGT, atol=1e-8)  # Vogt's slice has g < 0
+    assert plain.status[0] == FitStatus.ARBITRAGE  # ... so the plain fit is not CONVERGED
     k, w = k[:1], w[:1]
     free = svi.fit(k, w, no_arbitrage=True)
     assert free.status[0] == FitStatus.CONVERGED

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvol.calibrate import _implicit
-from jaxvol.calibrate._linalg import cholesky_solve
+from jaxvol.calibrate.linalg import cholesky_solve
 from jaxvol.calibrate._types import FitResult, FitStatus, LMConfig, has_solution, rmse_of
 from jaxvol.calibrate.transforms import Bounds, make_bounds, to_bounded, to_unbounded
 

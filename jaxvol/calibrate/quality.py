@@ -58,7 +58,7 @@ def distinct_count(values, usable, tolerance: float = 1e-9):
     ``tolerance`` times the lane's largest magnitude count once)."""
     values = jnp.asarray(values)
     big = jnp.where(usable, jnp.abs(values), 0.0)
-    scale = jnp.maximum(jnp.max(big, axis=-1, keepdims=True), jnp.finfo(values.dtype).tiny)
+    scale = jnp.maximum(jnp.max(big, axis=-1, keepdims=True), float(jnp.finfo(values.dtype).tiny))
     ordered = jnp.sort(jnp.where(usable, values, jnp.inf), axis=-1)
     gaps = jnp.diff(ordered, axis=-1)
     new = jnp.isfinite(gaps) & (gaps > tolerance * scale)
