@@ -13,6 +13,8 @@ from jaxvol.batching import map_blocks
 
 __all__ = ["map_chunks"]
 
+__all__ = ["map_chunks"]
+
 
 def map_chunks(fn, chunk_size: int | None, *arrays):
     """``fn(*chunk_arrays)`` over chunks of ``chunk_size`` lanes of every array leaf

@@ -28,6 +28,9 @@ from jaxvol import batching
 from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema as schemas
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
 
+__all__ = ["analyze", "arbitrage_report", "ChainAnalysis", "ChainOptions", "compute",
+           "make_options", "report", "rows_frame"]
+
 #: Number of traces of each JAX kernel in this process (a trace-count guard for tests).
 TRACE_COUNTS = {"forwards": 0, "vols": 0, "checks": 0, "calendar": 0}
 

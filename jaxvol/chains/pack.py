@@ -25,6 +25,10 @@ from jaxvol import batching
 from jaxvol.batching import STRIKE_BUCKETS, padded_size, power_of_two
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, QUOTE_LEVEL, Flag
 
+__all__ = ["ChainBatch", "DEFAULT_SLICE_BLOCK", "DEFAULT_STRIKE_BUCKETS", "gather_slices",
+           "iter_blocks", "pack", "PackedChain", "slice_capacity", "strike_capacity",
+           "unpack_cells", "unpack_slices"]
+
 DEFAULT_STRIKE_BUCKETS = STRIKE_BUCKETS  #: the library's one table (jaxvol.batching)
 DEFAULT_SLICE_BLOCK = 4096
 _MIN_SLICES = 8

@@ -18,6 +18,8 @@ from jaxvol.batching import pad_leading, power_of_two
 from jaxvol.fx.conventions import AtmType, DeltaType
 from jaxvol.fx.strangle import SmileStatus, calibrate_smile
 
+__all__ = ["calibrate_quotes", "REQUIRED_COLUMNS", "UNKNOWN_CONVENTION"]
+
 REQUIRED_COLUMNS = ("pair", "tenor", "expiry", "spot", "rd", "rf", "atm", "rr25", "bf25",
                     "delta_type", "atm_type")
 UNKNOWN_CONVENTION = -1  #: status of a row whose delta_type/atm_type string is not recognised

@@ -5,10 +5,10 @@
 """
 
 from jaxvol.heston.analytic import fair_variance, integrated_variance, log_mgf, price
-from jaxvol.heston.calibrate import (LOWER, PARAM_NAMES, UPPER, Surface, calibrate,
+from jaxvol.heston.calibrate import (LOWER, PARAM_NAMES, UPPER, HestonFit, Surface, calibrate,
                                      implied_vol_rmse, model_surface, surface_prices, vol_start,
                                      with_vol_noise)
 
-__all__ = ["LOWER", "PARAM_NAMES", "UPPER", "Surface", "calibrate", "fair_variance",
-           "implied_vol_rmse", "integrated_variance", "log_mgf", "model_surface", "price", "surface_prices",
-           "vol_start", "with_vol_noise"]
+__all__ = ["HestonFit", "LOWER", "PARAM_NAMES", "UPPER", "Surface", "calibrate",
+           "fair_variance", "implied_vol_rmse", "integrated_variance", "log_mgf",
+           "model_surface", "price", "surface_prices", "vol_start", "with_vol_noise"]

@@ -15,6 +15,7 @@ implied-vol inversion per iteration). Optional Feller penalty: one extra residua
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -22,8 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol import black, implied
-from jaxvol.calibrate import LMConfig, least_squares
+from jaxvol.calibrate import (LMConfig, distinct_count, least_squares, near_bounds,
+                              refine_status, rmse_of)
 from jaxvol.heston import analytic
+
+__all__ = ["calibrate", "default_start", "HestonFit", "implied_vol_rmse", "LOWER", "model_surface",
+           "PARAM_NAMES", "quote_vegas", "Surface", "surface_prices", "UPPER", "vol_start",
+           "with_vol_noise"]
 
 PARAM_NAMES = ("v0", "kappa", "theta", "sigma", "rho")
 #: default box: v0, theta in [1e-4, 2], kappa in [1e-3, 30], sigma in [1e-3, 5], rho in (-1, 1)
@@ -98,8 +104,8 @@ def quote_vegas(surface: Surface):
 def vol_start(surface: Surface, lower=LOWER, upper=UPPER):
     """Start point per underlying from the quotes' implied vols: v0 = the squared vol quoted
     nearest the forward on the first expiry with a usable quote, theta the same on the last,
-    kappa 2, sigma 0.6, rho -0.6; pulled inside the box (1% from each bound). Underlyings
-    without a usable quote start from the vols' default 0.2."""
+    kappa 2, sigma 0.6, rho -0.6; pulled inside the box (1% of its width from each bound).
+    Underlyings without a usable quote start from a 0.2 vol."""
     expiry = surface.expiry[..., None]
     forward = surface.spot[..., None, None] * jnp.exp((surface.rate - surface.div)[..., None]
                                                       * expiry)
@@ -114,8 +120,11 @@ def vol_start(surface: Surface, lower=LOWER, upper=UPPER):
     slots = jnp.arange(has.shape[-1])
     first = jnp.argmin(jnp.where(has, slots, has.shape[-1]), axis=-1)
     last = jnp.argmax(jnp.where(has, slots, -1), axis=-1)
-    pick = lambda i: jnp.where(has.any(axis=-1), jnp.take_along_axis(  # noqa: E731
-        atm, i[..., None], axis=-1)[..., 0], 0.2)
+
+    def pick(slot):
+        value = jnp.take_along_axis(atm, slot[..., None], axis=-1)[..., 0]
+        return jnp.where(has.any(axis=-1), value, 0.2)
+
     v_first, v_last = pick(first), pick(last)
     ones = jnp.ones_like(v_first)
     start = jnp.stack([v_first ** 2, 2.0 * ones, v_last ** 2, 0.6 * ones, -0.6 * ones], axis=-1)
@@ -131,28 +140,61 @@ def default_start(surface: Surface):
     return jnp.broadcast_to(row, (lanes, 5))
 
 
-def calibrate(surface: Surface, params0=None, *, initial=None, objective="vol",
-              feller_weight=0.0, lower=LOWER, upper=UPPER, config=LMConfig(),
-              nodes=FIT_NODES, contours=FIT_CONTOURS):
+class HestonFit(NamedTuple):
+    """Per-underlying result of :func:`calibrate`, the shared fit-result fields first:
+    ``params`` [U, 5] (:data:`PARAM_NAMES` order), ``status``
+    (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``, ``rmse`` [U] of the
+    objective's residuals over the usable quotes (in vol for ``objective="vol"``: the
+    vega-weighted price error is the first-order implied-vol error; in price units for
+    ``"price"``), then ``residuals`` [U, E * K + 1] (the last one is the Feller penalty row)."""
+
+    params: jax.Array
+    status: jax.Array
+    loss: jax.Array
+    iterations: jax.Array
+    rmse: jax.Array
+    residuals: jax.Array
+
+
+def calibrate(surface: Surface, initial=None, *, objective="vol", feller_weight=0.0,
+              lower=LOWER, upper=UPPER, config=LMConfig(), params0=None, nodes=FIT_NODES,
+              contours=FIT_CONTOURS) -> HestonFit:
     """Fit (v0, kappa, theta, sigma, rho) to every underlying of a batch of surfaces.
 
-    ``surface`` fields carry a leading underlyings axis [U, ...]; ``initial`` (or ``params0``,
-    its older name) [U, 5] start parameters, e.g. yesterday's fit or :func:`vol_start` (default
-    :func:`default_start`). Returns the engine's :class:`jaxvol.calibrate.FitResult` (params in
-    :data:`PARAM_NAMES` order, per-lane status). Masked quotes (and quotes without an implied vol
-    under ``objective="vol"``) do not count. ``nodes`` and ``contours``: the Fourier quadrature
-    of the fit (:func:`jaxvol.heston.price`; the defaults' 1e-9 relative error is far below
-    quote noise, and fewer nodes are faster).
+    ``surface`` fields carry a leading underlyings axis [U, ...]; ``initial`` [U, 5] is the warm
+    start (default :func:`default_start`; rows that are not finite fall back to it);
+    ``params0`` is its old name (deprecated). Returns :class:`HestonFit` (params in
+    :data:`PARAM_NAMES` order). Masked quotes (and quotes without an implied vol under
+    ``objective="vol"``) do not count. ``nodes``, ``contours``: the Fourier quadrature of the
+    fit (:func:`jaxvol.heston.price`; the defaults' 1e-9 relative error is far below quote
+    noise; fewer nodes are faster). :func:`vol_start` is a data-driven start to pass as
+    ``initial``.
+
+    Status (:class:`jaxvol.calibrate.FitStatus`): TOO_FEW_POINTS with fewer usable quotes than
+    5 parameters; UNIDENTIFIED with fewer than two expiries carrying usable quotes (v0, kappa
+    and theta then trade off) or fewer than three distinct strikes; AT_BOUND where a parameter
+    lies within 1e-6 (relative) of its box bound (``lower``, ``upper``: kappa at its cap,
+    sigma at its cap, ...); CONVERGED only for a usable fit.
     """
-    if initial is not None and params0 is not None:
-        raise ValueError("give the start as initial= or params0, not both")
-    params0 = initial if initial is not None else params0
     if objective not in ("price", "vol"):
         raise ValueError(f"objective must be 'price' or 'vol', got {objective!r}")
     if not float(feller_weight) >= 0.0:
         raise ValueError(f"feller_weight must be >= 0, got {feller_weight!r}")
+    if params0 is not None:
+        if initial is not None:
+            raise ValueError("pass the warm start as initial= only (params0 is its old name)")
+        warnings.warn("heston.calibrate(params0=...) is deprecated: use initial=",
+                      DeprecationWarning, stacklevel=2)
+        initial = params0
     dtype = surface.quote.dtype
-    params0 = default_start(surface) if params0 is None else jnp.asarray(params0, dtype)
+    start = default_start(surface)
+    if initial is not None:
+        initial = jnp.asarray(initial, dtype)
+        if initial.shape != start.shape:
+            raise ValueError(f"initial must be [underlyings, 5] = {start.shape}, got "
+                             f"{initial.shape}")
+        start = jnp.where(jnp.all(jnp.isfinite(initial), axis=1, keepdims=True), initial,
+                          start)
     mask = surface.mask
     if objective == "vol":
         scale = quote_vegas(surface)
@@ -160,14 +202,26 @@ def calibrate(surface: Surface, params0=None, *, initial=None, objective="vol",
         scale = jnp.where(mask, scale, 1.0)
     else:
         scale = jnp.ones_like(surface.quote)
-    lanes = params0.shape[0]
+    lanes = start.shape[0]
     flat_mask = jnp.concatenate([mask.reshape(lanes, -1), jnp.ones((lanes, 1), bool)], axis=1)
     weight = jnp.full((lanes,), feller_weight, dtype)
-    return least_squares(
-        _residuals_for(int(nodes), int(contours)), params0, surface.strike, surface.expiry, surface.spot, surface.rate,
+    result = least_squares(
+        _residuals_for(int(nodes), int(contours)), start, surface.strike, surface.expiry, surface.spot, surface.rate,
         surface.div, surface.is_call, surface.quote, scale, weight, mask=flat_mask,
         lower=None if lower is None else np.asarray(lower),
         upper=None if upper is None else np.asarray(upper), config=config)
+    quotes = mask.reshape(lanes, -1)
+    expiries = jnp.sum(jnp.any(mask, axis=-1), axis=-1)
+    strikes = distinct_count(jnp.where(mask, surface.strike, 0.0).reshape(lanes, -1), quotes)
+    box = np.broadcast_to(-np.inf if lower is None else np.asarray(lower, float), (5,)), \
+        np.broadcast_to(np.inf if upper is None else np.asarray(upper, float), (5,))
+    status = refine_status(
+        result.status, too_few=jnp.sum(quotes, axis=1) < len(PARAM_NAMES),
+        unidentified=(expiries < 2) | (strikes < 3),
+        at_bound=near_bounds(result.params, *box))
+    residuals = result.residuals
+    return HestonFit(result.params, status, result.loss, result.iterations,
+                     rmse_of(residuals[:, :-1], quotes), residuals)
 
 
 def implied_vol_rmse(params, surface: Surface):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from jaxvol import batching
-from jaxvol.calibrate import FitStatus
+from jaxvol.calibrate import NO_SOLUTION
 from jaxvol.jobs import slices as slices_mod
 from jaxvol.jobs.errors import StageUnavailable
 
@@ -20,7 +20,7 @@ __all__ = ["Chunk", "JobEnv", "FAILED", "HOST_BLOCK", "MIN_SLOTS", "MINUTES_PER_
            "needs", "previous_slices", "rmse", "sharded"]
 
 MINUTES_PER_YEAR = 525600.0
-FAILED = (int(FitStatus.NON_FINITE), int(FitStatus.BAD_INPUT))
+FAILED = tuple(int(s) for s in NO_SOLUTION)
 """Fit statuses whose lanes take yesterday's parameters on a warm night."""
 
 

@@ -103,16 +103,12 @@ def heston(chunk: Chunk, env: JobEnv) -> None:
     fit = _calibrate(env, surface, previous)
     params, status = np.asarray(fit.params), np.asarray(fit.status)
     params, used_previous = fallback(status, params, previous)
-    mask = surface[-1].reshape(len(names), -1)
-    count = mask.sum(axis=1)
-    errors = np.where(mask, np.asarray(fit.residuals)[:, :mask.shape[1]], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rmse = np.where(count > 0, np.sqrt((errors ** 2).sum(axis=1) / count), np.nan)
+    count = surface[-1].reshape(len(names), -1).sum(axis=1)
     table = pd.DataFrame(params, columns=HESTON_PARAMS)
     table.insert(0, "underlying", names)
     table["heston_status"] = status.astype(np.int32)
     table["heston_iterations"] = np.asarray(fit.iterations).astype(np.int32)
     table["heston_previous"] = used_previous
-    table["heston_rmse"] = rmse
+    table["heston_rmse"] = np.asarray(fit.rmse)  # vega-scaled price errors ~ vol errors
     table["heston_quotes"] = count
     chunk.underlyings = merge_tables(chunk.underlyings, table)
