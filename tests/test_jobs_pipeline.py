@@ -12,6 +12,7 @@ two expiries, one lane per device per call, and Heston/SSVI slots padded alike; 
 compiled once for all chunks, the SPX chunk and every run of the module.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -337,28 +338,39 @@ def test_cold_and_warm_nights_fit_the_same_models(reference, tmp_path, monkeypat
     SABR residual with other bounds, and Heston never went through heston.calibrate.)"""
     import jaxvol.heston
     import jaxvol.smile.sabr
+    import jaxvol.smile.svi
     from jaxvol import batching
     from jaxvol.calibrate import FitStatus
 
     calls = []
     _spy(monkeypatch, jaxvol.smile.sabr, "fit", calls)
     _spy(monkeypatch, jaxvol.heston, "calibrate", calls)
+    _spy(monkeypatch, jaxvol.smile.svi, "fit", calls)
     monkeypatch.setattr(batching, "_PROGRAMS", {})  # trace afresh, so the spies see the fits
     settings = {"market.day": 1, "heston.enabled": True, "heston.strikes_per_expiry": 4,
                 "heston.max_iterations": 10, "warm_start.max_iterations": 10,
                 "job.devices": 1}
     yesterday = tmp_path / "yesterday"
-    run_nightly(small_config(**{**settings, "market.day": 0}), out=yesterday)
-    calls.clear()
+    run_nightly(small_config(**{**settings, "market.day": 0}), out=yesterday)  # traces: cold
     cold, warm = tmp_path / "cold", tmp_path / "warm"
     run_nightly(small_config(**settings), out=cold)
-    run_nightly(small_config(**settings), out=warm, warm_start=str(yesterday))
+    # the warm night also takes the live warm SVI path (svi.warm_start): svi.fit(initial=...)
+    run_nightly(small_config(**settings, **{"svi.warm_start": True}), out=warm,
+                warm_start=str(yesterday))
+    # (each program traces once per process: yesterday's run traced the cold ones, the cold
+    # night reuses them, the warm night traces its own; slices without a usable fit yesterday
+    # run svi.fit's own start on the warm night too)
+    started = [kw.get("initial") is not None for n, kw in calls if n.endswith("svi.fit")]
+    assert started[0] is False and started[-1] is True, started
     by_night = [[(n, "initial" in kw and kw["initial"] is not None, kw.get("config"))
                  for n, kw in calls if n.endswith(fit)] for fit in ("sabr.fit", "calibrate")]
     for night_calls in by_night:
         assert [c[1] for c in night_calls] == [False, True]  # cold: own start; warm: initial=
-        assert night_calls[0][2] == night_calls[1][2]  # the same LMConfig on both nights
-    assert by_night[1][0][2].max_iterations == 10
+        # the same LMConfig on both nights but for the warm-start iteration cap
+        cold_config, warm_config = night_calls[0][2], night_calls[1][2]
+        assert dataclasses.replace(cold_config, max_iterations=1) == dataclasses.replace(
+            warm_config, max_iterations=1)
+        assert warm_config.max_iterations == 10
 
     a, b = pd.read_parquet(cold / "slices.parquet"), pd.read_parquet(warm / "slices.parquet")
     both = ((a["sabr_status"] == FitStatus.CONVERGED) & (b["sabr_status"] == FitStatus.CONVERGED))
