@@ -331,7 +331,7 @@ def _spy(monkeypatch, module, name, calls):
     monkeypatch.setattr(module, name, spy)
 
 
-def test_cold_and_warm_nights_fit_the_same_models(reference, tmp_path, monkeypatch):
+def test_cold_and_warm_nights_fit_the_same_models(tmp_path, monkeypatch):
     """Both nights call the domains' fits (sabr.fit, heston.calibrate) with the same settings,
     the warm one with ``initial=``; so the same model (residuals, bounds) is fitted, and where
     both nights converge they find the same optimum. (Before, the warm night ran the job's own
