@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+__all__ = ["configure"]
+
 
 def configure(*, x64: bool = True, cache_dir: str | os.PathLike | None = None,
               num_cpu_devices: int | None = None) -> None:

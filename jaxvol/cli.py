@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+__all__ = ["build_parser", "main"]
+
 
 def _add_demo(subparsers) -> None:
     demo = subparsers.add_parser(

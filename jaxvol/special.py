@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+__all__ = ["erfcx", "exp_minus_half_square", "exp_minus_square", "mills_complement",
+           "mills_complement_given_ratio", "mills_ratio_left", "norm_cdf", "norm_pdf", "split_exp",
+           "SQRT_2", "SQRT_2PI", "SQRT_2PI_INV", "SQRT_HALF", "SQRT_PI_INV"]
+
 SQRT_PI_INV = 0.56418958354775628695  # 1/sqrt(pi)
 SQRT_2PI_INV = 0.39894228040143267794  # 1/sqrt(2 pi)
 SQRT_2PI = 2.50662827463100050242

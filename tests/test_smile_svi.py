@@ -127,7 +127,9 @@ def test_optimum_on_the_rho_bound_is_reached_exactly():
     params[2, 2], params[3, 2] = -1.1, 1.1  # the formula beyond it: the best fit is on it
     w[:4] = np.array(svi.total_variance(k[:4], *[params[:4, i:i + 1] for i in range(5)]))
     result = svi.fit(k, w)
-    assert np.all(result.status == FitStatus.CONVERGED)
+    # on the bound is not a free optimum: AT_BOUND (before issue 20 these read CONVERGED)
+    assert np.all(result.status[:4] == FitStatus.AT_BOUND)
+    assert np.all(result.status[4:] == FitStatus.CONVERGED)
     np.testing.assert_allclose(result.params[:2], params[:2], atol=1e-8)  # as in round trip
     assert np.all(result.rmse[:2] < 1e-12)
     assert result.params[2, 2] == -1.0 and result.params[3, 2] == 1.0  # exactly on the bound
@@ -142,7 +144,9 @@ def test_sigma_stays_in_its_box():
     params[0] = (0.02, 0.2, -0.3, 0.0, 1e-4)
     w[0] = np.asarray(svi.total_variance(k[0], *params[0]))
     result = svi.fit(k, w)
-    assert np.all(result.status == FitStatus.CONVERGED)
+    # sigma on its floor is not a free optimum: AT_BOUND (before issue 20: CONVERGED)
+    assert result.status[0] == FitStatus.AT_BOUND
+    assert np.all(result.status[1:] == FitStatus.CONVERGED)
     floor = (K[-1] - K[0]) / 100
     np.testing.assert_allclose(result.params[0, 4], floor, rtol=1e-12)
     # the kink is smoothed over the floor's width: the true parameters with sigma on the floor
@@ -183,7 +187,7 @@ def test_garbage_slices_get_status_and_do_not_disturb_others():
     clean = svi.fit(k, w)
     dirty = svi.fit(k, garbage)
     expected = [FitStatus.CONVERGED] * SLICES
-    expected[1:4] = [FitStatus.BAD_INPUT] * 3
+    expected[1:4] = [FitStatus.TOO_FEW_POINTS] * 3  # no usable point, 2, none (w < 0)
     assert dirty.status.tolist() == expected
     assert np.all(np.isnan(dirty.params[1:4])) and np.all(np.isnan(dirty.rmse[1:4]))
     # Same batch shape, same program: the healthy slices are bit-for-bit unchanged.
@@ -207,8 +211,9 @@ def test_arbitrage_aware_fit_removes_butterfly_arbitrage():
     _, k, w = (np.array(x) for x in _synthetic(SLICES, seed=10))  # Vogt in row 0 (shared shape)
     k[0] = np.linspace(-1.5, 1.5, STRIKES)
     w[0] = np.asarray(svi.total_variance(k[0], *VOGT))
-    plain = svi.fit(k, w)
+    plain = svi.fit(k, w, no_arbitrage="off")
     np.testing.assert_allclose(plain.params[0], VOGT, atol=1e-8)  # Vogt's slice has g < 0
+    assert plain.status[0] == FitStatus.ARBITRAGE  # ... so the plain fit is not CONVERGED
     k, w = k[:1], w[:1]
     free = svi.fit(k, w, no_arbitrage=True)
     assert free.status[0] == FitStatus.CONVERGED

@@ -24,8 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jaxvol import batching
 from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema as schemas
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
+
+__all__ = ["analyze", "arbitrage_report", "ChainAnalysis", "ChainOptions", "compute",
+           "make_options", "report", "rows_frame"]
 
 #: Number of traces of each JAX kernel in this process (a trace-count guard for tests).
 TRACE_COUNTS = {"forwards": 0, "vols": 0, "checks": 0, "calendar": 0}
@@ -165,12 +169,14 @@ def _timed(timings: dict, name: str):
 
 
 def _run_batch(batch: packing.ChainBatch, slice_block: int, opts: ChainOptions) -> dict:
+    """The three kernels over the batch in blocks of ``slice_block`` slices (the batch is
+    already padded to its slice capacity, so every block has one of a few shapes)."""
     kernel = functools.partial(_block_kernel, near_strikes=opts.near_strikes,
                                iterations=opts.iterations, huber=opts.huber,
                                reject=opts.reject, tolerance=opts.tolerance)
-    blocks = [jax.device_get(kernel(jax.device_put(block)))
-              for block in packing.iter_blocks(batch, slice_block)]
-    return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+    block = min(slice_block, batch.expiry.shape[0])
+    return batching.run_blocks(lambda *fields: kernel(packing.ChainBatch(*fields)), list(batch),
+                               block, jit=False)
 
 
 def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber, reject,

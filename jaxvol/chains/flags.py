@@ -12,6 +12,9 @@ import enum
 
 import numpy as np
 
+__all__ = ["DEFAULT_EXCLUDE", "describe", "duplicate_rows", "Flag", "flagged", "quote_flags",
+           "QUOTE_LEVEL", "row_flags"]
+
 
 class Flag(enum.IntFlag):
     """Bits of the ``quality_flags`` column (combine and test with ``&``)."""

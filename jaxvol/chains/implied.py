@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+__all__ = ["quote_vols", "QuoteVols", "total_variance_otm"]
+
 
 class QuoteVols(NamedTuple):
     """Black implied vols; each field is [2, slices, strikes] with index 0 = calls, 1 = puts."""

@@ -35,6 +35,9 @@ import pathlib
 import numpy as np
 import pandas as pd
 
+__all__ = ["ChainSchema", "load", "make_schema", "NORMALISED_COLUMNS", "read_table", "SchemaError",
+           "validate"]
+
 NORMALISED_COLUMNS = ("underlying", "expiry", "strike", "is_call", "bid", "ask", "mid",
                       "forward", "discount")
 _CALL_WORDS = {"c": True, "call": True, "p": False, "put": False}

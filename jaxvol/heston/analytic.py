@@ -60,6 +60,9 @@ import numpy as np
 
 from jaxvol.heston import _cmath as cm
 
+__all__ = ["CONTOURS", "fair_variance", "integrated_variance", "log_mgf", "log_mgf_parts", "NODES",
+           "price", "smile_otm"]
+
 NODES = 96  #: quadrature nodes per contour (node count rule: module docstring)
 TAIL_LOG = 40.0  #: truncation: integrand decayed by e^-40 ~ 4e-18 relative
 T_LO = -3.6  #: lower end of t: u = lam * exp(-3.6 - e^3.6) ~ 1e-16 lam

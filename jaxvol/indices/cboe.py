@@ -26,7 +26,6 @@ The private :class:`_Rules` switches exist only so that tests can show that each
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 from typing import NamedTuple
 
@@ -34,18 +33,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvol.status import domain_status
 from jaxvol.indices.term import MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance
 from jaxvol.indices.term import variance_to_index
 
+__all__ = ["CBOE_RULES", "cboe_variance", "cboe_vix", "cboe_vix_batch", "CboeBatch", "CboeStatus",
+           "CboeTerm", "CboeVix", "QUOTE_COLUMNS"]
 
-class CboeStatus(enum.IntEnum):
-    """Per-term outcome of the Cboe computation (worst of the two terms for the index)."""
 
-    OK = 0
-    BAD_EXPIRY = 1          # minutes <= 0 or a non-finite rate
-    NO_FORWARD = 2          # no strike with positive call and put bids
-    TOO_FEW_STRIKES = 3     # no out-of-the-money put or no call survived selection
-    NON_FINITE = 4          # a used quote or the result is not finite
+CboeStatus = domain_status("CboeStatus", "indices", {
+    "OK": 0,
+    "BAD_INPUT": 1,         # minutes <= 0 or a non-finite rate (old name BAD_EXPIRY)
+    "NON_FINITE": 3,        # a used quote or the result is not finite
+    "TOO_FEW_POINTS": 4,    # no out-of-the-money put or no call survived (old TOO_FEW_STRIKES)
+    "NO_FORWARD": 30,       # no strike with positive call and put bids
+}, "Per-term outcome of the Cboe computation (the index takes the larger code of its two "
+   "terms; codes: jaxvol.status).",
+    aliases={"BAD_EXPIRY": "BAD_INPUT", "TOO_FEW_STRIKES": "TOO_FEW_POINTS"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = ["interpolate_variance", "MINUTES_30_DAYS", "MINUTES_PER_YEAR", "term_structure",
+           "variance_to_index"]
+
 MINUTES_PER_YEAR = 525_600.0
 """N365: minutes in a 365-day year, the Cboe time unit."""
 

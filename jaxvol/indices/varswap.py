@@ -25,6 +25,9 @@ import jax.numpy as jnp
 from jaxvol.indices import cboe, vxj
 from jaxvol.indices.term import term_structure
 
+__all__ = ["fair_variance_strike", "realized_variance", "replication_variance",
+           "variance_term_structure"]
+
 
 def _log_payoff(strike, boundary, expiry):
     return (2.0 / expiry) * ((strike - boundary) / boundary - jnp.log(strike / boundary))

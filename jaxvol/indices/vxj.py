@@ -56,7 +56,6 @@ Choices (documented, deliberate):
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import math
 from typing import NamedTuple
@@ -67,20 +66,26 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from jaxvol.indices import cboe
+from jaxvol.status import domain_status
 from jaxvol.indices.term import MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance
 from jaxvol.indices.term import variance_to_index
+
+__all__ = ["gaussian_integral", "gaussian_integral_cubic", "hermite_pieces", "HermitePieces",
+           "interpolated_total_variance", "smile_variance", "vxj_index", "vxj_index_batch",
+           "vxj_variance", "vxj_variance_from_prices", "VxjBatch", "VxjIndex", "VxjStatus",
+           "VxjTerm"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _MEASURE_SIGN = {"variance": 1.0, "gamma": -1.0}   # z = -d2 (variance) or z = -d1 (gamma swap)
 
 
-class VxjStatus(enum.IntEnum):
-    """Per-lane outcome of the VXJ computation."""
-
-    OK = 0
-    BAD_INPUT = 1        # non-positive/non-finite expiry, forward or discount
-    TOO_FEW_NODES = 2    # fewer than two usable implied-vol nodes
-    NON_FINITE = 3       # the integral is not finite
+VxjStatus = domain_status("VxjStatus", "indices", {
+    "OK": 0,
+    "BAD_INPUT": 1,        # non-positive/non-finite expiry, forward or discount
+    "NON_FINITE": 3,       # the integral is not finite
+    "TOO_FEW_POINTS": 4,   # fewer than two usable implied-vol nodes (old name TOO_FEW_NODES)
+}, "Per-lane outcome of the VXJ computation (codes: jaxvol.status).",
+    aliases={"TOO_FEW_NODES": "TOO_FEW_POINTS"})
 
 
 class VxjTerm(NamedTuple):

@@ -88,6 +88,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_iterations": Key(int, 60, "Levenberg-Marquardt iterations", _positive, "> 0"),
         "no_arbitrage": Key(bool, False, "penalise butterfly arbitrage (Durrleman g >= 0) and "
                             "Lee's wing bound in the fit"),
+        "warm_start": Key(bool, False, "on a warm night start from yesterday's SVI parameters "
+                          "(off: svi.fit's own start fitted small noisy slices better)"),
     },
     "sabr": {
         "enabled": Key(bool, True, "fit SABR per slice"),

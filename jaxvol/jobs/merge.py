@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxvol.jobs import config as config_mod
+from jaxvol.jobs.errors import JobError
 
 __all__ = ["merge", "TABLES"]
 
@@ -33,7 +34,6 @@ def _chunk_dirs(out: pathlib.Path, count: int) -> list[pathlib.Path]:
     dirs = [out / "chunks" / f"chunk-{i:05d}" for i in range(count)]
     missing = [i for i, d in enumerate(dirs) if not d.exists()]
     if missing:
-        from jaxvol.jobs.pipeline import JobError
         raise JobError(f"{out}: chunks {missing[:10]}{'...' if len(missing) > 10 else ''} are "
                        "not finished; run the missing processes (same arguments) first")
     return dirs

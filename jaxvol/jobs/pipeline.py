@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from jaxvol.jobs import config as config_mod
+from jaxvol.jobs.errors import JobError, StageUnavailable
 from jaxvol.jobs.source import FileSource, make_source
-from jaxvol.jobs.stages import STAGES, Chunk, JobEnv, StageUnavailable
+from jaxvol.jobs.stages import STAGES, Chunk, JobEnv
 
 __all__ = ["JobError", "SimulatedCrash", "run_nightly", "plan_chunks", "chunk_owner",
            "CRASH_ENV"]
@@ -34,10 +35,6 @@ log = logging.getLogger("jaxvol.jobs")
 CRASH_ENV = "JAXVOL_TEST_CRASH_AFTER_CHUNK"
 """Test hook: when set to k, the run stops with :class:`SimulatedCrash` right after chunk k is
 checkpointed (as if the machine had died there)."""
-
-
-class JobError(RuntimeError):
-    """The job cannot run as asked (wrong output folder, missing partitions, ...)."""
 
 
 class SimulatedCrash(RuntimeError):
