@@ -16,6 +16,10 @@ from jaxvol import chains  # noqa: E402,F401  (option chains: flags, packing, fo
 from jaxvol import fx  # noqa: E402,F401  (FX conventions, strangles, smiles)
 from jaxvol import heston  # noqa: E402,F401  (Heston pricing and calibration)
 from jaxvol import synthetic  # noqa: E402,F401  (deterministic synthetic markets; jaxvol.jobs: nightly job)
+from jaxvol import mc  # noqa: E402,F401  (Monte Carlo engine: Heston schemes, general SV, payoffs)
+from jaxvol import localvol  # noqa: E402,F401  (local vol: surfaces, Gatheral/Dupire, LV MC, Heston-SLV)
+from jaxvol import leadlag  # noqa: E402,F401  (lead–lag on asynchronous ticks: HY, HRY contrast)
+from jaxvol import ou, divergence  # noqa: E402,F401  (OU fits on ticks; IV–spot divergence)
 
 __all__ = [
     "configure", "black_price", "bsm_price", "bachelier_price", "greeks", "bsm_greeks",

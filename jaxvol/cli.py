@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxvol.jobs.commands import add_commands
 
     add_commands(subparsers)
+    from jaxvol.divergence.command import add_command as add_divergence
+
+    add_divergence(subparsers)
     return parser
 
 
