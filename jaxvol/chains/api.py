@@ -43,6 +43,10 @@ class ChainOptions:
     tolerance: relative size below which an arbitrage violation counts as zero.
     calendar_tolerance: the same, absolute, in total-variance units.
     strike_buckets, slice_block: packing (``pack.pack``); dtype: float32 or float64.
+    bad_values: ``"raise"`` (a bad cell raises SchemaError naming column and rows) or
+    ``"flag"`` (the row is kept and flagged BAD_VALUE / BAD_OPTION_TYPE / MISSING_KEY).
+    carry_tolerance: relative disagreement of a row's forward/discount with its slice's median
+    beyond which the row is flagged INCONSISTENT_CARRY (``schema.validate``).
     """
 
     schema: schemas.ChainSchema | None = None
@@ -60,6 +64,8 @@ class ChainOptions:
     strike_buckets: tuple = packing.DEFAULT_STRIKE_BUCKETS
     slice_block: int = packing.DEFAULT_SLICE_BLOCK
     dtype: object = np.float64
+    bad_values: str = "raise"
+    carry_tolerance: float = 1e-6
 
     def __post_init__(self):
         if np.dtype(self.dtype) not in (np.float32, np.float64):
@@ -141,7 +147,10 @@ def compute(table, **options) -> ChainAnalysis:
     with _timed(timings, "validate"):
         if not isinstance(table, pd.DataFrame):
             table = schemas.read_table(table)
-        source = schemas.validate(table, opts.schema, **(opts.columns or {}))
+        source = schemas.validate(table, opts.schema, bad_values=opts.bad_values,
+                                  carry_tolerance=opts.carry_tolerance, **(opts.columns or {}))
+    if len(source) == 0:
+        return _empty_analysis(table, source, opts, timings)
     with _timed(timings, "flags"):
         flags = row_flags(source, max_relative_spread=opts.max_relative_spread,
                           locked_tolerance=opts.locked_tolerance, exclude=opts.exclude)
@@ -155,6 +164,24 @@ def compute(table, **options) -> ChainAnalysis:
         result = _assemble(table, source, packed, flags, batch_results, opts, timings)
     timings["assemble"] -= timings["jax_calendar"]
     return result
+
+
+def _empty_analysis(table, source, opts, timings) -> ChainAnalysis:
+    """The analysis of a chain without rows: empty per-row arrays, no slices, no batches."""
+    slices = pd.DataFrame({"underlying": source["underlying"].iloc[:0],
+                           "expiry": np.zeros(0), "n_strikes": np.zeros(0, np.int64)})
+    none = np.zeros(0, np.int64)
+    packed = packing.PackedChain((), slices, none, none, none, none, np.zeros(0, bool),
+                                 opts.slice_block)
+    fwd = forwards.ForwardResult(*(np.zeros(0) for _ in range(4)), np.zeros(0, np.int32),
+                                 np.zeros(0, np.int32))
+    rows = {name: np.zeros(0) for name in ("forward", "discount", "forward_se", "discount_se",
+                                           "iv_bid", "iv_mid", "iv_ask")}
+    arb = arbitrage.ArbitrageResult(None, np.zeros((0, 8)), np.zeros((0, 8), np.int32),
+                                    np.zeros((0, 8)))
+    timings.update(flags=0.0, pack=0.0, jax_block=0.0, jax_calendar=0.0, assemble=0.0)
+    return ChainAnalysis(table, source, packed, np.zeros(0, np.int64), fwd, rows, arb, (), opts,
+                         timings)
 
 
 @contextlib.contextmanager
