@@ -714,6 +714,8 @@ def indices(chunk: Chunk, env: JobEnv) -> None:
             "underlying": names, f"cboe_{target_days}d": cboe.index,
             "cboe_status": cboe.status.astype(np.int32), f"vxj_{target_days}d": vxj.index,
             "vxj_status": vxj.status.astype(np.int32),
+            "cboe_excluded": np.asarray(cboe.excluded).astype(np.int32),
+            "vxj_excluded": np.asarray(vxj.excluded).astype(np.int32),
             "near_expiry": arrays["minutes"][:, 0] / MINUTES_PER_YEAR,
             "next_expiry": arrays["minutes"][:, 1] / MINUTES_PER_YEAR})
         table = table.merge(found, on="underlying", how="left")
@@ -725,7 +727,7 @@ def indices(chunk: Chunk, env: JobEnv) -> None:
 def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
     """``vxj_{d}d`` columns: constant-maturity VXJ indices (vol points) per underlying."""
     from_prices, term_structure = require("jaxvol.indices", "vxj_variance_from_prices",
-                                          "term_structure")
+                                          "term_structure_status")
     batch, table = chunk.batch, chunk.slices
     forward = table["forward"].to_numpy()
     ok = np.isfinite(forward) & (forward > 0)
@@ -742,13 +744,14 @@ def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
     days = env.config["indices"]["term_days"]
     targets = np.asarray(days, np.float64) * 1440.0
     valid = grid["valid"]
-    annual = _padded_jit(term_structure, [np.where(valid, grid["minutes"], 1.0),
-                                          np.where(valid, grid["variance"], 0.0), valid],
-                         target_minutes=targets)
-    index = 100.0 * np.sqrt(np.maximum(annual, 0.0))
-    out = pd.DataFrame(np.where(np.isfinite(annual), index, np.nan),
-                       columns=[f"vxj_term_{d}d" for d in days])
-    out.insert(0, "underlying", names)
+    term = _padded_jit(term_structure, [np.where(valid, grid["minutes"], 1.0),
+                                        np.where(valid, grid["variance"], 0.0), valid],
+                       target_minutes=targets)
+    # NaN with a status where a value cannot be computed (was 0.0: np.maximum(annual, 0))
+    out = pd.DataFrame({"underlying": names})
+    for j, d in enumerate(days):
+        out[f"vxj_term_{d}d"] = term.index[:, j]
+        out[f"vxj_term_{d}d_status"] = term.status[:, j].astype(np.int32)
     return out
 
 
