@@ -27,6 +27,9 @@ import pandas as pd
 from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema as schemas
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
 
+__all__ = ["TRACE_COUNTS", "ChainOptions", "make_options", "ChainAnalysis", "analyze",
+           "arbitrage_report", "rows_frame", "report", "compute"]
+
 #: Number of traces of each JAX kernel in this process (a trace-count guard for tests).
 TRACE_COUNTS = {"forwards": 0, "vols": 0, "checks": 0, "calendar": 0}
 

@@ -12,6 +12,9 @@ import enum
 
 import numpy as np
 
+__all__ = ["Flag", "DEFAULT_EXCLUDE", "QUOTE_LEVEL", "flagged", "describe", "quote_flags",
+           "duplicate_rows", "row_flags"]
+
 
 class Flag(enum.IntFlag):
     """Bits of the ``quality_flags`` column (combine and test with ``&``)."""

@@ -38,6 +38,9 @@ from jaxvol.status import domain_status
 from jaxvol.indices.term import MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance
 from jaxvol.indices.term import variance_to_index
 
+__all__ = ["CboeStatus", "CBOE_RULES", "CboeTerm", "CboeBatch", "ScreenedQuotes", "screen_quotes",
+           "cboe_variance", "cboe_vix_batch", "QUOTE_COLUMNS", "CboeVix", "cboe_vix"]
+
 
 CboeStatus = domain_status("CboeStatus", "indices", {
     "OK": 0,

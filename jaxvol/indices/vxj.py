@@ -71,6 +71,11 @@ from jaxvol.status import domain_status
 from jaxvol.indices.term import MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance
 from jaxvol.indices.term import variance_to_index
 
+__all__ = ["VxjStatus", "VxjTerm", "VxjBatch", "HermitePieces", "hermite_pieces",
+           "gaussian_integral_cubic", "gaussian_integral", "interpolated_total_variance",
+           "vxj_variance_from_prices", "vxj_variance", "vxj_index_batch", "VxjIndex",
+           "vxj_index", "smile_variance"]
+
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _MEASURE_SIGN = {"variance": 1.0, "gamma": -1.0}   # z = -d2 (variance) or z = -d1 (gamma swap)
 
