@@ -7,7 +7,7 @@ first one's compiled programs.
 """
 
 import json
-import pathlib
+import re
 
 import numpy as np
 import pandas as pd
@@ -191,8 +191,36 @@ def test_exit_codes(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(stages.STAGES, "pack", broken)
     assert cli.main(good + ["--out", str(tmp_path / "failed")]) == 1
     text = capsys.readouterr()
-    assert "first error: chunk 0: RuntimeError: simulated stage failure" in text.out
+    assert re.search(r"first error: chunk 0: underlyings \['SYN00000'.*RuntimeError: "
+                     "simulated stage failure", text.out)
     assert "Traceback" not in text.err and "Traceback" in (
         tmp_path / "failed" / "run.log").read_text()
     summary = json.loads((tmp_path / "failed" / "run.json").read_text())
     assert summary["stages"]["pack"]["failed"] == 2
+
+
+def test_a_stage_failing_on_one_underlying_costs_only_that_underlying(runs, tmp_path,
+                                                                      monkeypatch):
+    from jaxvol.jobs import stages
+    root, _ = runs
+    original = stages.STAGES["svi"]
+
+    def fails_on_one(chunk, env):
+        if (chunk.rows["underlying"] == "SYN00001").any():
+            raise FloatingPointError("simulated failure on SYN00001")
+        return original(chunk, env)
+    monkeypatch.setitem(stages.STAGES, "svi", fails_on_one)
+    config = merge_overrides(load_config(None), SMALL)
+    summary = run_nightly(config, out=tmp_path / "one", input_path=str(root / "clean.csv"))
+    assert summary["stages"]["svi"]["failed"] == 1
+    assert "SYN00001" in summary["stages"]["svi"]["first_error"]
+    slices = pd.read_parquet(tmp_path / "one" / "slices.parquet")
+    clean = pd.read_parquet(root / "clean" / "slices.parquet")
+    lost = slices["underlying"] == "SYN00001"
+    assert (slices.loc[lost, "svi_status_name"] == "STAGE_FAILED").all()
+    assert slices.loc[lost, "failed_stages"].str.contains("simulated failure").all()
+    assert (slices.loc[~lost, "failed_stages"] == "").all()
+    params = ["svi_a", "svi_b", "svi_rho", "svi_m", "svi_sigma"]
+    np.testing.assert_array_equal(slices.loc[~lost, params].to_numpy(),
+                                  clean.loc[clean["underlying"] != "SYN00001", params].to_numpy())
+    assert len(pd.read_parquet(tmp_path / "one" / "rows.parquet")) == 288

@@ -279,8 +279,10 @@ def _assemble(table, source, packed, flags, batch_results, opts, timings) -> Cha
     rows = {name: fwd_value[packed.row_slice] for name, fwd_value in (
         ("forward", fwd.forward), ("discount", fwd.discount), ("forward_se", fwd.forward_se),
         ("discount_se", fwd.discount_se))}
-    for name in ("iv_bid", "iv_mid", "iv_ask"):
-        rows[name] = packing.unpack_cells(packed, cells(name, 0), cells(name, 1))
+    unreadable = (flags & int(Flag.BAD_VALUE | Flag.BAD_OPTION_TYPE | Flag.MISSING_KEY)) != 0
+    for name in ("iv_bid", "iv_mid", "iv_ask"):  # a row read wrong has no vol of its own
+        rows[name] = np.where(unreadable, np.nan,
+                              packing.unpack_cells(packed, cells(name, 0), cells(name, 1)))
     with _timed(timings, "jax_calendar"):
         arb = _with_calendar(packed, batch_results, per_slice, fwd.forward, opts)
     return ChainAnalysis(table, source, packed, flags, fwd, rows, arb, batch_results, opts,

@@ -25,6 +25,7 @@ import pandas as pd
 from jaxvol.jobs import config as config_mod
 from jaxvol.jobs.source import FileSource, make_source
 from jaxvol.jobs.stages import STAGES, Chunk, JobEnv, StageUnavailable
+from jaxvol.status import domain_status
 
 __all__ = ["JobError", "OutputBusy", "SimulatedCrash", "run_nightly", "plan_chunks",
            "chunk_owner", "CRASH_ENV", "DEPENDS", "output_lock", "write_atomic"]
@@ -220,13 +221,98 @@ def _run_stage(name: str, chunk: Chunk, env: JobEnv, failed: dict | None = None)
     return entry
 
 
+JobStatus = domain_status("JobStatus", "jobs", {
+    "OK": 0,
+    "STAGE_FAILED": 110,   # the stage that computes this value failed on this underlying
+}, "Outcomes of the nightly job itself (jaxvol.status numbering).")
+
+
 def _process_chunk(index: int, rows: pd.DataFrame, env: JobEnv, load_seconds: float):
+    """Run the stages on a chunk; if one fails, isolate the underlyings it fails on."""
+    chunk, stage_log = _run_stages(index, rows, env, load_seconds)
+    if not any(e["status"] == "failed" for e in stage_log):
+        return chunk, stage_log
+    names = list(pd.unique(rows["underlying"]))
+    if len(names) == 1:
+        return _mark_failed(chunk, stage_log), stage_log
+    log.warning("chunk %d: %s failed; running its %d underlyings in halves to isolate the "
+                "failure (the others keep their results)", index,
+                ", ".join(e["stage"] for e in stage_log if e["status"] == "failed"), len(names))
+    parts = _bisect(index, rows, names, env)
+    return _combine(index, rows, parts, stage_log, load_seconds)
+
+
+def _bisect(index, rows, names, env):
+    """(chunk, stage_log) of consecutive groups of underlyings: halves until a failing group
+    is a single underlying (a few reruns: the compiled programs are reused)."""
+    group = rows[rows["underlying"].isin(names)]
+    chunk, stage_log = _run_stages(index, group, env, 0.0)
+    if not any(e["status"] == "failed" for e in stage_log):
+        return [(chunk, stage_log)]
+    if len(names) == 1:
+        return [(_mark_failed(chunk, stage_log), stage_log)]
+    half = len(names) // 2
+    return _bisect(index, rows, names[:half], env) + _bisect(index, rows, names[half:], env)
+
+
+def _mark_failed(chunk: Chunk, stage_log: list[dict]) -> Chunk:
+    """Record on the chunk's per-slice and per-underlying tables which stages failed."""
+    reason = "; ".join(f"{e['stage']}: {e['message']}" for e in stage_log
+                       if e["status"] in ("failed", "blocked"))
+    names = pd.unique(chunk.rows["underlying"])
+    if chunk.slices is None:
+        keys = chunk.rows[["underlying", "expiry"]].drop_duplicates()
+        chunk.slices = keys.reset_index(drop=True)
+    if chunk.underlyings is None:
+        chunk.underlyings = pd.DataFrame({"underlying": names})
+    for table in (chunk.slices, chunk.underlyings):
+        table["failed_stages"] = reason
+    return chunk
+
+
+def _combine(index, rows, parts, stage_log, load_seconds):
+    """One chunk from the isolated groups; the stage log says which underlyings failed."""
+    combined = Chunk(index=index, rows=rows)
+    for name in ("rows", "slices", "underlyings", "indices", "arbitrage"):
+        tables = [getattr(c, name) for c, _ in parts if getattr(c, name) is not None]
+        if not tables:
+            setattr(combined, name, None)
+            continue
+        table = pd.concat(tables, ignore_index=True, sort=False)
+        if name == "rows" and "row_id" in table:
+            table = table.sort_values("row_id", kind="stable").reset_index(drop=True)
+        for column in [c for c in table.columns if c.endswith("_status")]:
+            if table[column].isna().any():  # groups where the stage failed
+                table[column] = table[column].fillna(int(JobStatus.STAGE_FAILED))
+            table[column] = table[column].astype(np.int32)
+        if "failed_stages" in table:
+            table["failed_stages"] = table["failed_stages"].fillna("")
+        setattr(combined, name, table)
+    log_out = [{"chunk": index, "stage": "load", "status": "ok", "message": "",
+                "seconds": load_seconds}]
+    for position, entry in enumerate(stage_log[1:], start=1):
+        outcomes = [(c, log_[position]) for c, log_ in parts]
+        bad = [(c, e) for c, e in outcomes if e["status"] in ("failed", "blocked")]
+        merged = dict(entry, seconds=sum(e["seconds"] for _, e in outcomes) + entry["seconds"])
+        if bad:
+            who = [str(u) for c, _ in bad for u in pd.unique(c.rows["underlying"])]
+            status = "failed" if any(e["status"] == "failed" for _, e in bad) else "blocked"
+            merged.update(status=status, message=f"underlyings {who[:5]}"
+                          f"{'...' if len(who) > 5 else ''} ({len(who)} of "
+                          f"{rows['underlying'].nunique()}): {bad[0][1]['message']}")
+        else:
+            merged.update(status=outcomes[0][1]["status"], message=outcomes[0][1]["message"])
+        log_out.append(merged)
+    return combined, log_out
+
+
+def _run_stages(index: int, rows: pd.DataFrame, env: JobEnv, load_seconds: float):
     chunk = Chunk(index=index, rows=rows)
     stage_log = [{"chunk": index, "stage": "load", "status": "ok", "message": "",
                   "seconds": load_seconds}]
     failed: dict = {}
     for name in STAGES:
-        if index == getattr(env, "first_chunk", -1):
+        if index == getattr(env, "first_chunk", -1) and load_seconds > 0:
             log.info("chunk %d: stage %s%s", index, name,
                      " (first chunk: compiling)" if name != "analyze" else
                      " (first chunk: compiling; later chunks reuse the programs)")
