@@ -102,7 +102,7 @@ class _ConsoleFormatter(logging.Formatter):
             record.exc_info, record.exc_text = saved
 
 
-def _logging() -> None:
+def _logging() -> logging.Handler:
     """jaxvol's progress on stderr (INFO); everything else (JAX, XLA) at WARNING only."""
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
@@ -117,6 +117,22 @@ def _logging() -> None:
     logger.addHandler(handler)
     for name in ("jax", "jax._src", "absl"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    return handler
+
+
+def _console(function):
+    """Run a subcommand with the console handler attached, and detached afterwards."""
+    def run(args: argparse.Namespace) -> int:
+        handler = _logging()
+        try:
+            return function(args)
+        finally:
+            logger = logging.getLogger("jaxvol")
+            logger.removeHandler(handler)
+            logger.propagate = True
+    run.__name__ = function.__name__
+    run.__doc__ = function.__doc__
+    return run
 
 
 def _error(command: str, error: BaseException) -> None:
@@ -129,6 +145,7 @@ def exit_code(summary: dict) -> int:
     return EXIT_STAGE_FAILED if failed else EXIT_OK
 
 
+@_console
 def nightly_main(args: argparse.Namespace) -> int:
     import jaxvol
     jaxvol.configure()
@@ -136,7 +153,6 @@ def nightly_main(args: argparse.Namespace) -> int:
     from jaxvol.jobs.merge import format_summary
     from jaxvol.jobs.pipeline import OutputBusy
     from jaxvol.jobs.source import InputError
-    _logging()
     try:
         config = merge_overrides(load_config(args.config), _overrides(args.set))
         num_processes, process_id = args.num_processes, args.process_id
@@ -166,13 +182,13 @@ def nightly_main(args: argparse.Namespace) -> int:
     return EXIT_STAGE_FAILED if summary.get("failed") else EXIT_OK
 
 
+@_console
 def merge_main(args: argparse.Namespace) -> int:
     import jaxvol
     jaxvol.configure()
     from jaxvol.jobs import JobError
     from jaxvol.jobs.merge import format_summary, merge
     from jaxvol.jobs.pipeline import OutputBusy, output_lock
-    _logging()
     try:
         with output_lock(args.out, "merge"):
             summary = merge(args.out)

@@ -101,7 +101,12 @@ def _concat(dirs: list[pathlib.Path], name: str) -> pd.DataFrame | None:
     parts = [pd.read_parquet(d / f"{name}.parquet") for d in dirs
              if (d / f"{name}.parquet").exists()]
     parts = [p for p in parts if len(p)]
-    return add_status_names(pd.concat(parts, ignore_index=True)) if parts else None
+    if not parts:
+        return None
+    table = pd.concat(parts, ignore_index=True)
+    if "failed_stages" in table:  # written only by chunks where a stage failed
+        table["failed_stages"] = table["failed_stages"].fillna("")
+    return add_status_names(table)
 
 
 def _enum_for(column: str):
