@@ -224,3 +224,36 @@ def test_a_stage_failing_on_one_underlying_costs_only_that_underlying(runs, tmp_
     np.testing.assert_array_equal(slices.loc[~lost, params].to_numpy(),
                                   clean.loc[clean["underlying"] != "SYN00001", params].to_numpy())
     assert len(pd.read_parquet(tmp_path / "one" / "rows.parquet")) == 288
+
+
+def test_report_renders_in_a_browser(runs, tmp_path):
+    # The report of the faulty run, written with the report on, rendered by headless Chromium
+    # (skipped where it is not installed: `apt-get install -y chromium`).
+    import shutil
+    import subprocess
+
+    from jaxvol.jobs import config as cfg
+    from jaxvol.jobs.merge import TABLES
+    from jaxvol.report import write_report
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    root, summaries = runs
+    out = tmp_path / "night"
+    shutil.copytree(root / "bad", out, ignore=shutil.ignore_patterns(".lock-*"))
+    config = cfg.load_config(out / "config.toml")
+    config["report"]["enabled"] = True
+    tables = {n: pd.read_parquet(out / f"{n}.parquet") if (out / f"{n}.parquet").exists()
+              else None for n in TABLES}
+    write_report(out, config, summaries["bad"], tables, None)
+    page = (out / "report.html").read_text()
+    for heading in ("Fit quality by status", "Fits not converged", "Fitted smiles",
+                    "SVI parameters", "Quality flags"):
+        assert heading in page
+    assert "MAX_ITERATIONS" in page or "CONVERGED" in page
+    if browser is None:
+        pytest.skip("chromium not installed: the report was written but not rendered")
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    f"--screenshot={shot}", "--window-size=1300,3000",
+                    (out / "report.html").as_uri()], check=True, timeout=120,
+                   capture_output=True)
+    assert shot.stat().st_size > 50_000      # a page with figures, not a blank one
