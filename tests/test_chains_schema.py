@@ -131,3 +131,16 @@ def test_one_bad_spot_does_not_move_the_slice_forward(board):
         np.testing.assert_array_equal(frame["forward"], reference["forward"])
         assert flagged(frame["input_flags"][first], Flag.INCONSISTENT_CARRY).all()
         assert not flagged(frame["input_flags"].drop(index=first), Flag.INCONSISTENT_CARRY).any()
+
+
+def test_iv_status_of_every_side(board):
+    # why iv_bid is NaN: a zero bid has no vol, and its status says so (not OK), per side
+    from jaxvol import IVStatus
+    zero = board.copy()
+    zero.loc[0, "bid"] = 0.0
+    out = analyze(zero)
+    for side in ("bid", "mid", "ask"):
+        status = out[f"iv_{side}_status"].to_numpy()
+        solved = np.isfinite(out[f"iv_{side}"].to_numpy())
+        assert (status[solved] == IVStatus.OK).all() and (status[~solved] != 0).all()
+    assert out["iv_bid_status"][0] != IVStatus.OK and np.isnan(out["iv_bid"][0])

@@ -26,6 +26,7 @@ import pandas as pd
 
 from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema as schemas
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
+from jaxvol.status import Status
 
 __all__ = ["TRACE_COUNTS", "ChainOptions", "make_options", "ChainAnalysis", "analyze",
            "arbitrage_report", "rows_frame", "report", "compute"]
@@ -128,8 +129,9 @@ def rows_frame(result: ChainAnalysis) -> pd.DataFrame:
     exclude = int(result.options.exclude)
     out["usable"] = (result.quality_flags & exclude) == 0
     for name in ("forward", "discount", "forward_se", "discount_se", "iv_bid", "iv_mid",
-                 "iv_ask"):
-        out[name] = result.rows[name]
+                 "iv_ask", "iv_bid_status", "iv_mid_status", "iv_ask_status"):
+        if name in result.rows:
+            out[name] = result.rows[name]
     return out
 
 
@@ -180,6 +182,7 @@ def _empty_analysis(table, source, opts, timings) -> ChainAnalysis:
                                  np.zeros(0, np.int32))
     rows = {name: np.zeros(0) for name in ("forward", "discount", "forward_se", "discount_se",
                                            "iv_bid", "iv_mid", "iv_ask")}
+    rows.update({f"iv_{side}_status": np.zeros(0, np.int32) for side in ("bid", "mid", "ask")})
     arb = arbitrage.ArbitrageResult(None, np.zeros((0, 8)), np.zeros((0, 8), np.int32),
                                     np.zeros((0, 8)))
     timings.update(flags=0.0, pack=0.0, jax_block=0.0, jax_calendar=0.0, assemble=0.0)
@@ -234,7 +237,9 @@ def _vol_kernel(batch, forward, discount):
                               (batch.put_bid, batch.put_mid, batch.put_ask))
     by_slice = lambda a: jnp.moveaxis(a, 0, 1)  # noqa: E731  [2, S, N] -> [S, 2, N]
     return dict(iv_bid=by_slice(vols.bid), iv_mid=by_slice(vols.mid),
-                iv_ask=by_slice(vols.ask), iv_status=by_slice(vols.mid_status))
+                iv_ask=by_slice(vols.ask), iv_status=by_slice(vols.mid_status),
+                iv_bid_status=by_slice(vols.bid_status),
+                iv_ask_status=by_slice(vols.ask_status))
 
 
 @functools.partial(jax.jit, static_argnames=("tolerance",))
@@ -283,6 +288,12 @@ def _assemble(table, source, packed, flags, batch_results, opts, timings) -> Cha
     for name in ("iv_bid", "iv_mid", "iv_ask"):  # a row read wrong has no vol of its own
         rows[name] = np.where(unreadable, np.nan,
                               packing.unpack_cells(packed, cells(name, 0), cells(name, 1)))
+    # per-row IV status of each side (jaxvol.IVStatus); NO_CELL where the row has no cell
+    no_cell = int(Status.BAD_INPUT)
+    for side, name in (("bid", "iv_bid_status"), ("mid", "iv_status"), ("ask", "iv_ask_status")):
+        codes = packing.unpack_cells(packed, cells(name, 0), cells(name, 1), fill=no_cell)
+        codes = np.where(unreadable | (packed.row_batch < 0), no_cell, codes)
+        rows[f"iv_{side}_status"] = codes.astype(np.int32)
     with _timed(timings, "jax_calendar"):
         arb = _with_calendar(packed, batch_results, per_slice, fwd.forward, opts)
     return ChainAnalysis(table, source, packed, flags, fwd, rows, arb, batch_results, opts,

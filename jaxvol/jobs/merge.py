@@ -112,6 +112,9 @@ def _concat(dirs: list[pathlib.Path], name: str) -> pd.DataFrame | None:
 def _enum_for(column: str):
     """The enumeration whose member names a status column shows (CONVERGED for fits)."""
     fit = ("svi_status", "sabr_status", "ssvi_status", "heston_status", "fx_status")
+    if column.startswith("iv_"):
+        from jaxvol.implied import IVStatus
+        return IVStatus
     if column in fit:
         try:
             from jaxvol.calibrate import FitStatus
