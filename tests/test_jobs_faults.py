@@ -173,9 +173,13 @@ def test_one_bad_cell_costs_one_row(runs):
 
 
 def test_exit_codes(runs, tmp_path, monkeypatch, capsys):
+    import jax
+
     from jaxvol import cli
     from jaxvol.jobs import stages
     root, _ = runs
+    # cli.main calls jaxvol.configure(): keep JAX's compilation cache on the suite's folder
+    monkeypatch.setenv("JAXVOL_CACHE_DIR", jax.config.jax_compilation_cache_dir)
     settings = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in SMALL.items()), [])
     settings += ["--set", "svi.enabled=false"]
     good = ["nightly", "--input", str(root / "clean.csv"), *settings]
@@ -184,7 +188,25 @@ def test_exit_codes(runs, tmp_path, monkeypatch, capsys):
         assert cli.main(good + ["--out", str(tmp_path / "ok"), "--fresh"]) == 3
     assert cli.main(["nightly", "--input", str(tmp_path / "none.csv"), "--out",
                      str(tmp_path / "x")]) == 2
-    capsys.readouterr()
+    (tmp_path / "dates.csv").write_text("underlying,expiry,strike,option_type,bid,ask\n"
+                                        "A,2026-12-18,100,C,1,2\n")
+    assert cli.main(["nightly", "--input", str(tmp_path / "dates.csv"), "--out",
+                     str(tmp_path / "y")]) == 2     # dates without a quote_time
+    assert "quote_time" in capsys.readouterr().err.splitlines()[-1]
+    (tmp_path / "dates.csv").write_text((root / "clean.csv").read_text())  # fixed input:
+    assert cli.main(good[:2] + [str(tmp_path / "dates.csv")] + good[3:]    # the rerun needs
+                    + ["--out", str(tmp_path / "y")]) == 0                 # no --fresh
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["demo", "--underlyings", "0"])
+    assert usage.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("must be >= 1, got 0")
+    with pytest.raises(SystemExit):
+        cli.main(["nightly", "--help"])
+    help_text = capsys.readouterr().out
+    assert "quote_time" in help_text and "exit codes" in help_text and "ACT/365F" in help_text
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.startswith("jaxvol 0.")
 
     def broken(chunk, env):
         raise RuntimeError("simulated stage failure")

@@ -133,6 +133,13 @@ def _claim_output(out: pathlib.Path, manifest: dict, fresh: bool) -> None:
         for name in ("chunks", "partitions", "work"):
             shutil.rmtree(out / name, ignore_errors=True)
         path.unlink(missing_ok=True)
+    started = out / "chunks"
+    if path.exists() and not (started.exists() and any(started.iterdir())) and json.loads(
+            path.read_text()).get("fingerprint") != manifest["fingerprint"]:
+        # an earlier attempt that checkpointed nothing (e.g. rejected input, since fixed):
+        # nothing to keep, so the rerun replaces it instead of asking for --fresh
+        path.unlink()
+        shutil.rmtree(out / "work", ignore_errors=True)
     if path.exists():
         existing = json.loads(path.read_text())
         if existing.get("fingerprint") != manifest["fingerprint"]:

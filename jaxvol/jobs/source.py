@@ -274,6 +274,8 @@ class FileSource:
         rows = 0
         for frame in _batches(self.path):
             _check_columns(frame, self.path)
+            if rows == 0 and len(frame):  # dates without quote_time, time zones: fail early
+                normalize_rows(frame.head(1000), self.path, self.day_count)
             rows += len(frame)
             names = _strings(frame["underlying"])
             seen.update(dict.fromkeys(names.where(names.notna(), "").unique()))
