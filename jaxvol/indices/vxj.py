@@ -419,7 +419,8 @@ def _vxj_pipeline(strike, price, is_call, usable, forward, expiry, discount, sig
     variance, integral, z, keep, status, checked = jnp.vectorize(
         lane, signature="(n),(n),(n),(),(),()->(),(),(n),(n),(),()")(
             log_moneyness, total, vol_ok, forward, expiry, discount)
-    return VxjTerm(variance, integral, forward, expiry, strike, z, total, keep, status, checked)
+    return VxjTerm(variance, integral, forward, expiry, strike, z, total, keep, status, checked,
+                   jnp.zeros(status.shape, jnp.int32))  # excluded: set by the quote screen
 
 
 def _otm_quotes_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
