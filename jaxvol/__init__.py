@@ -16,6 +16,7 @@ from jaxvol import chains  # noqa: E402,F401  (option chains: flags, packing, fo
 from jaxvol import fx  # noqa: E402,F401  (FX conventions, strangles, smiles)
 from jaxvol import heston  # noqa: E402,F401  (Heston pricing and calibration)
 from jaxvol import synthetic  # noqa: E402,F401  (deterministic synthetic markets; jaxvol.jobs: nightly job)
+from jaxvol import leadlag  # noqa: E402,F401  (lead–lag on asynchronous ticks: HY, HRY contrast)
 
 __all__ = [
     "configure", "black_price", "bsm_price", "bachelier_price", "greeks", "bsm_greeks",
