@@ -248,7 +248,8 @@ def _summary(config, manifest, stages, tables, row_count, out) -> dict:
     if indices is not None and (indices["underlying"] == "SPX").any():
         spx = indices[indices["underlying"] == "SPX"].iloc[0]
         summary["spx_cboe"] = {k: float(v) for k, v in spx.items()
-                               if k.startswith(("cboe_", "vxj_")) and np.isscalar(v)}
+                               if k.startswith(("cboe_", "vxj_")) and np.isscalar(v)
+                               and not isinstance(v, str)}  # not the *_status_name texts
     return summary
 
 
