@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-__all__ = ["black_board", "black_prices", "smile_vol"]
+__all__ = ["black_prices", "smile_vol", "black_board"]
 
 
 def black_prices(forward, strike, expiry, vol, is_call, discount):

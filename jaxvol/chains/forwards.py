@@ -25,9 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxvol.status import domain_status
-
-__all__ = ["ForwardResult", "ForwardStatus", "parity_forwards"]
+__all__ = ["ForwardStatus", "ForwardResult", "parity_forwards"]
 
 _SPREAD_FLOOR = 1e-12  # relative to the anchor strike: keeps 1/h^2 finite on locked quotes
 _MEDIAN_FLOOR = 1.0    # no pair's half-width counts below the slice's median one: a

@@ -76,6 +76,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "input": {
         "path": Key(str, "", "chains table (Parquet or CSV); empty = synthetic market"),
+        "day_count": Key(str, "ACT/365F", "day count of date/timestamp expiries: year "
+                         "fraction = (expiry - quote_time) / days, days = 365 (ACT/365F), "
+                         "365.25 or 360", lambda v: v in ("ACT/365F", "ACT/365.25", "ACT/360"),
+                         "ACT/365F, ACT/365.25 or ACT/360"),
     },
     "chains": {
         "max_relative_spread": Key(float, 0.0, "flag spreads wider than this share of mid "

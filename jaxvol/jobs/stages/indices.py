@@ -1,7 +1,7 @@
 """Index stage: Cboe-method and VXJ-method 30-day indices from the raw quotes of the two
 expiries bracketing the target (:func:`jaxvol.indices.cboe_vix_batch`,
 :func:`jaxvol.indices.vxj_index_batch`), and the VXJ term structure from every slice's OTM
-mids (:func:`jaxvol.indices.vxj_variance_from_prices`, :func:`jaxvol.indices.term_structure`).
+mids (:func:`jaxvol.indices.vxj_variance_from_prices`, :func:`jaxvol.indices.term_structure_status`).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def indices(chunk: Chunk, env: JobEnv) -> None:
             "underlying": names, f"cboe_{target_days}d": cboe.index,
             "cboe_status": cboe.status.astype(np.int32), f"vxj_{target_days}d": vxj.index,
             "vxj_status": vxj.status.astype(np.int32),
+            "cboe_excluded": np.asarray(cboe.excluded).astype(np.int32),
+            "vxj_excluded": np.asarray(vxj.excluded).astype(np.int32),
             "near_expiry": arrays["minutes"][:, 0] / MINUTES_PER_YEAR,
             "next_expiry": arrays["minutes"][:, 1] / MINUTES_PER_YEAR})
         table = table.merge(found, on="underlying", how="left")
@@ -136,13 +138,14 @@ def _vxj_term_structure(chunk: Chunk, env: JobEnv) -> pd.DataFrame:
     days = env.config["indices"]["term_days"]
     targets = np.asarray(days, np.float64) * 1440.0
     valid = grid["valid"]
-    annual = host_call(indices_model.term_structure, [
+    term = host_call(indices_model.term_structure_status, [
         np.where(valid, grid["minutes"], 1.0), np.where(valid, grid["variance"], 0.0), valid],
         key="vxj-term-structure", target_minutes=targets)
-    index = 100.0 * np.sqrt(np.maximum(annual, 0.0))
-    out = pd.DataFrame(np.where(np.isfinite(annual), index, np.nan),
-                       columns=[f"vxj_term_{d}d" for d in days])
-    out.insert(0, "underlying", names)
+    # NaN with a status where a value cannot be computed (was 0.0: np.maximum(annual, 0))
+    out = pd.DataFrame({"underlying": names})
+    for j, d in enumerate(days):
+        out[f"vxj_term_{d}d"] = np.asarray(term.index)[:, j]
+        out[f"vxj_term_{d}d_status"] = np.asarray(term.status)[:, j].astype(np.int32)
     return out
 
 
