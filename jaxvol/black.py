@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol._dtypes import as_bool, as_float, float_dtype, two_product
+from jaxvol._edge import edge
 from jaxvol.special import (SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg, erfcx,
                             mills_complement, mills_complement_given_ratio, norm_cdf, norm_pdf,
                             split_exp)
@@ -216,11 +217,13 @@ def _normalised_black_jvp(primals, tangents):
     return value, db_dx * dx + vega * ds
 
 
+@edge
 def normalised_vega(x, s):
     """db/ds = exp(-(x^2/s^2 + s^2/4)/2)/sqrt(2 pi), accurate far into the wings."""
     return SQRT_2PI_INV * _gaussian_factor(x, s)
 
 
+@edge
 def normalised_black(x, s, is_call):
     """Normalised Black price ``b(x, s)`` (``price = D sqrt(F K) b``), elementwise.
 
@@ -232,12 +235,14 @@ def normalised_black(x, s, is_call):
     return _normalised_black(x, s, theta)
 
 
+@edge
 def d1(forward, strike, expiry, vol):
     """d1 = ln(F/K)/(vol sqrt T) + vol sqrt T / 2."""
     s = vol * jnp.sqrt(expiry)
     return jnp.log(forward / strike) / s + 0.5 * s
 
 
+@edge
 def d2(forward, strike, expiry, vol):
     """d2 = d1 - vol sqrt T."""
     return d1(forward, strike, expiry, vol) - vol * jnp.sqrt(expiry)
@@ -248,6 +253,7 @@ def _safe_sqrt(x):
     return jnp.where(x > 0, jnp.sqrt(safe), 0.0)
 
 
+@edge
 def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     """Black-76 price ``D * Black(F, K, vol, T)``; broadcasts, jit/vmap/grad-safe.
 
@@ -267,6 +273,7 @@ def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     return jnp.where(positive, price, jnp.nan)
 
 
+@edge
 def bsm_price(spot, strike, expiry, vol, rate, div, is_call):
     """Black–Scholes–Merton price with continuous rate and dividend yield."""
     dtype = float_dtype(spot, strike, expiry, vol, rate, div)
@@ -293,6 +300,7 @@ class Greeks(NamedTuple):
     dual_gamma: jax.Array
 
 
+@edge
 def greeks(forward, strike, expiry, vol, is_call, *, discount=1.0) -> Greeks:
     """Black-76 greeks with respect to the forward (delta, gamma, vanna) and the strike (dual).
 
@@ -324,6 +332,7 @@ def greeks(forward, strike, expiry, vol, is_call, *, discount=1.0) -> Greeks:
     )
 
 
+@edge
 def bsm_greeks(spot, strike, expiry, vol, rate, div, is_call) -> Greeks:
     """Black–Scholes–Merton greeks with respect to spot; rho moves the forward with the rate."""
     dtype = float_dtype(spot, strike, expiry, vol, rate, div)
@@ -357,6 +366,7 @@ def normalised_bachelier_otm(u):
     return norm_pdf(u) * mills_complement(-u)
 
 
+@edge
 def bachelier_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     """Bachelier (normal-model) price; ``vol`` is the absolute (price-unit) volatility."""
     dtype = float_dtype(forward, strike, expiry, vol, discount)

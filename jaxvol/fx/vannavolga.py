@@ -23,6 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol.fx._math import as_float, float_dtype
 
 _SERIES_THRESHOLD = 1e-6  # |d1 d2 X| / s2^2 below this: the series' next term is < 1e-18 s2
@@ -74,6 +75,7 @@ def vanna_volga_kernel(y, pillar_ys, pillar_vols, expiry, *, order=2):
     return jnp.where(ordered & (value > 0), value, jnp.nan)
 
 
+@edge(static=("order",))
 def vanna_volga_vol(strike, *, forward, expiry, pillar_strikes, pillar_vols, order=2):
     """Vanna-volga implied vol at ``strike`` (broadcasts; pillars on the last axis, size 3).
 

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvol._edge import edge
 from jaxvol.heston import _cmath as cm
 
 NODES = 96  #: quadrature nodes per contour (node count rule: module docstring)
@@ -388,14 +389,12 @@ def _check_static(nodes, contours):
 
 def _float_dtype(values):
     """The widest floating dtype among array inputs (Python scalars and integers don't count)."""
-    dtype = None
-    for x in values:
-        if isinstance(x, (int, float)) or not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
-            continue
-        dtype = jnp.asarray(x).dtype if dtype is None else jnp.promote_types(dtype, x.dtype)
-    return jnp.dtype(float) if dtype is None else jnp.dtype(dtype)
+    floating = [x for x in values if not isinstance(x, (bool, int))
+                and jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    return jnp.dtype(jnp.result_type(*floating)) if floating else jnp.dtype(float)
 
 
+@edge(static=("nodes", "contours"))
 def price(strike, expiry, *, spot, rate, div, v0, kappa, theta, sigma, rho, is_call,
           nodes=NODES, contours=CONTOURS):
     """European option prices under Heston (1993).

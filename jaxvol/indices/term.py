@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
+
 MINUTES_PER_YEAR = 525_600.0
 """N365: minutes in a 365-day year, the Cboe time unit."""
 
@@ -22,6 +24,7 @@ MINUTES_30_DAYS = 43_200.0
 """N30: the VIX target tenor in minutes."""
 
 
+@edge
 def interpolate_variance(near_minutes, near_variance, next_minutes, next_variance,
                          target_minutes=MINUTES_30_DAYS):
     """Annualised variance at ``target_minutes`` from two expiries (the Cboe 30-day rule).
@@ -39,6 +42,7 @@ def interpolate_variance(near_minutes, near_variance, next_minutes, next_varianc
     return total * MINUTES_PER_YEAR / nt
 
 
+@edge
 def variance_to_index(variance):
     """Index level 100 * sqrt(variance), NaN for a negative or NaN variance (gradient-safe)."""
     ok = variance >= 0
