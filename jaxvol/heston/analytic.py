@@ -404,7 +404,11 @@ def price(strike, expiry, *, spot, rate, div, v0, kappa, theta, sigma, rho, is_c
     ``is_call`` bool. When the last axis of the broadcast shape is carried only by ``strike`` /
     ``is_call`` (strike [..., nK] against parameters [..., 1] or scalars) each smile evaluates the
     characteristic function once, on at most ``contours`` contours, and shares it across its
-    strikes; otherwise every option gets its own contour. Out-of-the-money options are integrated
+    strikes (the fast layout: a surface as strike [nK], expiry [nT, 1], parameters
+    [nP, 1, 1]); otherwise every option gets its own contour (a flattened surface, strike,
+    expiry and parameters all [n]: ``docs/benchmarks.md`` compares both layouts). Compiled at
+    the edge: one program per shape and (``nodes``, ``contours``). Out-of-the-money options are
+    integrated
     directly (puts for K < F, calls for K >= F); the other side follows by put-call parity,
     which adds the intrinsic value without cancellation. Invalid inputs (non-finite, K, T, S,
     kappa, sigma <= 0, v0 or theta < 0, |rho| >= 1) give NaN in their own lanes only. Returns
