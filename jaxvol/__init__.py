@@ -46,13 +46,17 @@ def _load(name):  # noqa: C901  (one plain import per lazily loaded name)
         import jaxvol.report as module
     elif name == "implied":
         import jaxvol.implied as module
+    elif name == "mc":
+        import jaxvol.mc as module  # Monte Carlo engine: Heston schemes, general SV, payoffs
+    elif name == "leadlag":
+        import jaxvol.leadlag as module  # lead–lag on asynchronous ticks: HY, HRY contrast
     else:
         return None
     return module
 
 
 _LAZY = ("calibrate", "smile", "sabr", "ssvi", "svi", "indices", "chains", "fx", "heston",
-         "synthetic", "status", "jobs", "report", "implied")
+         "synthetic", "status", "jobs", "report", "implied", "mc", "leadlag")
 
 
 def __getattr__(name):
