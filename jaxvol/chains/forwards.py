@@ -25,6 +25,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvol.status import domain_status
+
 __all__ = ["ForwardStatus", "ForwardResult", "parity_forwards"]
 
 _SPREAD_FLOOR = 1e-12  # relative to the anchor strike: keeps 1/h^2 finite on locked quotes

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import as_float, float_dtype
 from jaxvol.fx._math import log_norm_cdf, norm_cdf, norm_pdf, norm_ppf
 from jaxvol.status import domain_status
@@ -110,6 +111,7 @@ def is_spot_delta(delta_type) -> bool:
     return parse_delta_type(delta_type) in (DeltaType.SPOT, DeltaType.SPOT_PA)
 
 
+@edge
 def rate_from_discount(discount, time):
     """Continuously compounded rate of a discount factor over ``time`` years."""
     return -jnp.log(discount) / time
@@ -149,6 +151,7 @@ def _delta_kernel(strike, spot, expiry, vol, rd, rf, phi, delivery, *, delta_typ
     return jnp.where(ok, value, jnp.nan)
 
 
+@edge(static=("delta_type",))
 def delta(strike, *, spot, expiry, vol, rd, rf, is_call, delta_type="spot", delivery=None):
     """FX delta of a vanilla under ``delta_type`` (see the module table); broadcasts.
 
@@ -226,6 +229,7 @@ def max_delta_d2(std_dev):
     return bracketed_newton(fn, lower, upper, 0.5 * (lower + upper), _MAX_ITERATIONS)
 
 
+@edge
 def max_call_delta_pa(std_dev, foreign_df=1.0):
     """Largest attainable premium-adjusted call delta (times ``foreign_df`` for spot deltas)."""
     return foreign_df * jnp.exp(_log_max_delta(std_dev)[1])
@@ -327,6 +331,7 @@ class StrikeFromDelta(NamedTuple):
     status: jax.Array
 
 
+@edge(static=("delta_type",))
 def strike_from_delta(delta, *, spot, expiry, vol, rd, rf, is_call, delta_type="spot",
                       delivery=None) -> StrikeFromDelta:
     """Strike with the given FX delta under ``delta_type``; broadcasts over all arguments.
@@ -363,6 +368,7 @@ def atm_log_moneyness(std_dev, *, atm_type, log_spot_over_forward=None):
     return sign * 0.5 * std_dev**2
 
 
+@edge(static=("atm_type",))
 def atm_strike(*, spot, expiry, vol, rd, rf, atm_type="dns", delivery=None):
     """ATM strike: S, F, F e^{s^2/2} (delta-neutral straddle) or F e^{-s^2/2} (DNS, PA)."""
     atm_type = parse_atm_type(atm_type)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import as_float, float_dtype
 from jaxvol.fx._math import norm_cdf
 
@@ -31,6 +32,7 @@ def polynomial_kernel(log_moneyness, coefficients, atm_std_dev):
     return jnp.exp(log_vol)
 
 
+@edge
 def polynomial_vol(strike, *, forward, expiry, atm_vol, coefficients):
     """Polynomial-in-delta vol at ``strike``; ``coefficients`` on the last axis (broadcasts)."""
     dtype = float_dtype(strike, forward, expiry, atm_vol, coefficients)

@@ -23,6 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import as_float, float_dtype
 
 __all__ = ["vanna_volga_kernel", "vanna_volga_vol"]
@@ -76,6 +77,7 @@ def vanna_volga_kernel(y, pillar_ys, pillar_vols, expiry, *, order=2):
     return jnp.where(ordered & (value > 0), value, jnp.nan)
 
 
+@edge(static=("order",))
 def vanna_volga_vol(strike, *, forward, expiry, pillar_strikes, pillar_vols, order=2):
     """Vanna-volga implied vol at ``strike`` (broadcasts; pillars on the last axis, size 3).
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol.status import domain_status
 
 __all__ = ["MINUTES_PER_YEAR", "MINUTES_30_DAYS", "TermStatus", "TermStructure",
@@ -37,6 +38,7 @@ MINUTES_30_DAYS = 43_200.0
 """N30: the VIX target tenor in minutes."""
 
 
+@edge
 def interpolate_variance(near_minutes, near_variance, next_minutes, next_variance,
                          target_minutes=MINUTES_30_DAYS):
     """Annualised variance at ``target_minutes`` from two expiries (the Cboe 30-day rule).
@@ -54,6 +56,7 @@ def interpolate_variance(near_minutes, near_variance, next_minutes, next_varianc
     return total * MINUTES_PER_YEAR / nt
 
 
+@edge
 def variance_to_index(variance):
     """Index level 100 * sqrt(variance), NaN for a negative or NaN variance (gradient-safe)."""
     ok = variance >= 0

@@ -62,6 +62,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxvol._edge import edge
 import numpy as np
 from jax.scipy.special import ndtr
 
@@ -510,6 +512,7 @@ def vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, ra
     return term._replace(status=status, excluded=excluded)
 
 
+@edge(static=("measure", "presorted", "interpolation"))
 def vxj_index_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                     target_minutes=MINUTES_30_DAYS, measure="variance",
                     presorted=False, interpolation="cubic", screen=True) -> VxjBatch:

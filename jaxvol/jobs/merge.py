@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxvol.jobs import config as config_mod
+from jaxvol.jobs.errors import JobError
 from jaxvol.jobs.pipeline import write_atomic
 
 __all__ = ["merge", "TABLES", "add_status_names", "format_summary"]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
 from jaxvol.calibrate import (LMConfig, distinct_count, multistart, near_bounds,
                               refine_status)
@@ -90,6 +91,7 @@ def _obloj(forward, strike, expiry, alpha, beta, rho, nu):
     return leading * z_over_x(z, rho) * correction
 
 
+@edge(static=("method",))
 def implied_vol(forward, strike, expiry, alpha, beta, rho, nu, *, method="hagan"):
     """SABR Black (lognormal) implied volatility; broadcasts; returns the inputs' float dtype."""
     if method not in _METHODS:
@@ -98,6 +100,7 @@ def implied_vol(forward, strike, expiry, alpha, beta, rho, nu, *, method="hagan"
     return (_hagan if method == "hagan" else _obloj)(*args)
 
 
+@edge
 def normal_vol(forward, strike, expiry, alpha, beta, rho, nu):
     """SABR normal (Bachelier) implied volatility, Hagan et al. 2002 eq A.69a; broadcasts."""
     forward, strike, expiry, alpha, beta, rho, nu = _floats(

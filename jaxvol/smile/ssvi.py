@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
 from jaxvol.calibrate import LMConfig, distinct_count, multistart, refine_status
 
@@ -37,6 +38,7 @@ def _floats(*values):
     return [jnp.asarray(v, dtype) for v in values]
 
 
+@edge
 def heston_phi(theta, lam):
     """Heston-like phi(theta) = (1 - (1 - e^{-x}) / x) / x = (x - 1 + e^{-x}) / x^2, x = lambda
     theta (GJ 2014, eq 4.4)."""
@@ -50,12 +52,14 @@ def heston_phi(theta, lam):
     return jnp.where(small, series, (xs + jnp.expm1(-xs)) / (xs * xs))
 
 
+@edge
 def power_law_phi(theta, eta, gamma):
     """Power-law phi(theta) = eta / (theta^gamma (1 + theta)^(1 - gamma))."""
     theta, eta, gamma = _floats(theta, eta, gamma)
     return eta / (theta ** gamma * (1.0 + theta) ** (1.0 - gamma))
 
 
+@edge
 def total_variance(k, theta, rho, phi):
     """SSVI total variance at log forward moneyness k for ATM total variance theta and
     phi = phi(theta) (broadcasts)."""
@@ -64,6 +68,7 @@ def total_variance(k, theta, rho, phi):
     return 0.5 * theta * (1.0 + rho * phi * k + jnp.sqrt(x * x + 1.0 - rho * rho))
 
 
+@edge
 def to_raw_svi(theta, rho, phi):
     """The raw SVI parameters (a, b, rho, m, sigma) of an SSVI slice (GJ 2014, lemma 3.3)."""
     theta, rho, phi = _floats(theta, rho, phi)
@@ -71,6 +76,7 @@ def to_raw_svi(theta, rho, phi):
     return (0.5 * theta * (1.0 - rho * rho), 0.5 * theta * phi, rho, -rho / phi, root / phi)
 
 
+@edge
 def butterfly_free(theta, rho, phi):
     """GJ theorem 4.2's sufficient condition for no butterfly arbitrage:
     theta phi (1+|rho|) < 4 and theta phi^2 (1+|rho|) <= 4."""

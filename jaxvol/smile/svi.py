@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
 from jaxvol.calibrate import (FitStatus, LMConfig, distinct_count, has_solution,
                               implicit_solve, least_squares, least_squares_gradient,
@@ -54,6 +55,7 @@ def _floats(*values):
 
 
 # --------------------------------------------------------------------------- the model
+@edge
 def total_variance(k, a, b, rho, m, sigma):
     """Raw SVI total implied variance w(k) (broadcasts)."""
     k, a, b, rho, m, sigma = _floats(k, a, b, rho, m, sigma)
@@ -61,6 +63,7 @@ def total_variance(k, a, b, rho, m, sigma):
     return a + b * (rho * x + jnp.sqrt(x * x + sigma * sigma))
 
 
+@edge
 def total_variance_derivatives(k, a, b, rho, m, sigma):
     """(w, dw/dk, d2w/dk2) in closed form (broadcasts)."""
     k, a, b, rho, m, sigma = _floats(k, a, b, rho, m, sigma)
@@ -70,6 +73,7 @@ def total_variance_derivatives(k, a, b, rho, m, sigma):
     return w, b * (rho + x / root), b * sigma * sigma / (root * root * root)
 
 
+@edge
 def implied_vol(k, expiry, a, b, rho, m, sigma):
     """Black implied volatility sqrt(w(k) / expiry) (NaN where w < 0)."""
     w = total_variance(k, a, b, rho, m, sigma)
