@@ -22,7 +22,10 @@ SURFACE = REF["surface"]  # spot 100, r = q = 0, v0 0.04, kappa 1.5, theta 0.04,
 STRIKES = jnp.array(SURFACE["strike"])
 CALLS = dict(strike=STRIKES, is_call=jnp.ones(3, bool))
 BASE = dict(spot=100.0, v0=0.04, rho=-0.7, rate=0.0, div=0.0, expiry=1.0)
-HESTON_PARAMS = dict(kappa=1.5, theta=0.04, eta=0.5)
+# lambda = 0 (no market price of volatility risk, as HESTON's default): the same parameter tree
+# as the Q run of test_heston_market_price_of_vol_risk_in_general_path, so both tests run one
+# compiled program (phi = 0 sqrt(v) = 0 leaves the drift bitwise alpha)
+HESTON_PARAMS = dict(kappa=1.5, theta=0.04, eta=0.5, **{"lambda": 0.0})
 
 
 def _terminal(path, args):

@@ -6,6 +6,7 @@ Black-Scholes closed form or an exact-GBM numpy simulation (independent code and
 Tolerances: 3 standard errors of the difference (fixed seeds).
 """
 
+import functools
 import json
 
 import jax
@@ -45,12 +46,46 @@ def _run(payoff, args, observe=None, **kw):
 
 
 ALL_DATES = tuple(range(1, STEPS + 1))
+DIGITAL_STRIKES = (90.0, 110.0)
+FORWARD_MONEYNESS = (0.9, 1.1)
+
+
+def _gbm_payoffs(path, args):
+    # the digital, Asian, barrier and forward-start payoffs of the tests below as columns of one
+    # payoff: one compiled program and one set of paths for four tests (each asserts on its own
+    # columns, which are exactly what the single payoffs give on these paths)
+    return jnp.concatenate([
+        payoffs.digital(path, args["digital"]),
+        payoffs.asian(path, args["vanilla"]),
+        payoffs.barrier(path, args["barrier"]),
+        payoffs.forward_start(path, args["forward"]),
+    ], axis=1)
+
+
+COLUMNS = dict(digital=slice(0, 2), asian=slice(2, 3), barrier=slice(3, 4), forward=slice(4, 6))
+
+
+@functools.lru_cache(maxsize=None)
+def _gbm_run(correction):
+    vanilla = dict(strike=jnp.array([100.0]), is_call=jnp.array([True]))
+    args = dict(
+        digital=dict(strike=jnp.array(DIGITAL_STRIKES), is_call=jnp.array([True, False])),
+        vanilla=vanilla,
+        barrier=dict(vanilla, barrier=90.0, up=False, knock_in=False, correction=correction),
+        forward=dict(start=jnp.asarray(24), moneyness=jnp.array(FORWARD_MONEYNESS),
+                     is_call=jnp.ones(2, bool)))
+    return _run(_gbm_payoffs, args, ALL_DATES)
+
+
+def _columns(name, correction=False):
+    result = _gbm_run(correction)
+    return result._replace(price=result.price[COLUMNS[name]],
+                           stderr=result.stderr[COLUMNS[name]])
 
 
 def test_digital_closed_form():
     # cash-or-nothing call and put in the GBM limit: e^{-rT} N(+-d2), within 3 standard errors
-    result = _run(payoffs.digital, dict(strike=jnp.array([90.0, 110.0]),
-                                        is_call=jnp.array([True, False])))
+    result = _columns("digital")  # strikes 90 (call), 110 (put)
     t = 1.0
     d2 = [(np.log(100.0 / k) + (GBM["rate"] - GBM["div"] - 0.5 * VOL ** 2) * t)
           / (VOL * np.sqrt(t)) for k in (90.0, 110.0)]
@@ -61,11 +96,8 @@ def test_digital_closed_form():
 def test_asian_and_discrete_barrier_against_exact_gbm_simulation():
     # arithmetic Asian (50 fixings) and a discretely monitored down-and-out call vs an exact
     # GBM simulation in numpy (200,000 paths): within 3 combined standard errors
-    strike = jnp.array([100.0])
-    asian = _run(payoffs.asian, dict(strike=strike, is_call=jnp.array([True])), ALL_DATES)
-    barrier_args = dict(strike=strike, is_call=jnp.array([True]), barrier=90.0, up=False,
-                        knock_in=False, correction=False)
-    barrier = _run(payoffs.barrier, barrier_args, ALL_DATES)
+    # (strike 100 call; barrier 90 down-and-out, no correction: _gbm_run)
+    asian, barrier = _columns("asian"), _columns("barrier")
     paths = _gbm_paths(200_000, STEPS, 1.0)
     disc = np.exp(-GBM["rate"])
     ref_asian = disc * np.maximum(paths.mean(1) - 100.0, 0.0)
@@ -84,10 +116,9 @@ def test_bgk_correction_prices_the_continuous_barrier():
     lam = (r - q + 0.5 * VOL ** 2) / VOL ** 2
     exact = _bs_call(s, k, t, r, q, VOL) - (h / s) ** (2 * lam - 2) * _bs_call(h * h / s, k, t,
                                                                              r, q, VOL)
-    args = dict(strike=jnp.array([k]), is_call=jnp.array([True]), barrier=h, up=False,
-                knock_in=False)
-    corrected = _run(payoffs.barrier, dict(args, correction=True), ALL_DATES)
-    plain = _run(payoffs.barrier, dict(args, correction=False), ALL_DATES)
+    # (strike k, barrier h, down-and-out: _gbm_run)
+    corrected = _columns("barrier", correction=True)
+    plain = _columns("barrier", correction=False)
     se = float(corrected.stderr[0])
     assert abs(float(corrected.price[0]) - exact) < 3 * se + 0.01 * exact
     assert float(plain.price[0]) - exact > 5 * float(plain.stderr[0])
@@ -95,8 +126,7 @@ def test_bgk_correction_prices_the_continuous_barrier():
 
 def test_forward_start_call_closed_form():
     # (S_T - m S_t0)^+ with t0 = 0.5: in the GBM limit S0 e^{-q t0} BS(1, m, T - t0)
-    args = dict(start=jnp.asarray(24), moneyness=jnp.array([0.9, 1.1]), is_call=jnp.ones(2, bool))
-    result = _run(payoffs.forward_start, args, ALL_DATES)
+    result = _columns("forward")  # start = observation 24 (t0 = 0.5), moneyness 0.9, 1.1
     ref = [100.0 * np.exp(-GBM["div"] * 0.5) * _bs_call(1.0, m, 0.5, GBM["rate"], GBM["div"], VOL)
            for m in (0.9, 1.1)]
     assert np.all(np.abs(np.asarray(result.price) - ref) < 3 * np.asarray(result.stderr))

@@ -327,8 +327,8 @@ def _european_values(s_t, strike, is_call, discount):
     return discount * jnp.maximum(intrinsic, 0.0)
 
 
-def _european_lane(data, lane_id, params, strike, is_call, *, impl, scheme, config, control,
-                   dtype):
+def _european_lane(data, lane_id, params, strike, is_call, control_price, *, impl, scheme, config,
+                   control, dtype):
     p, ok = _lane_model(params, "Q")
     init, step, observe = _simulation(p, scheme, config, dtype)
     strike_ok = jnp.isfinite(strike) & (strike > 0)
@@ -349,7 +349,9 @@ def _european_lane(data, lane_id, params, strike, is_call, *, impl, scheme, conf
                             summarize=summarize, observe_steps=(config.steps,), noise=NOISE,
                             dtype=dtype, config=config)
     means = None
-    if control:
+    if control == "given":
+        means = jnp.stack([p["spot"] * jnp.exp(-p["div"] * p["expiry"]), control_price])
+    elif control:
         atm = analytic.price(forward, p["expiry"], spot=p["spot"], rate=p["rate"],
                              div=p["div"], v0=p["v0"], kappa=p["kappa"], theta=p["theta"],
                              sigma=p["sigma"], rho=p["rho"], is_call=True)
@@ -370,7 +372,8 @@ def _lane_ids(lane, shape, lanes):
 
 def heston_european(key, strike, expiry, *, spot, rate, div, v0, kappa, theta, sigma, rho,
                     is_call, paths, steps, scheme="qe_m", antithetic=True,
-                    control_variate=False, block=1024, chunk=16, lane=None, devices=None):
+                    control_variate=False, control_price=None, block=1024, chunk=16, lane=None,
+                    devices=None):
     """European options under Heston by simulation; returns an :class:`MCResult`.
 
     Lanes: the parameters (expiry, spot, rate, div, v0, kappa, theta, sigma, rho) broadcast to
@@ -381,7 +384,11 @@ def heston_european(key, strike, expiry, *, spot, rate, div, v0, kappa, theta, s
 
     ``antithetic``: antithetic normals. ``control_variate``: regress on two controls with known
     means, the discounted terminal spot (mean spot e^{-div T}) and the at-the-money-forward call
-    (mean ``jaxvol.heston.price``); ``stderr_plain`` stays the plain-MC error. Bad lanes
+    (mean ``jaxvol.heston.price``); ``stderr_plain`` stays the plain-MC error.
+    ``control_price``: that at-the-money-forward call's price when the caller already has it
+    (lane shape; e.g. from an earlier ``jaxvol.heston.price`` call): the simulation then
+    neither traces nor compiles the Fourier pricer (which costs more to compile than a small
+    simulation). Ignored without ``control_variate``. Bad lanes
     (non-finite, spot, expiry, kappa, sigma <= 0, v0, theta < 0, |rho| >= 1) and bad strikes are
     NaN with ``BAD_INPUT`` and change nothing in other lanes. ``lane``: integer lane ids for the
     keys (default 0..L-1 in C order): a lane keeps its numbers in any batch with the same id.
@@ -415,11 +422,15 @@ def heston_european(key, strike, expiry, *, spot, rate, div, v0, kappa, theta, s
     call = jnp.broadcast_to(call, out_shape).reshape(lanes, strikes)
     data, impl = _key_parts(key)
     data = jnp.broadcast_to(data, (lanes,) + data.shape)
-    statics = dict(impl=impl, scheme=scheme, config=config, control=bool(control_variate),
+    given = bool(control_variate) and control_price is not None
+    control = "given" if given else bool(control_variate)
+    control_price = (jnp.broadcast_to(jnp.asarray(control_price, dtype), lane_shape).reshape(
+        lanes) if given else jnp.zeros(lanes, dtype))
+    statics = dict(impl=impl, scheme=scheme, config=config, control=control,
                    dtype=jnp.dtype(dtype))
     fn = functools.partial(_european_lane, **statics)
     result = batch.run_lanes(fn, (data, _lane_ids(lane, lane_shape, lanes), arrays, strike,
-                                  call), devices=devices,
+                                  call, control_price), devices=devices,
                              cache_key=("heston_european", tuple(sorted(statics.items()))))
     return MCResult(*(a.reshape(out_shape) for a in result))
 
