@@ -204,12 +204,19 @@ def _profile_interval(profile, u_hat, l_hat, bounds, config):
     hi = jnp.stack([u_hat, u_hi])
     far = jnp.stack([u_lo, u_hi])
 
+    # Newton starts at the quadratic (Wald) approximation u_hat -+ sqrt(2 half / -l''),
+    # inside the side's bracket: a few steps instead of a bisection from the middle
+    curvature = _derivatives(profile, u_hat)[2]
+    width = jnp.sqrt(2.0 * half / jnp.where(curvature < 0, -curvature, jnp.inf))
+
     def side(s, a, b, bound):
         fun = lambda u: tuple(s * d for d in _derivatives(  # noqa: E731
             lambda x: profile(x) - target, u)[:2])
         open_side = profile(bound) >= target
-        root = bracketed_root(fun, a, b, 0.5 * (a + b), config.root_iterations,
-                              skip=open_side)
+        start = u_hat + s * width
+        start = jnp.where(jnp.isfinite(start) & (start > a) & (start < b), start,
+                          0.5 * (a + b))
+        root = bracketed_root(fun, a, b, start, config.root_iterations, skip=open_side)
         return jnp.where(open_side, bound, root)
 
     ends = jax.vmap(side)(sign, lo, hi, far)
