@@ -5,8 +5,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
+__all__ = ["as_bool", "as_float", "float_dtype", "two_product"]
+
+
 def float_dtype(*values):
-    """The floating dtype of the inputs (Python scalars are weak); ints/bools give the default."""
+    """The floating dtype of the inputs (Python scalars are weak, None is skipped); ints/bools
+    (or no arrays at all) give the default float."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return jnp.result_type(float)
     dtype = jnp.result_type(*values)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
@@ -14,7 +21,9 @@ def float_dtype(*values):
 
 
 def as_float(dtype, *values):
-    """Cast each value to ``dtype`` (a tuple of arrays)."""
+    """Cast each value to ``dtype`` (a tuple of arrays, one per value; bools become 0/1).
+
+    The one dtype-cast helper of the library (the dtype comes first, then the values)."""
     return tuple(jnp.asarray(v, dtype=dtype) for v in values)
 
 

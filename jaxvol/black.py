@@ -34,10 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvol._dtypes import as_bool, as_float, float_dtype, two_product
+from jaxvol._dtypes import as_bool, as_float, dekker_split_constant, float_dtype
+from jaxvol._edge import edge
 from jaxvol.special import (SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg, erfcx,
                             mills_complement, mills_complement_given_ratio, norm_cdf, norm_pdf,
-                            split_exp)
+                            opaque, split_exp)
 
 __all__ = [
     "normalised_black", "normalised_vega", "black_price", "bsm_price", "bachelier_price",
@@ -84,17 +85,31 @@ def _polyval(coefs, x):
 # --------------------------------------------------------------------------------------------
 # the exponential factor exp(-(h^2 + t^2)/2) with h = x/s, t = s/2, in double-double
 # --------------------------------------------------------------------------------------------
+def _two_product(a, b):
+    """Error-free product ``a*b = p + e`` (Dekker); products kept from FMA contraction."""
+    c = dekker_split_constant(a.dtype)
+    p = opaque(a * b)
+    ah = opaque(a * c)
+    ah = ah - (ah - a)
+    al = a - ah
+    bh = opaque(b * c)
+    bh = bh - (bh - b)
+    bl = b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
 def _gaussian_factor(x, s):
     """exp(-(h^2+t^2)/2) with h = x/s exact to double-double and t = s/2."""
     h = x / s
-    p, e = two_product(h, s)
+    p, e = _two_product(h, s)
     h_lo = ((x - p) - e) / s  # x = h*s + h_lo*s to about 2 ulp**2
-    hh, hh_err = two_product(h, h)
+    hh, hh_err = _two_product(h, h)
     t = 0.5 * s
-    tt, tt_err = two_product(t, t)
+    tt, tt_err = _two_product(t, t)
     hi = hh + tt
     lo = ((hh - hi) + tt) + hh_err + tt_err + 2.0 * h * h_lo
-    return jnp.exp(-0.5 * hi) * jnp.exp(-0.5 * lo)
+    return opaque(jnp.exp(-0.5 * hi)) * jnp.exp(-0.5 * lo)  # not rewritten to exp(hi + lo)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,6 +143,39 @@ def _small_t_series(h, t, ratio, complement, order):
     return 2.0 * total
 
 
+_SPARSE_MIN_SIZE = 4096  # below it every lane evaluates every region (no gather/scatter)
+_SPARSE_FRACTION = 64  # a rare region is gathered when at most size/64 lanes need it
+
+
+def _where_needed(mask, fn, args, fill):
+    """``fn(*args)`` on the lanes where ``mask`` holds (other lanes: unspecified values).
+
+    When few lanes need it (at most ``size / 64``), they are gathered into a fixed-size buffer
+    (``jnp.nonzero`` with a static size), ``fn`` runs on that buffer only and the values are
+    scattered back; otherwise ``fn`` runs on every lane (``lax.cond`` picks at run time, so a
+    board with many such lanes gets exactly the old computation). Other lanes' inputs are
+    replaced by ``fill`` first. Values are identical either way: the kernel is elementwise.
+    """
+    safe = [jnp.where(mask, a, f) for a, f in zip(args, fill)]
+    if mask.size < _SPARSE_MIN_SIZE:
+        return fn(*safe)
+    size, shape = mask.size, mask.shape
+    capacity = size // _SPARSE_FRACTION
+    flat_mask = mask.reshape(-1)
+
+    def few(flat):
+        (index,) = jnp.nonzero(flat_mask, size=capacity, fill_value=size)
+        gathered = [a.at[index].get(mode="fill", fill_value=f) for a, f in zip(flat, fill)]
+        values = fn(*gathered)
+        return jnp.zeros(size, values.dtype).at[index].set(values, mode="drop").reshape(shape)
+
+    def every(flat):
+        return fn(*flat).reshape(shape)
+
+    flat = [a.reshape(-1) for a in safe]
+    return jax.lax.cond(jnp.count_nonzero(flat_mask) <= capacity, few, every, flat)
+
+
 def _call_otm_parts(x, s):
     """Normalised OTM call ``b(x, s)`` for ``x <= 0 < s``, with ``b_max - b`` and the Gaussian factor.
 
@@ -154,14 +202,15 @@ def _call_otm_parts(x, s):
     split_b = split_exp(jnp.where(region3, h - t, 0.0), -0.5)
     erfcx_u = jnp.where(u > 0, 2.0 / split_a - first, first)
     bracket_erfcx = (0.5 * SQRT_2PI) * (erfcx_u - second)
-    h1 = jnp.where(region1, h, 2.0 * _ASYMPTOTIC_H)
-    t1 = jnp.where(region1, t, 0.0)
     h2 = jnp.where(region2, h, -1.0)
     t2 = jnp.where(region2, t, 0.1)
     ratio = (0.5 * SQRT_2PI) * first  # Y(h) in region 2
     bracket_small = _small_t_series(h2, t2, ratio, mills_complement_given_ratio(h2, ratio),
                                     wide_order)
-    bracket = jnp.where(region1, _asymptotic_bracket(h1, t1),
+    # region 1 (the deep wings) is rare on real boards and its series the costliest part:
+    # evaluated on the lanes that need it only
+    asymptotic = _where_needed(region1, _asymptotic_bracket, (h, t), (2.0 * _ASYMPTOTIC_H, 0.0))
+    bracket = jnp.where(region1, asymptotic,
                         jnp.where(region2, bracket_small, bracket_erfcx))
     via_bracket = SQRT_2PI_INV * gauss * bracket
     b_max = jnp.exp(0.5 * x)
@@ -216,11 +265,13 @@ def _normalised_black_jvp(primals, tangents):
     return value, db_dx * dx + vega * ds
 
 
+@edge
 def normalised_vega(x, s):
     """db/ds = exp(-(x^2/s^2 + s^2/4)/2)/sqrt(2 pi), accurate far into the wings."""
     return SQRT_2PI_INV * _gaussian_factor(x, s)
 
 
+@edge
 def normalised_black(x, s, is_call):
     """Normalised Black price ``b(x, s)`` (``price = D sqrt(F K) b``), elementwise.
 
@@ -232,12 +283,14 @@ def normalised_black(x, s, is_call):
     return _normalised_black(x, s, theta)
 
 
+@edge
 def d1(forward, strike, expiry, vol):
     """d1 = ln(F/K)/(vol sqrt T) + vol sqrt T / 2."""
     s = vol * jnp.sqrt(expiry)
     return jnp.log(forward / strike) / s + 0.5 * s
 
 
+@edge
 def d2(forward, strike, expiry, vol):
     """d2 = d1 - vol sqrt T."""
     return d1(forward, strike, expiry, vol) - vol * jnp.sqrt(expiry)
@@ -248,6 +301,7 @@ def _safe_sqrt(x):
     return jnp.where(x > 0, jnp.sqrt(safe), 0.0)
 
 
+@edge
 def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     """Black-76 price ``D * Black(F, K, vol, T)``; broadcasts, jit/vmap/grad-safe.
 
@@ -267,6 +321,7 @@ def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     return jnp.where(positive, price, jnp.nan)
 
 
+@edge
 def bsm_price(spot, strike, expiry, vol, rate, div, is_call):
     """Black–Scholes–Merton price with continuous rate and dividend yield."""
     dtype = float_dtype(spot, strike, expiry, vol, rate, div)
@@ -293,6 +348,7 @@ class Greeks(NamedTuple):
     dual_gamma: jax.Array
 
 
+@edge
 def greeks(forward, strike, expiry, vol, is_call, *, discount=1.0) -> Greeks:
     """Black-76 greeks with respect to the forward (delta, gamma, vanna) and the strike (dual).
 
@@ -324,6 +380,7 @@ def greeks(forward, strike, expiry, vol, is_call, *, discount=1.0) -> Greeks:
     )
 
 
+@edge
 def bsm_greeks(spot, strike, expiry, vol, rate, div, is_call) -> Greeks:
     """Black–Scholes–Merton greeks with respect to spot; rho moves the forward with the rate."""
     dtype = float_dtype(spot, strike, expiry, vol, rate, div)
@@ -357,6 +414,7 @@ def normalised_bachelier_otm(u):
     return norm_pdf(u) * mills_complement(-u)
 
 
+@edge
 def bachelier_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     """Bachelier (normal-model) price; ``vol`` is the absolute (price-unit) volatility."""
     dtype = float_dtype(forward, strike, expiry, vol, discount)

@@ -26,7 +26,6 @@ affect other lanes.
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import jax
@@ -39,21 +38,22 @@ from jaxvol.black import (_call_otm_parts, _gaussian_factor, bachelier_price,
                           black_price, normalised_bachelier_otm)
 from jaxvol.special import (SQRT_2, SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg,
                             norm_cdf, norm_pdf)
+from jaxvol.status import domain_status
 
 __all__ = ["IVStatus", "ImpliedVol", "implied_vol", "implied_normal_vol"]
 
 _HOUSEHOLDER_STEPS = 1  # plus the final full-precision step
 
 
-class IVStatus(enum.IntEnum):
-    """Outcome of an implied-volatility inversion, per lane."""
-
-    OK = 0
-    BELOW_INTRINSIC = 1  # price below the discounted intrinsic value
-    ABOVE_MAX_PRICE = 2  # price at or above D*F (call) or D*K (put)
-    ZERO_PRICE_OR_EXPIRY = 3  # expiry <= 0, or no time value (price equal to intrinsic)
-    NON_FINITE_INPUT = 4  # NaN or infinite price, forward, strike, expiry or discount
-    INVALID_INPUT = 5  # non-positive forward, strike or discount
+IVStatus = domain_status("IVStatus", "implied", {
+    "OK": 0,
+    "BAD_INPUT": 1,  # non-positive forward, strike or discount (old name INVALID_INPUT)
+    "NON_FINITE_INPUT": 2,  # NaN or infinite price, forward, strike, expiry or discount
+    "BELOW_INTRINSIC": 10,  # price below the discounted intrinsic value
+    "ABOVE_MAX_PRICE": 11,  # price at or above D*F (call) or D*K (put)
+    "ZERO_PRICE_OR_EXPIRY": 12,  # expiry <= 0, or no time value (price equal to intrinsic)
+}, "Outcome of an implied-volatility inversion, per lane (codes: jaxvol.status).",
+    aliases={"INVALID_INPUT": "BAD_INPUT"})
 
 
 class ImpliedVol(NamedTuple):

@@ -18,6 +18,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
+
+__all__ = ["SQRT_2", "SQRT_2PI", "SQRT_2PI_INV", "SQRT_HALF", "SQRT_PI_INV", "erfcx",
+           "exp_minus_half_square", "exp_minus_square", "mills_complement",
+           "mills_complement_given_ratio", "mills_ratio_left", "norm_cdf", "norm_pdf", "opaque",
+           "split_exp"]
+
 SQRT_PI_INV = 0.56418958354775628695  # 1/sqrt(pi)
 SQRT_2PI_INV = 0.39894228040143267794  # 1/sqrt(2 pi)
 SQRT_2PI = 2.50662827463100050242
@@ -77,6 +84,17 @@ def _erfcx_large(y):
     return (SQRT_PI_INV - _cody_large_remainder(y)) / y
 
 
+def opaque(value):
+    """``value`` unchanged, hidden from XLA's algebraic rewrites (a no-op ``max``).
+
+    Under ``jit`` XLA rewrites ``exp(a) * exp(b)`` into ``exp(a + b)`` and, on CPU, contracts
+    ``a * b + c`` into a fused multiply-add. Both undo the point of a split exponential or of
+    an error-free product (the rounding of ``a + b`` or of ``a * b`` is what they avoid or
+    measure), so such a factor or product passes through this first.
+    """
+    return jnp.maximum(value, jnp.finfo(jnp.result_type(value)).min)
+
+
 def split_exp(z, k):
     """exp(k z**2) for k < 0, accurate to a few ulp for large |z| (Cody's split of z**2: an
     exactly squared high part and a small rest). ``k`` may be an array (one call serves lanes
@@ -84,7 +102,7 @@ def split_exp(z, k):
     z = jnp.abs(z)
     hi = jnp.trunc(z * 16.0) / 16.0
     rest = (z - hi) * (z + hi)
-    return jnp.exp(k * hi * hi) * jnp.exp(k * rest)
+    return opaque(jnp.exp(k * hi * hi)) * jnp.exp(k * rest)  # not fused into exp(k z^2)
 
 
 def exp_minus_square(y):
@@ -108,6 +126,7 @@ def _erfcx_nonneg(y):
     return jnp.where(small, v_small, jnp.where(large, _erfcx_large(y_large), _erfcx_mid(y_mid)))
 
 
+@edge
 def erfcx(x):
     """Scaled complementary error function ``exp(x**2) * erfc(x)``, elementwise.
 
@@ -123,12 +142,14 @@ def erfcx(x):
     return jnp.where(x < 0, big - pos, pos)
 
 
+@edge
 def norm_pdf(z):
     """Standard normal density."""
     z = jnp.asarray(z)
     return SQRT_2PI_INV * exp_minus_half_square(z)
 
 
+@edge
 def norm_cdf(z):
     """Standard normal CDF with full relative accuracy in the left tail (to ~1e-16)."""
     z = jnp.asarray(z)
@@ -142,6 +163,7 @@ def norm_cdf(z):
     return jnp.where(ay <= _THRESH, centre, jnp.where(y > 0, tail, 1.0 - tail))
 
 
+@edge
 def mills_ratio_left(h):
     """``Y(h) = Phi(h)/phi(h)`` (the Mills ratio of ``-h``), accurate for all h."""
     return (0.5 * SQRT_2PI) * erfcx(-SQRT_HALF * jnp.asarray(h))
@@ -181,6 +203,7 @@ def _clenshaw(coefs, u):
     return u * b1 - b2 + coefs[0]
 
 
+@edge
 def mills_complement(h):
     """``a(h) = 1 + h*Y(h)`` for ``h <= 0`` without harmful cancellation.
 

@@ -50,12 +50,16 @@ _REGISTRY[0] = "OK"
 _ALIASES = {"CONVERGED": 0, "SUCCESS": 0}
 
 
-def domain_status(name: str, domain: str, members: dict[str, int], doc: str = "") -> type:
+def domain_status(name: str, domain: str, members: dict[str, int], doc: str = "",
+                  aliases: dict[str, str] | None = None) -> type:
     """An IntEnum for one domain: shared names at their shared codes, own codes in its block.
 
     ``members`` maps member names to codes. A name of :class:`Status` (or ``CONVERGED``, the
     fits' name for 0) must have its shared code; any other name must have a code in
     ``DOMAIN_BLOCKS[domain]`` that no other domain registered under another name.
+    ``aliases`` maps old member names to a member's name (``{"INVALID_INPUT": "BAD_INPUT"}``):
+    ``Enum.INVALID_INPUT is Enum.BAD_INPUT``, so user code written against an older name keeps
+    working, while tables and ``Enum(code).name`` use the canonical name.
     """
     low, high = DOMAIN_BLOCKS[domain]
     for member, code in members.items():
@@ -73,8 +77,15 @@ def domain_status(name: str, domain: str, members: dict[str, int], doc: str = ""
         if known is not None and known != member:
             raise ValueError(f"{name}.{member} = {code} collides with {known} = {code}")
         _REGISTRY[code] = member
+    items = [(m, int(c)) for m, c in members.items()]
+    for old, new in (aliases or {}).items():
+        if new not in members:
+            raise ValueError(f"{name}: alias {old} names an unknown member {new}")
+        if old in members:
+            raise ValueError(f"{name}: alias {old} is also a member")
+        items.append((old, int(members[new])))  # a later equal value is an enum alias
     module = sys._getframe(1).f_globals.get("__name__", __name__)  # so members pickle
-    enum_type = enum.IntEnum(name, {m: int(c) for m, c in members.items()}, module=module)
+    enum_type = enum.IntEnum(name, items, module=module)
     enum_type.__doc__ = doc or f"Per-lane outcome codes of jaxvol.{domain} (see jaxvol.status)."
     return enum_type
 

@@ -164,18 +164,13 @@ def _jitted(kind: str):
 
 def _blocked(kind: str, *arrays) -> np.ndarray:
     """The jitted pricer over [U, ...] arrays (leading axes broadcast; trailing shapes kept, so
-    Heston smile parameters stay [U, E, 1]), ``_BLOCK`` underlyings per call."""
+    Heston smile parameters stay [U, E, 1]), ``_BLOCK`` underlyings per call
+    (:func:`jaxvol.batching.run_blocks`)."""
+    from jaxvol import batching
+
     count = max(np.shape(a)[0] for a in arrays)
     arrays = [np.broadcast_to(a, (count,) + np.shape(a)[1:]) for a in arrays]
-    fn = _jitted(kind)
-    parts = []
-    for start in range(0, count, _BLOCK):
-        block = [a[start:start + _BLOCK] for a in arrays]
-        missing = _BLOCK - block[0].shape[0]
-        if missing:
-            block = [np.concatenate([b, np.repeat(b[:1], missing, axis=0)]) for b in block]
-        parts.append(np.asarray(fn(*block))[:_BLOCK - missing])
-    return np.concatenate(parts)
+    return batching.run_blocks(_jitted(kind), arrays, _BLOCK, name=f"synthetic-{kind}")
 
 
 def _black(forward, strike, expiry, vol, is_call, discount):

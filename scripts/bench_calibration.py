@@ -85,15 +85,17 @@ def scipy_fit(k, w, weights, start):
     return result.x, result.status > 0, rmse
 
 
-def time_jaxvol(k, w, weights, repeats=3):
+def time_jaxvol(k, w, weights, repeats=3, no_arbitrage=None):
     devices = jax.devices()
+    options = {} if no_arbitrage is None else {"no_arbitrage": no_arbitrage}
     if len(devices) == 1:
-        fit = lambda: svi.fit(k, w, weights=weights, config=BENCH_CONFIG)  # noqa: E731
+        fit = lambda: svi.fit(k, w, weights=weights, config=BENCH_CONFIG, **options)  # noqa
     else:
         mesh = Mesh(np.array(devices), ("lanes",))
         lanes = PartitionSpec("lanes")
         sharded = jax.jit(jax.shard_map(
-            lambda k, w, weights: svi.fit(k, w, weights=weights, config=BENCH_CONFIG),
+            lambda k, w, weights: svi.fit(k, w, weights=weights, config=BENCH_CONFIG,
+                                          **options),
             mesh=mesh, in_specs=lanes, out_specs=lanes, check_vma=False))
         inputs = [jax.device_put(a, NamedSharding(mesh, lanes)) for a in (k, w, weights)]
         fit = lambda: sharded(*inputs)  # noqa: E731
@@ -117,13 +119,17 @@ def main():
     parser.add_argument("--cpu-devices", type=int, default=1,
                         help="host CPU devices the jaxvol batch is split over (write "
                              "--cpu-devices=N); slices must divide evenly")
+    parser.add_argument("--no-arbitrage", default=None, choices=("off", "repair", "penalty"),
+                        help="svi.fit's no_arbitrage mode (default: svi.fit's default)")
     args = parser.parse_args()
 
     k, w, weights = synthetic_market(args.slices)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
           f"{args.slices} slices x {STRIKES} strikes, float64")
-    result, first, warm = time_jaxvol(k, w, weights)
+    result, first, warm = time_jaxvol(k, w, weights, no_arbitrage=args.no_arbitrage)
     converged = np.asarray(result.status) == FitStatus.CONVERGED
+    codes, counts = np.unique(np.asarray(result.status), return_counts=True)
+    print("statuses: " + ", ".join(f"{FitStatus(int(c)).name} {n}" for c, n in zip(codes, counts)))
     rmse = np.asarray(result.rmse)
     print(f"jaxvol svi.fit: first call {first:.2f} s (incl. compile), warm {warm:.3f} s "
           f"= {args.slices / warm:,.0f} slices/s; median rmse {np.median(rmse):.3e}; "

@@ -43,18 +43,18 @@ def truth(n_underlyings: int, target_days: int) -> pd.Series:
 @contextlib.contextmanager
 def _vxj_interpolation(interpolation: str):
     """The job looks jaxvol.indices.vxj_index_batch up at call time: swap in the option. The
-    job keeps its jitted stage maps across runs of a process (jaxvol.jobs.stages._MAPPED), so
+    job keeps its jitted stage programs across runs of a process (jaxvol.batching.run_blocks), so
     they are dropped on the way in and out, or the first run's VXJ would be reused."""
-    from jaxvol.jobs import stages
+    from jaxvol import batching
 
     original = jaxvol.indices.vxj_index_batch
-    stages._MAPPED.clear()
+    batching.clear_programs()
     jaxvol.indices.vxj_index_batch = functools.partial(original, interpolation=interpolation)
     try:
         yield
     finally:
         jaxvol.indices.vxj_index_batch = original
-        stages._MAPPED.clear()
+        batching.clear_programs()
 
 
 def run(strikes: int, n_underlyings: int, out: pathlib.Path) -> pd.DataFrame:

@@ -62,6 +62,40 @@ def test_normalised_black_otm_relative_accuracy_far_into_the_wings():
     assert rel.max() < 1e-14, rel.max()
 
 
+@pytest.mark.parametrize("deep_share", [0.005, 0.5])
+def test_rare_wing_lanes_gathered_or_not_give_the_same_prices(deep_share):
+    """The deep-wing series runs on gathered lanes when they are few (<= 1/64 of a batch of
+    8192) and on every lane otherwise; both paths against mpmath at 1e-14 relative (the
+    kernel's accuracy) and against small batches (always evaluated on every lane) at 4 ulp."""
+    rng = np.random.default_rng(11)
+    n = 8192
+    deep = rng.random(n) < deep_share
+    s = np.where(deep, rng.uniform(0.05, 1.0, n), rng.uniform(0.05, 1.5, n))
+    h = np.where(deep, -rng.uniform(11.0, 40.0, n), -rng.uniform(0.0, 5.0, n))
+    x = h * s
+    got = np.asarray(normalised_black(x, s, True))
+    chunks = np.concatenate([np.asarray(normalised_black(x[i:i + 512], s[i:i + 512], True))
+                             for i in range(0, n, 512)])
+    np.testing.assert_allclose(got, chunks, rtol=4 * 2.2e-16, atol=0)
+    sample = np.concatenate([np.flatnonzero(deep)[:20], np.flatnonzero(~deep)[:5]])
+    ref = np.array([float(_mp_normalised_black(x[i], s[i], True)) for i in sample])
+    keep = ref > 1e-300
+    np.testing.assert_allclose(got[sample][keep], ref[keep], rtol=1e-14, atol=0)
+
+
+def test_split_exponentials_survive_jit():
+    """Under jit XLA rewrites exp(a)*exp(b) to exp(a+b) and contracts a*b+c to an FMA, which
+    undid the split exponentials and the double-double Gaussian factor (5.7e-14 on a 1e-262
+    price before the fix): the jitted normal CDF and a far-wing price keep 2e-15 / 1e-14."""
+    zs = np.linspace(-37.0, -20.0, 64)
+    ref = np.array([float(mp.ncdf(mp.mpf(z))) for z in zs])
+    np.testing.assert_allclose(np.asarray(jax.jit(norm_cdf)(zs)), ref, rtol=2e-15, atol=0)
+    x, s = np.array([-34.70852765460819 * 0.007420256170316353]), np.array([0.007420256170316353])
+    want = float(_mp_normalised_black(x[0], s[0], True))
+    got = float(jax.jit(lambda a, b: normalised_black(a, b, True))(x, s)[0])
+    assert abs(got / want - 1) < 1e-14
+
+
 def test_black_price_matches_quantlib_and_parity():
     rng = np.random.default_rng(1)
     n = 200

@@ -60,12 +60,12 @@ def test_status_per_lane_and_failures_do_not_disturb_others():
     observed[2, 5] = np.nan  # NaN at a usable point -> NON_FINITE
     mask = np.ones_like(observed, dtype=bool)
     mask[3, 2:] = False  # two usable points for two parameters is fine ...
-    mask[3, 1:] = False  # ... one is not -> BAD_INPUT
+    mask[3, 1:] = False  # ... one is not -> TOO_FEW_POINTS
     starts = jnp.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     times = np.broadcast_to(TIMES, observed.shape)
     batch = calibrate.least_squares(exponential, starts, times, observed, mask=mask)
     assert batch.status.tolist() == [FitStatus.CONVERGED, FitStatus.CONVERGED,
-                                     FitStatus.NON_FINITE, FitStatus.BAD_INPUT]
+                                     FitStatus.NON_FINITE, FitStatus.TOO_FEW_POINTS]
     assert np.all(np.isnan(batch.params[2:])) and np.all(np.isnan(batch.loss[2:]))
     alone = _fit_one(observed[0])
     # Lanes never interact: bit-for-bit identical to fitting lane 0 alone.

@@ -91,3 +91,56 @@ def test_spx_board_implied_vols_are_ordered_and_plausible():
     atm = out[out["strike"] == 1960]
     assert ((atm["iv_mid"] > 0.10) & (atm["iv_mid"] < 0.16)).all()
     assert len(out) == len(cboe_board())
+
+
+# ------------------------------------------------------------------ bad cells (issue 21)
+def test_bad_cells_flag_their_rows_when_asked(board):
+    from jaxvol.chains import Flag, flagged
+    bad = board.astype({"bid": object, "option_type": object}).copy()
+    bad.loc[3, "bid"] = "abc"
+    bad.loc[4, "bid"] = True            # a boolean is not the number 1.0
+    bad.loc[5, "option_type"] = "X"
+    out = analyze(bad, bad_values="flag")
+    assert flagged(out["quality_flags"][[3, 4]], Flag.BAD_VALUE).all()
+    assert flagged(out["quality_flags"][[5]], Flag.BAD_OPTION_TYPE).all()
+    assert not out["usable"][[3, 4, 5]].any() and np.isnan(out["iv_mid"][[3, 4, 5]]).all()
+    # by default a boolean in a number column is an error too (it used to read as 1.0)
+    with pytest.raises(SchemaError, match=r"'bid'.*\[4\]"):
+        validate(bad.drop(index=[3, 5]))
+
+
+def test_empty_frame_gives_an_empty_result(board):
+    from jaxvol.chains import arbitrage_report
+    out = analyze(board.iloc[:0])
+    assert len(out) == 0 and {"quality_flags", "usable", "iv_mid"} <= set(out.columns)
+    assert len(arbitrage_report(board.iloc[:0])) == 0
+
+
+def test_one_bad_spot_does_not_move_the_slice_forward(board):
+    from jaxvol.chains import Flag, flagged
+    carry = board.assign(spot=100.0, rate=0.02)
+    first = carry.groupby("expiry").head(1).index    # first row of each slice
+    moved = carry.copy()
+    moved.loc[first, "spot"] = 120.0                  # 20% off on the first row
+    huge = carry.copy()
+    huge.loc[first, "spot"] = 1e308
+    reference = validate(carry)
+    for table in (moved, huge):
+        frame = validate(table)
+        # every row takes the slice's median (the bad row cannot set the slice's forward)
+        np.testing.assert_array_equal(frame["forward"], reference["forward"])
+        assert flagged(frame["input_flags"][first], Flag.INCONSISTENT_CARRY).all()
+        assert not flagged(frame["input_flags"].drop(index=first), Flag.INCONSISTENT_CARRY).any()
+
+
+def test_iv_status_of_every_side(board):
+    # why iv_bid is NaN: a zero bid has no vol, and its status says so (not OK), per side
+    from jaxvol import IVStatus
+    zero = board.copy()
+    zero.loc[0, "bid"] = 0.0
+    out = analyze(zero)
+    for side in ("bid", "mid", "ask"):
+        status = out[f"iv_{side}_status"].to_numpy()
+        solved = np.isfinite(out[f"iv_{side}"].to_numpy())
+        assert (status[solved] == IVStatus.OK).all() and (status[~solved] != 0).all()
+    assert out["iv_bid_status"][0] != IVStatus.OK and np.isnan(out["iv_bid"][0])

@@ -153,7 +153,7 @@ def test_quotes_table_per_row_status(smiles):
     assert list(out["pair"]) == ["EURUSD"] * 8
     assert out["status"].tolist() == [0, 0, SmileStatus.MISSING_QUOTE, 0, 0,
                                       fx.table.UNKNOWN_CONVENTION, 0, 0]
-    assert out["status_name"][2] == "MISSING_QUOTE"
+    assert out["status_name"][2] == "NON_FINITE_INPUT"  # was MISSING_QUOTE (an alias now)
     good = [0, 1, 3, 4, 6, 7]
     # each good row equals the direct batched calibration (rows never interact)
     assert np.max(np.abs(out["smile_strangle"].to_numpy()[good]

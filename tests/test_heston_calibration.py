@@ -62,7 +62,8 @@ def test_batched_surfaces_recover_parameters_and_lanes_are_independent():
     result = heston.calibrate(bad, config=CONFIG)
     status = np.asarray(result.status)
     assert np.all(status[:4] == FitStatus.CONVERGED), status
-    assert status[4] in (FitStatus.NON_FINITE, FitStatus.BAD_INPUT)
+    # all-NaN quotes leave no usable quote: TOO_FEW_POINTS since issue 20 (was BAD_INPUT)
+    assert status[4] in (FitStatus.NON_FINITE, FitStatus.BAD_INPUT, FitStatus.TOO_FEW_POINTS)
     np.testing.assert_allclose(np.asarray(result.params[:4]), SETS, rtol=0, atol=1e-4)
     rmse = np.asarray(jax.jit(heston.implied_vol_rmse)(result.params[:4],
                                                        jax.tree.map(lambda x: x[:4], bad)))

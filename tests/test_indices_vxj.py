@@ -242,8 +242,10 @@ def test_gradients_are_implicit_and_lane_local():
     # finite: the double-where guards hold.
     strikes, calls, calls_ask, puts, puts_ask, _, minutes, rates = _three_lanes(0.3)
 
-    def total(ask):
-        v = vxj.vxj_variance(strikes, calls, ask, puts, puts_ask, None, minutes, rates).variance
+    def total(ask):  # screen off: a bump of the locked quote's ask below its bid would
+        # cross it, and the screen would drop it (a one-sided jump, not a derivative)
+        v = vxj.vxj_variance(strikes, calls, ask, puts, puts_ask, None, minutes, rates,
+                             screen=False).variance
         return jnp.sum(jnp.where(jnp.isfinite(v), v, 0.0))
 
     grad = np.asarray(jax.grad(total)(jnp.asarray(calls_ask)))

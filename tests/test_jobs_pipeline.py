@@ -12,6 +12,7 @@ two expiries, one lane per device per call, and Heston/SSVI slots padded alike; 
 compiled once for all chunks, the SPX chunk and every run of the module.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxvol import synthetic
+from jaxvol import batching, synthetic
 from jaxvol.jobs import (JobError, SimulatedCrash, default_config, merge, merge_overrides,
                          run_nightly)
 from jaxvol.jobs import pipeline, sharding, stages
@@ -166,7 +167,7 @@ def test_device_map_falls_back_to_per_device_compiles(monkeypatch):
     def refuse(*args):
         raise RuntimeError("no replicas here")
 
-    monkeypatch.setattr(sharding, "_load", refuse)
+    monkeypatch.setattr(batching, "_load", refuse)
     before = sharding.COUNTS["fallback"]
     mapped = sharding.DeviceMap(lambda x: (jnp.exp(x) * x).sum(axis=1))
     x = np.random.default_rng(1).normal(size=(16, 7))
@@ -228,7 +229,8 @@ def test_warm_start_from_yesterday(reference, tmp_path):
     assert b["sabr_rmse"][fitted].median() <= 1.01 * a["sabr_rmse"][fitted].median()
     # SVI always starts from its own quasi-explicit guess (better than yesterday's): identical
     # fits wherever the fit ran (failed slices take yesterday's parameters on a warm night)
-    ran = (a["svi_status"] < 2).to_numpy()
+    from jaxvol.calibrate import NO_SOLUTION
+    ran = ~a["svi_status"].isin([int(s) for s in NO_SOLUTION]).to_numpy()
     assert ran.sum() >= 12
     np.testing.assert_array_equal(a["svi_rmse"][ran], b["svi_rmse"][ran])
 
@@ -315,3 +317,121 @@ def test_spx_board_gives_the_published_vix(full):
     assert abs(spx["cboe_30d"] - 13.927842) < 1e-6
     assert round(spx["cboe_30d"], 2) == 13.93
     assert spx["cboe_status"] == 0
+
+
+# ------------------------------------------------------------------ the job as a thin client
+def _spy(monkeypatch, module, name, calls):
+    """Wrap ``module.name`` so that each trace of it records its keyword arguments."""
+    original = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append((f"{module.__name__}.{name}", kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+
+
+def test_cold_and_warm_nights_fit_the_same_models(tmp_path, monkeypatch):
+    """Both nights call the domains' fits (sabr.fit, heston.calibrate) with the same settings,
+    the warm one with ``initial=``; so the same model (residuals, bounds) is fitted, and where
+    both nights converge they find the same optimum. (Before, the warm night ran the job's own
+    SABR residual with other bounds, and Heston never went through heston.calibrate.)"""
+    import jaxvol.heston
+    import jaxvol.smile.sabr
+    import jaxvol.smile.svi
+    from jaxvol import batching
+    from jaxvol.calibrate import FitStatus
+
+    calls = []
+    _spy(monkeypatch, jaxvol.smile.sabr, "fit", calls)
+    _spy(monkeypatch, jaxvol.heston, "calibrate", calls)
+    _spy(monkeypatch, jaxvol.smile.svi, "fit", calls)
+    monkeypatch.setattr(batching, "_PROGRAMS", {})  # trace afresh, so the spies see the fits
+    settings = {"market.day": 1, "heston.enabled": True, "heston.strikes_per_expiry": 4,
+                "heston.max_iterations": 10, "warm_start.max_iterations": 10,
+                "job.devices": 1}
+    yesterday = tmp_path / "yesterday"
+    run_nightly(small_config(**{**settings, "market.day": 0}), out=yesterday)  # traces: cold
+    cold, warm = tmp_path / "cold", tmp_path / "warm"
+    run_nightly(small_config(**settings), out=cold)
+    # the warm night also takes the live warm SVI path (svi.warm_start): svi.fit(initial=...)
+    run_nightly(small_config(**settings, **{"svi.warm_start": True}), out=warm,
+                warm_start=str(yesterday))
+    # (each program traces once per process: yesterday's run traced the cold ones, the cold
+    # night reuses them, the warm night traces its own; slices without a usable fit yesterday
+    # run svi.fit's own start on the warm night too)
+    started = [kw.get("initial") is not None for n, kw in calls if n.endswith("svi.fit")]
+    assert started[0] is False and started[-1] is True, started
+    by_night = [[(n, "initial" in kw and kw["initial"] is not None, kw.get("config"))
+                 for n, kw in calls if n.endswith(fit)] for fit in ("sabr.fit", "calibrate")]
+    for night_calls in by_night:
+        # cold (yesterday's run traced the cold programs): own start; warm: initial= (a
+        # program may be traced more than once; measured: twice on the warm night)
+        flags = [c[1] for c in night_calls]
+        if night_calls[0][0].endswith("calibrate"):  # Heston: heston.vol_start cold, yesterday's
+            assert len(flags) >= 2 and all(flags), flags  # params warm: initial= both nights
+        else:
+            assert flags[0] is False and flags[1:] and all(flags[1:]), flags
+        # the same LMConfig on both nights but for the warm-start iteration cap
+        cold_config, warm_config = night_calls[0][2], night_calls[-1][2]
+        assert dataclasses.replace(cold_config, max_iterations=1) == dataclasses.replace(
+            warm_config, max_iterations=1)
+        assert warm_config.max_iterations == 10
+
+    a, b = pd.read_parquet(cold / "slices.parquet"), pd.read_parquet(warm / "slices.parquet")
+    both = ((a["sabr_status"] == FitStatus.CONVERGED) & (b["sabr_status"] == FitStatus.CONVERGED))
+    assert both.sum() >= 12
+    # the same optimum from two starts: LM stops within ftol/xtol (1e-12) of it, and the SABR
+    # loss is well conditioned on these 180-strike slices; 1e-6 leaves room for flat valleys
+    np.testing.assert_allclose(b.loc[both, stages.SABR_PARAMS], a.loc[both, stages.SABR_PARAMS],
+                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b.loc[both, "sabr_rmse"], a.loc[both, "sabr_rmse"], rtol=1e-8)
+    u, v = (pd.read_parquet(d / "underlyings.parquet").set_index("underlying")
+            for d in (cold, warm))
+    converged = (u["heston_status"] == FitStatus.CONVERGED) & (
+        v["heston_status"] == FitStatus.CONVERGED)
+    if converged.any():  # 10 iterations: few Heston fits converge on both nights
+        np.testing.assert_allclose(v.loc[converged, stages.HESTON_PARAMS],
+                                   u.loc[converged, stages.HESTON_PARAMS], rtol=1e-4)
+    # every Heston fit stays inside the domain's box on both nights
+    from jaxvol.heston import LOWER, UPPER
+    for table in (u, v):
+        values = table[stages.HESTON_PARAMS].to_numpy()
+        finite = np.isfinite(values).all(axis=1)
+        assert finite.sum() >= N - 1
+        assert (values[finite] >= np.asarray(LOWER)).all()
+        assert (values[finite] <= np.asarray(UPPER)).all()
+
+
+def test_a_second_chunk_traces_nothing(tmp_path, monkeypatch):
+    """The trace-count guard over every stage: with the job's programs dropped, the first chunk
+    traces each stage's program once and every later chunk of the same shapes traces nothing
+    at all (no JAX trace anywhere in the process: jaxvol.batching.count_traces)."""
+    from jaxvol import batching
+
+    monkeypatch.setattr(batching, "_PROGRAMS", {})
+    traced = []
+    original = pipeline._process_chunk
+
+    def counted(index, *args):
+        names_before = dict(batching.TRACE_COUNTS)
+        with batching.count_traces() as traces:
+            result = original(index, *args)
+        new = {k: v - names_before.get(k, 0) for k, v in batching.TRACE_COUNTS.items()
+               if v != names_before.get(k, 0)}
+        traced.append((index, dict(traces), new))
+        return result
+
+    monkeypatch.setattr(pipeline, "_process_chunk", counted)
+    config = small_config(**{"job.devices": 1, "heston.enabled": True, "ssvi.enabled": True,
+                             "heston.strikes_per_expiry": 4, "heston.max_iterations": 10})
+    summary = run_nightly(config, out=tmp_path / "guard")
+    assert all(set(info["status"]) == {"ok"} for name, info in summary["stages"].items()
+               if name != "fx"), summary["stages"]
+    assert [i for i, _, _ in traced] == [0, 1, 2]
+    first = traced[0][2]
+    for program in ("job-svi-cold", "job-sabr-cold", "job-ssvi", "job-heston", "job-cboe",
+                    "job-vxj", "job-vxj-term", "job-host-black", "job-host-vxj-term-structure"):
+        assert first.get(program) == 1, (program, first)
+    for index, traces, new in traced[1:]:
+        assert not traces and not new, (index, traces, new)

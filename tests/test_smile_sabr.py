@@ -140,8 +140,8 @@ def test_fit_round_trip_and_garbage_slices(method):
     result = sabr.fit(forward, strike, expiry, vol, beta=BETA, method=method)
     good = [0, 1, 3, 5]
     assert result.status.tolist() == [FitStatus.CONVERGED, FitStatus.CONVERGED,
-                                      FitStatus.BAD_INPUT, FitStatus.CONVERGED,
-                                      FitStatus.BAD_INPUT, FitStatus.CONVERGED]
+                                      FitStatus.TOO_FEW_POINTS, FitStatus.CONVERGED,
+                                      FitStatus.TOO_FEW_POINTS, FitStatus.CONVERGED]
     # Noiseless data: the acceptance bound 1e-8 on the parameters (attained ~1e-14).
     np.testing.assert_allclose(np.asarray(result.params)[good], params[good], atol=1e-8)
     assert np.all(np.isnan(np.asarray(result.params)[[2, 4]]))

@@ -3,13 +3,20 @@
 ``least_squares(residual_fn, params0, *args, weights=None, mask=None, lower=None, upper=None,
 config=LMConfig())`` fits every lane of a batch; ``minimize(loss_fn, params0, *args, ...)`` runs
 Adam or L-BFGS for objectives that are not least squares. Both return :class:`FitResult` with a
-per-lane :class:`FitStatus`.
+per-lane :class:`FitStatus`. The building blocks that the domain fits share (the frozen-lane
+loop, the implicit derivative of a batched solution, :func:`has_solution`) are public here, so
+no domain imports a private name of this package.
 """
 
-from jaxvol.calibrate._types import FitResult, FitStatus, LMConfig
+from jaxvol.calibrate._implicit import least_squares_gradient
+from jaxvol.calibrate._implicit import solve as implicit_solve
+from jaxvol.calibrate._types import (NO_SOLUTION, FitResult, FitStatus, LMConfig, has_solution,
+                                    rmse_of)
 from jaxvol.calibrate.chunks import map_chunks
 from jaxvol.calibrate.gradient_descent import minimize
 from jaxvol.calibrate.levenberg_marquardt import least_squares, multistart
+from jaxvol.calibrate.quality import distinct_count, near_bounds, refine_status
 
-__all__ = ["FitResult", "FitStatus", "LMConfig", "least_squares", "map_chunks", "minimize",
-           "multistart"]
+__all__ = ["FitResult", "FitStatus", "LMConfig", "NO_SOLUTION", "distinct_count",
+           "has_solution", "implicit_solve", "least_squares", "least_squares_gradient",
+           "map_chunks", "minimize", "multistart", "near_bounds", "refine_status", "rmse_of"]

@@ -15,9 +15,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxvol.calibrate._types import FitStatus
+from jaxvol.calibrate._types import has_solution
 
-failed_from = FitStatus.NON_FINITE  # statuses >= this have no solution
+__all__ = ["least_squares_gradient", "optimality_gradient", "solve"]
+
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -36,7 +37,7 @@ def _solve_jvp(batched_solver, gradient_fn, primals, tangents):
     _, d_args, d_weights, _ = tangents
     u, status, iterations = batched_solver(u0, args, weights, mask)
     lane = functools.partial(_lane_tangent, gradient_fn)
-    ok = status < failed_from  # lanes with a solution; the others get zero tangents
+    ok = has_solution(status)  # lanes with a solution; the others get zero tangents
     du = jax.vmap(lane)(ok, u, args, weights, mask, d_args, d_weights)
     zero_int = lambda x: jnp.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
     return (u, status, iterations), (du, zero_int(status), zero_int(iterations))

@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
+import functools
 from typing import NamedTuple
 
 from jax import Array
 
+from jaxvol.status import domain_status
 
-class FitStatus(enum.IntEnum):
-    """Per-lane outcome of a fit (stored as int32 in :class:`FitResult.status`)."""
+__all__ = ["rmse_of", "FitResult", "FitStatus", "has_solution", "LMConfig", "NO_SOLUTION"]
 
-    CONVERGED = 0  #: a convergence test (ftol, xtol, gtol or zero loss) passed
-    MAX_ITERATIONS = 1  #: the iteration budget ran out; params are the best point found
-    NON_FINITE = 2  #: residuals or Jacobian were not finite at the start point
-    BAD_INPUT = 3  #: non-finite start parameters or fewer usable points than parameters
+
+FitStatus = domain_status("FitStatus", "calibrate", {
+    "CONVERGED": 0,  # a convergence test passed and the fit is usable (not at a bound, ...)
+    "BAD_INPUT": 1,  # non-finite start parameters or inputs out of their domain
+    "NON_FINITE": 3,  # residuals or Jacobian were not finite at the start point
+    "TOO_FEW_POINTS": 4,  # fewer usable points than parameters
+    "MAX_ITERATIONS": 5,  # the iteration budget ran out; params are the best point found
+    "AT_BOUND": 6,  # converged, but a parameter sits on a bound of its box
+    "DEGENERATE": 7,  # converged to a degenerate limit (rho = +-1 with sigma at its floor, ...)
+    "UNIDENTIFIED": 8,  # the data cannot identify the model (constant k, all quotes equal)
+    "ARBITRAGE": 9,  # converged, but the fitted smile violates a static no-arbitrage bound
+}, """Per-lane outcome of a fit (int32 in ``status``; codes of :mod:`jaxvol.status`).
+
+CONVERGED (0) is a usable fit; MAX_ITERATIONS, AT_BOUND, DEGENERATE, UNIDENTIFIED and ARBITRAGE
+carry the best point found (finite params); BAD_INPUT, NON_FINITE and TOO_FEW_POINTS carry NaN
+params (:func:`has_solution` is False).""")
+
+#: statuses whose params are NaN: no solution was attempted or it failed at the start
+NO_SOLUTION = (FitStatus.BAD_INPUT, FitStatus.NON_FINITE, FitStatus.TOO_FEW_POINTS)
+
+
+def has_solution(status):
+    """True where a fit status carries finite params (every status but :data:`NO_SOLUTION`)."""
+    import jax.numpy as jnp
+
+    status = jnp.asarray(status)
+    return ~functools.reduce(jnp.logical_or, [status == int(s) for s in NO_SOLUTION])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +79,29 @@ class LMConfig:
 class FitResult(NamedTuple):
     """Batched result of :func:`least_squares` / :func:`minimize` (leading axis: lanes).
 
-    ``params`` [lanes, P] (NaN where the status is NON_FINITE or BAD_INPUT); ``status`` [lanes]
-    int32 :class:`FitStatus`; ``loss`` [lanes] = 0.5 * sum over unmasked points of
-    (weight * residual)^2 (the scipy "cost"); ``iterations`` [lanes] int32 (iterations taken
-    before the lane froze); ``residuals`` [lanes, M] unweighted residuals at ``params``, zero at
-    masked points.
+    The fields every jaxvol fit result starts with (docs/conventions.md): ``params`` [lanes, P]
+    (NaN where :func:`has_solution` is False); ``status`` [lanes] int32 :class:`FitStatus`;
+    ``loss`` [lanes] = 0.5 * sum over unmasked points of (weight * residual)^2 (the scipy
+    "cost"); ``iterations`` [lanes] int32 (iterations taken before the lane froze); ``rmse``
+    [lanes] root-mean-square unweighted residual over the unmasked points (NaN without
+    residuals); then ``residuals`` [lanes, M] unweighted residuals at ``params``, zero at masked
+    points.
     """
 
     params: Array
     status: Array
     loss: Array
     iterations: Array
+    rmse: Array
     residuals: Array
+
+
+def rmse_of(residuals, usable):
+    """Root-mean-square of ``residuals`` over the ``usable`` points of each lane (last axes
+    after the first), NaN for a lane without usable points."""
+    import jax.numpy as jnp
+
+    axes = tuple(range(1, residuals.ndim))
+    count = jnp.sum(usable.astype(residuals.dtype), axis=axes)
+    total = jnp.sum(jnp.where(usable, residuals * residuals, 0.0), axis=axes)
+    return jnp.where(count > 0, jnp.sqrt(total / jnp.where(count > 0, count, 1.0)), jnp.nan)

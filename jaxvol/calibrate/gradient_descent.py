@@ -16,9 +16,11 @@ import jax.numpy as jnp
 import optax
 
 from jaxvol.calibrate import _implicit
-from jaxvol.calibrate._types import FitResult, FitStatus
+from jaxvol.calibrate._types import FitResult, FitStatus, has_solution
 from jaxvol.calibrate.levenberg_marquardt import _check_lanes
 from jaxvol.calibrate.transforms import make_bounds, to_bounded, to_unbounded
+
+__all__ = ["make_optimizer", "minimize"]
 
 
 def make_optimizer(optimizer, learning_rate: float) -> optax.GradientTransformation:
@@ -81,7 +83,8 @@ def minimize(loss_fn, params0, *args, optimizer="adam", steps: int = 500,
     ``optimizer``: "adam" (with ``learning_rate``), "lbfgs" (optax's L-BFGS with its zoom line
     search) or any optax ``GradientTransformation``. Every lane runs ``steps`` steps;
     ``status`` is CONVERGED where the final gradient in the transformed parameters has
-    max-norm <= ``gtol``. ``residuals`` is an empty [lanes, 0] array; ``iterations`` = steps.
+    max-norm <= ``gtol``. ``residuals`` is an empty [lanes, 0] array and ``rmse`` NaN (the
+    objective has no residuals); ``iterations`` = steps.
     ``params`` are differentiable with respect to ``args`` (implicit function theorem on the
     gradient, exact Hessian).
     """
@@ -112,9 +115,10 @@ def _minimize(loss_fn, optimizer, steps, gtol, bounds, params0, args):
     gradient_fn = lambda u, a, w, m: jax.grad(objective)(u, a)  # noqa: E731
     u, status, iterations = _implicit.solve(batched_solver, gradient_fn, u0, args, empty,
                                             empty.astype(bool))
-    failed = status >= FitStatus.NON_FINITE
+    failed = ~has_solution(status)
     u_safe = jnp.where(failed[:, None], 0, u)
     params = jax.vmap(lambda v: to_bounded(v, bounds))(u_safe)
     loss = jax.vmap(lambda p, a: loss_fn(p, *a))(params, args).astype(params.dtype)
     return FitResult(jnp.where(failed[:, None], jnp.nan, params), status,
-                     jnp.where(failed, jnp.nan, loss), iterations, empty)
+                     jnp.where(failed, jnp.nan, loss), iterations,
+                     jnp.full(status.shape, jnp.nan, params.dtype), empty)

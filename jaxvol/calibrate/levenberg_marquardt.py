@@ -17,11 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxvol.calibrate import _implicit
-from jaxvol.calibrate._linalg import cholesky_solve
-from jaxvol.calibrate._types import FitResult, FitStatus, LMConfig
+from jaxvol.calibrate.linalg import cholesky_solve
+from jaxvol.calibrate._types import FitResult, FitStatus, LMConfig, has_solution, rmse_of
 from jaxvol.calibrate.transforms import Bounds, make_bounds, to_bounded, to_unbounded
 
-_RUNNING = -1
+__all__ = ["RUNNING", "batched_loop", "least_squares", "multistart", "tolerances",
+           "weighted_residual_fn"]
+
+RUNNING = -1  #: the status of a lane still iterating (never returned)
 
 
 class _State(NamedTuple):
@@ -32,7 +35,7 @@ class _State(NamedTuple):
     damping: jax.Array
     growth: jax.Array  # Nielsen's nu
     scale: jax.Array  # [P] running max of diag(J^T J) (Marquardt scaling)
-    status: jax.Array  # int32: _RUNNING or a FitStatus
+    status: jax.Array  # int32: RUNNING or a FitStatus
     iterations: jax.Array  # int32
 
 
@@ -59,7 +62,8 @@ def _cost(residuals):
     return 0.5 * jnp.sum(residuals * residuals)
 
 
-def _tolerances(config: LMConfig, dtype):
+def tolerances(config: LMConfig, dtype):
+    """(ftol, xtol, gtol) of ``config``, each raised to 4 machine epsilons of ``dtype``."""
     eps = float(jnp.finfo(dtype).eps)
     return (max(config.ftol, 4 * eps), max(config.xtol, 4 * eps), max(config.gtol, 4 * eps))
 
@@ -68,10 +72,12 @@ def _init(fn, u0, args, weights, mask, num_params, initial_damping):
     residuals, jacobian = _residuals_and_jacobian(fn, u0, args, weights, mask)
     cost = _cost(residuals)
     usable = jnp.sum(mask.astype(jnp.int32))
-    bad = ~jnp.all(jnp.isfinite(u0)) | (usable < num_params)
+    too_few = usable < num_params
+    bad = ~jnp.all(jnp.isfinite(u0))
     non_finite = ~jnp.isfinite(cost) | ~jnp.all(jnp.isfinite(jacobian))
-    status = jnp.where(bad, FitStatus.BAD_INPUT,
-                       jnp.where(non_finite, FitStatus.NON_FINITE, _RUNNING)).astype(jnp.int32)
+    status = jnp.where(too_few, FitStatus.TOO_FEW_POINTS, jnp.where(
+        bad, FitStatus.BAD_INPUT,
+        jnp.where(non_finite, FitStatus.NON_FINITE, RUNNING))).astype(jnp.int32)
     diag = jnp.sum(jacobian * jacobian, axis=0)
     damping = jnp.asarray(initial_damping, u0.dtype)  # relative: multiplies scaled diag(J^T J)
     return _State(u0, residuals, jacobian, cost, damping, jnp.asarray(2.0, u0.dtype),
@@ -100,7 +106,7 @@ def _gradient_cosine(state: _State, gradient):
 
 
 def _iterate(fn, args, weights, mask, config: LMConfig, state: _State) -> _State:
-    ftol, xtol, gtol = _tolerances(config, state.u.dtype)
+    ftol, xtol, gtol = tolerances(config, state.u.dtype)
     delta, gradient, predicted = _damped_step(state)
     trial_u = state.u + delta
     trial_r, trial_j = _residuals_and_jacobian(fn, trial_u, args, weights, mask)
@@ -120,13 +126,13 @@ def _iterate(fn, args, weights, mask, config: LMConfig, state: _State) -> _State
         jnp.where(accept, trial_u, state.u), jnp.where(accept, trial_r, state.residuals),
         jnp.where(accept, trial_j, state.jacobian), jnp.where(accept, trial_cost, state.cost),
         damping, growth, jnp.maximum(state.scale, jnp.sum(trial_j * trial_j, axis=0)),
-        jnp.where(converged, FitStatus.CONVERGED, _RUNNING).astype(jnp.int32),
+        jnp.where(converged, FitStatus.CONVERGED, RUNNING).astype(jnp.int32),
         state.iterations + 1)
-    running = state.status == _RUNNING
+    running = state.status == RUNNING
     return jax.tree.map(lambda n, o: jnp.where(running, n, o), new, state)
 
 
-def _batched_loop(fn, u0, args, weights, mask, config: LMConfig):
+def batched_loop(fn, u0, args, weights, mask, config: LMConfig):
     """Run the lanes ([lanes, ...] inputs) for config.max_iterations frozen-aware iterations."""
     num_params = u0.shape[-1]
     start = lambda u, a, w, m: _init(fn, u, a, w, m, num_params, config.initial_damping)  # noqa
@@ -136,14 +142,14 @@ def _batched_loop(fn, u0, args, weights, mask, config: LMConfig):
     if config.early_exit:
         def cond(carry):
             count, state = carry
-            return (count < config.max_iterations) & jnp.any(state.status == _RUNNING)
+            return (count < config.max_iterations) & jnp.any(state.status == RUNNING)
 
         _, final = jax.lax.while_loop(
             cond, lambda c: (c[0] + 1, step(c[1], args, weights, mask)), (0, init))
     else:
         final = jax.lax.fori_loop(
             0, config.max_iterations, lambda _, s: step(s, args, weights, mask), init)
-    status = jnp.where(final.status == _RUNNING, FitStatus.MAX_ITERATIONS, final.status)
+    status = jnp.where(final.status == RUNNING, FitStatus.MAX_ITERATIONS, final.status)
     return final.u, status.astype(jnp.int32), final.iterations
 
 
@@ -209,9 +215,9 @@ def _least_squares(residual_fn, config, bounds, params0, args, weights, mask):
     fn = weighted_residual_fn(residual_fn, bounds)
     u0 = jax.vmap(lambda x: to_unbounded(x, bounds))(params0)
     u, status, iterations = _implicit.solve(
-        lambda *a: _batched_loop(fn, *a, config), _implicit.least_squares_gradient(fn),
+        lambda *a: batched_loop(fn, *a, config), _implicit.least_squares_gradient(fn),
         u0, args, weights, mask)
-    failed = status >= FitStatus.NON_FINITE
+    failed = ~has_solution(status)
     # Double where: failed lanes are evaluated at a safe point, then overwritten with NaN, so a
     # zero cotangent on a NaN output cannot turn into NaN upstream.
     u_safe = jnp.where(failed[:, None], 0, u)
@@ -223,8 +229,9 @@ def _least_squares(residual_fn, config, bounds, params0, args, weights, mask):
     loss = 0.5 * jnp.sum(weighted * weighted, axis=1)
     nan_if_failed = lambda x: jnp.where(  # noqa: E731
         failed.reshape(failed.shape + (1,) * (x.ndim - 1)), jnp.nan, x)
+    residuals = nan_if_failed(residuals)
     return FitResult(nan_if_failed(params), status, nan_if_failed(loss), iterations,
-                     nan_if_failed(residuals))
+                     rmse_of(residuals, mask), residuals)
 
 
 def multistart(residual_fn, starts, *args, weights=None, mask=None, lower=None, upper=None,
@@ -246,7 +253,7 @@ def multistart(residual_fn, starts, *args, weights=None, mask=None, lower=None, 
                            *jax.tree.map(repeat, args), weights=repeat(weights),
                            mask=repeat(mask), lower=lower, upper=upper, config=config)
     result = jax.tree.map(lambda x: x.reshape((lanes, count) + x.shape[1:]), result)
-    usable = result.status < FitStatus.NON_FINITE
+    usable = has_solution(result.status)
     best = jnp.argmin(jnp.where(usable, result.loss, jnp.inf), axis=1)
     return jax.tree.map(lambda x: jnp.take_along_axis(
         x, best.reshape((lanes, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0], result)

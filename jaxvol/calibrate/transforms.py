@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["Bounds", "make_bounds", "to_bounded", "to_unbounded"]
+
 FREE, LOWER, UPPER, BOTH = 0, 1, 2, 3
 
 

@@ -24,8 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jaxvol import batching
 from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema as schemas
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
+from jaxvol.status import Status
+
+__all__ = ["TRACE_COUNTS", "ChainOptions", "make_options", "ChainAnalysis", "analyze",
+           "arbitrage_report", "rows_frame", "report", "compute"]
+
+__all__ = ["analyze", "arbitrage_report", "ChainAnalysis", "ChainOptions", "compute",
+           "make_options", "report", "rows_frame"]
 
 #: Number of traces of each JAX kernel in this process (a trace-count guard for tests).
 TRACE_COUNTS = {"forwards": 0, "vols": 0, "checks": 0, "calendar": 0}
@@ -43,6 +51,10 @@ class ChainOptions:
     tolerance: relative size below which an arbitrage violation counts as zero.
     calendar_tolerance: the same, absolute, in total-variance units.
     strike_buckets, slice_block: packing (``pack.pack``); dtype: float32 or float64.
+    bad_values: ``"raise"`` (a bad cell raises SchemaError naming column and rows) or
+    ``"flag"`` (the row is kept and flagged BAD_VALUE / BAD_OPTION_TYPE / MISSING_KEY).
+    carry_tolerance: relative disagreement of a row's forward/discount with its slice's median
+    beyond which the row is flagged INCONSISTENT_CARRY (``schema.validate``).
     """
 
     schema: schemas.ChainSchema | None = None
@@ -60,6 +72,8 @@ class ChainOptions:
     strike_buckets: tuple = packing.DEFAULT_STRIKE_BUCKETS
     slice_block: int = packing.DEFAULT_SLICE_BLOCK
     dtype: object = np.float64
+    bad_values: str = "raise"
+    carry_tolerance: float = 1e-6
 
     def __post_init__(self):
         if np.dtype(self.dtype) not in (np.float32, np.float64):
@@ -119,8 +133,9 @@ def rows_frame(result: ChainAnalysis) -> pd.DataFrame:
     exclude = int(result.options.exclude)
     out["usable"] = (result.quality_flags & exclude) == 0
     for name in ("forward", "discount", "forward_se", "discount_se", "iv_bid", "iv_mid",
-                 "iv_ask"):
-        out[name] = result.rows[name]
+                 "iv_ask", "iv_bid_status", "iv_mid_status", "iv_ask_status"):
+        if name in result.rows:
+            out[name] = result.rows[name]
     return out
 
 
@@ -141,7 +156,10 @@ def compute(table, **options) -> ChainAnalysis:
     with _timed(timings, "validate"):
         if not isinstance(table, pd.DataFrame):
             table = schemas.read_table(table)
-        source = schemas.validate(table, opts.schema, **(opts.columns or {}))
+        source = schemas.validate(table, opts.schema, bad_values=opts.bad_values,
+                                  carry_tolerance=opts.carry_tolerance, **(opts.columns or {}))
+    if len(source) == 0:
+        return _empty_analysis(table, source, opts, timings)
     with _timed(timings, "flags"):
         flags = row_flags(source, max_relative_spread=opts.max_relative_spread,
                           locked_tolerance=opts.locked_tolerance, exclude=opts.exclude)
@@ -157,6 +175,25 @@ def compute(table, **options) -> ChainAnalysis:
     return result
 
 
+def _empty_analysis(table, source, opts, timings) -> ChainAnalysis:
+    """The analysis of a chain without rows: empty per-row arrays, no slices, no batches."""
+    slices = pd.DataFrame({"underlying": source["underlying"].iloc[:0],
+                           "expiry": np.zeros(0), "n_strikes": np.zeros(0, np.int64)})
+    none = np.zeros(0, np.int64)
+    packed = packing.PackedChain((), slices, none, none, none, none, np.zeros(0, bool),
+                                 opts.slice_block)
+    fwd = forwards.ForwardResult(*(np.zeros(0) for _ in range(4)), np.zeros(0, np.int32),
+                                 np.zeros(0, np.int32))
+    rows = {name: np.zeros(0) for name in ("forward", "discount", "forward_se", "discount_se",
+                                           "iv_bid", "iv_mid", "iv_ask")}
+    rows.update({f"iv_{side}_status": np.zeros(0, np.int32) for side in ("bid", "mid", "ask")})
+    arb = arbitrage.ArbitrageResult(None, np.zeros((0, 8)), np.zeros((0, 8), np.int32),
+                                    np.zeros((0, 8)))
+    timings.update(flags=0.0, pack=0.0, jax_block=0.0, jax_calendar=0.0, assemble=0.0)
+    return ChainAnalysis(table, source, packed, np.zeros(0, np.int64), fwd, rows, arb, (), opts,
+                         timings)
+
+
 @contextlib.contextmanager
 def _timed(timings: dict, name: str):
     start = time.perf_counter()
@@ -165,12 +202,14 @@ def _timed(timings: dict, name: str):
 
 
 def _run_batch(batch: packing.ChainBatch, slice_block: int, opts: ChainOptions) -> dict:
+    """The three kernels over the batch in blocks of ``slice_block`` slices (the batch is
+    already padded to its slice capacity, so every block has one of a few shapes)."""
     kernel = functools.partial(_block_kernel, near_strikes=opts.near_strikes,
                                iterations=opts.iterations, huber=opts.huber,
                                reject=opts.reject, tolerance=opts.tolerance)
-    blocks = [jax.device_get(kernel(jax.device_put(block)))
-              for block in packing.iter_blocks(batch, slice_block)]
-    return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+    block = min(slice_block, batch.expiry.shape[0])
+    return batching.run_blocks(lambda *fields: kernel(packing.ChainBatch(*fields)), list(batch),
+                               block, jit=False)
 
 
 def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber, reject,
@@ -204,7 +243,9 @@ def _vol_kernel(batch, forward, discount):
                               (batch.put_bid, batch.put_mid, batch.put_ask))
     by_slice = lambda a: jnp.moveaxis(a, 0, 1)  # noqa: E731  [2, S, N] -> [S, 2, N]
     return dict(iv_bid=by_slice(vols.bid), iv_mid=by_slice(vols.mid),
-                iv_ask=by_slice(vols.ask), iv_status=by_slice(vols.mid_status))
+                iv_ask=by_slice(vols.ask), iv_status=by_slice(vols.mid_status),
+                iv_bid_status=by_slice(vols.bid_status),
+                iv_ask_status=by_slice(vols.ask_status))
 
 
 @functools.partial(jax.jit, static_argnames=("tolerance",))
@@ -249,8 +290,16 @@ def _assemble(table, source, packed, flags, batch_results, opts, timings) -> Cha
     rows = {name: fwd_value[packed.row_slice] for name, fwd_value in (
         ("forward", fwd.forward), ("discount", fwd.discount), ("forward_se", fwd.forward_se),
         ("discount_se", fwd.discount_se))}
-    for name in ("iv_bid", "iv_mid", "iv_ask"):
-        rows[name] = packing.unpack_cells(packed, cells(name, 0), cells(name, 1))
+    unreadable = (flags & int(Flag.BAD_VALUE | Flag.BAD_OPTION_TYPE | Flag.MISSING_KEY)) != 0
+    for name in ("iv_bid", "iv_mid", "iv_ask"):  # a row read wrong has no vol of its own
+        rows[name] = np.where(unreadable, np.nan,
+                              packing.unpack_cells(packed, cells(name, 0), cells(name, 1)))
+    # per-row IV status of each side (jaxvol.IVStatus); NO_CELL where the row has no cell
+    no_cell = int(Status.BAD_INPUT)
+    for side, name in (("bid", "iv_bid_status"), ("mid", "iv_status"), ("ask", "iv_ask_status")):
+        codes = packing.unpack_cells(packed, cells(name, 0), cells(name, 1), fill=no_cell)
+        codes = np.where(unreadable | (packed.row_batch < 0), no_cell, codes)
+        rows[f"iv_{side}_status"] = codes.astype(np.int32)
     with _timed(timings, "jax_calendar"):
         arb = _with_calendar(packed, batch_results, per_slice, fwd.forward, opts)
     return ChainAnalysis(table, source, packed, flags, fwd, rows, arb, batch_results, opts,

@@ -33,6 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+__all__ = ["ArbitrageResult", "calendar_arbitrage", "Relation", "report_frame", "static_arbitrage",
+           "STATIC_RELATIONS"]
+
 
 class Relation(enum.IntEnum):
     """Index (0-based) of each relation in the arrays' relation axis."""

@@ -11,6 +11,8 @@ import functools
 import numpy as np
 import pandas as pd
 
+__all__ = ["black_prices", "smile_vol", "black_board"]
+
 
 def black_prices(forward, strike, expiry, vol, is_call, discount):
     """Discounted Black-76 prices (numpy in, numpy out), broadcasting."""

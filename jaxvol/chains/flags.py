@@ -12,6 +12,9 @@ import enum
 
 import numpy as np
 
+__all__ = ["Flag", "DEFAULT_EXCLUDE", "QUOTE_LEVEL", "flagged", "describe", "quote_flags",
+           "duplicate_rows", "row_flags"]
+
 
 class Flag(enum.IntFlag):
     """Bits of the ``quality_flags`` column (combine and test with ``&``)."""
@@ -31,18 +34,25 @@ class Flag(enum.IntFlag):
     IV_UNSOLVED = 1 << 11           #: no implied vol for the mid price
     NO_FORWARD = 1 << 12            #: slice level: forward/discount could not be determined
     SLICE_TOO_FEW_STRIKES = 1 << 13  #: slice level: fewer usable strikes than required
+    BAD_VALUE = 1 << 14             #: a cell that is not a number (text, boolean) in a numeric column
+    BAD_OPTION_TYPE = 1 << 15       #: option_type is not C/P/call/put
+    MISSING_KEY = 1 << 16           #: underlying missing, or expiry/strike missing or not finite
+    INCONSISTENT_CARRY = 1 << 17    #: the row's spot/forward/rate/discount disagrees with its slice
+    FORWARD_MISMATCH = 1 << 18      #: slice level: supplied forward disagrees with put-call parity
 
 
 #: Bits that take a row out of the fits.  LOCKED and WIDE_SPREAD are informational by default.
 DEFAULT_EXCLUDE = Flag(
     Flag.NON_FINITE | Flag.NON_POSITIVE_STRIKE | Flag.NON_POSITIVE_PRICE | Flag.CROSSED
     | Flag.ZERO_BID | Flag.EXPIRED | Flag.DUPLICATE | Flag.BELOW_INTRINSIC
-    | Flag.ABOVE_MAX_PRICE | Flag.IV_UNSOLVED | Flag.NO_FORWARD | Flag.SLICE_TOO_FEW_STRIKES)
+    | Flag.ABOVE_MAX_PRICE | Flag.IV_UNSOLVED | Flag.NO_FORWARD | Flag.SLICE_TOO_FEW_STRIKES
+    | Flag.BAD_VALUE | Flag.BAD_OPTION_TYPE | Flag.MISSING_KEY | Flag.INCONSISTENT_CARRY)
 
 #: Bits known before any model quantity (forward, vol) is computed: decided in pandas.
 QUOTE_LEVEL = Flag(
     Flag.NON_FINITE | Flag.NON_POSITIVE_STRIKE | Flag.NON_POSITIVE_PRICE | Flag.CROSSED
-    | Flag.ZERO_BID | Flag.LOCKED | Flag.WIDE_SPREAD | Flag.EXPIRED | Flag.DUPLICATE)
+    | Flag.ZERO_BID | Flag.LOCKED | Flag.WIDE_SPREAD | Flag.EXPIRED | Flag.DUPLICATE
+    | Flag.BAD_VALUE | Flag.BAD_OPTION_TYPE | Flag.MISSING_KEY | Flag.INCONSISTENT_CARRY)
 
 
 def flagged(quality_flags, flag: int) -> np.ndarray:
@@ -124,6 +134,8 @@ def row_flags(frame, *, max_relative_spread: float = 1.0, locked_tolerance: floa
                                frame["strike"].to_numpy(), frame["is_call"].to_numpy(),
                                (flags & int(exclude)) != 0)
     _set(flags, duplicate, Flag.DUPLICATE)
+    if "input_flags" in frame.columns:  # found by schema.validate (bad cells, keys, carry)
+        flags |= frame["input_flags"].to_numpy(dtype=np.int64)
     return flags
 
 

@@ -20,24 +20,27 @@ fit), propagated to F by the delta method.
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxvol.status import domain_status
+
+__all__ = ["ForwardStatus", "ForwardResult", "parity_forwards"]
 
 _SPREAD_FLOOR = 1e-12  # relative to the anchor strike: keeps 1/h^2 finite on locked quotes
 _MEDIAN_FLOOR = 1.0    # no pair's half-width counts below the slice's median one: a
 #                        locked (bid = ask) quote would otherwise outweigh the whole slice
 
 
-class ForwardStatus(enum.IntEnum):
-    """Outcome per slice."""
-
-    OK = 0             #: estimated from parity (possibly with D or F supplied)
-    SUPPLIED = 1       #: forward and discount both supplied by the user: no fit
-    TOO_FEW_PAIRS = 2  #: fewer call/put pairs than parameters to fit
-    NON_POSITIVE = 3   #: the fit gave a non-positive or non-finite F or D
+ForwardStatus = domain_status("ForwardStatus", "chains", {
+    "OK": 0,              # estimated from parity (possibly with D or F supplied)
+    "TOO_FEW_POINTS": 4,  # fewer call/put pairs than parameters to fit (old name TOO_FEW_PAIRS)
+    "SUPPLIED": 20,       # forward and discount both supplied by the user: no fit (usable)
+    "NON_POSITIVE": 21,   # the fit gave a non-positive or non-finite F or D
+}, "Outcome per slice of :func:`parity_forwards` (codes: jaxvol.status). OK and SUPPLIED "
+   "carry a usable forward.", aliases={"TOO_FEW_PAIRS": "TOO_FEW_POINTS"})
 
 
 class ForwardResult(NamedTuple):

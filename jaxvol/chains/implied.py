@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+__all__ = ["quote_vols", "QuoteVols", "total_variance_otm"]
+
 
 class QuoteVols(NamedTuple):
     """Black implied vols; each field is [2, slices, strikes] with index 0 = calls, 1 = puts."""
@@ -15,6 +17,8 @@ class QuoteVols(NamedTuple):
     mid: jax.Array
     ask: jax.Array
     mid_status: jax.Array  #: int32 codes of ``jaxvol.IVStatus`` for the mid price
+    bid_status: jax.Array = None  #: int32 ``IVStatus`` codes for the bid
+    ask_status: jax.Array = None  #: int32 ``IVStatus`` codes for the ask
 
 
 def quote_vols(strike, expiry, forward, discount, call_quotes, put_quotes) -> QuoteVols:
@@ -31,8 +35,9 @@ def quote_vols(strike, expiry, forward, discount, call_quotes, put_quotes) -> Qu
     per_slice = lambda a: a[None, None, :, None]  # noqa: E731
     result = implied_vol(price, per_slice(forward), strike[None, None], per_slice(expiry),
                          is_call, discount=per_slice(discount))
-    return QuoteVols(result.vol[0], result.vol[1], result.vol[2],
-                     result.status[1].astype(jnp.int32))
+    status = result.status.astype(jnp.int32)
+    return QuoteVols(result.vol[0], result.vol[1], result.vol[2], status[1], status[0],
+                     status[2])
 
 
 def total_variance_otm(strike, expiry, forward, call_vol, put_vol):

@@ -21,9 +21,15 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from jaxvol import batching
+from jaxvol.batching import STRIKE_BUCKETS, padded_size, power_of_two
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, QUOTE_LEVEL, Flag
 
-DEFAULT_STRIKE_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
+__all__ = ["ChainBatch", "DEFAULT_SLICE_BLOCK", "DEFAULT_STRIKE_BUCKETS", "gather_slices",
+           "iter_blocks", "pack", "PackedChain", "slice_capacity", "strike_capacity",
+           "unpack_cells", "unpack_slices"]
+
+DEFAULT_STRIKE_BUCKETS = STRIKE_BUCKETS  #: the library's one table (jaxvol.batching)
 DEFAULT_SLICE_BLOCK = 4096
 _MIN_SLICES = 8
 
@@ -76,18 +82,14 @@ class PackedChain:
 def slice_capacity(n_slices: int, slice_block: int = DEFAULT_SLICE_BLOCK) -> int:
     """Padded slice count: a power of two (>= 8) up to ``slice_block``, then its multiples."""
     if n_slices > slice_block:
-        return -(-n_slices // slice_block) * slice_block
-    return max(_MIN_SLICES, 1 << max(0, int(n_slices - 1).bit_length()))
+        return padded_size(n_slices, slice_block)
+    return power_of_two(n_slices, _MIN_SLICES)
 
 
 def strike_capacity(n_strikes: np.ndarray, strike_buckets=DEFAULT_STRIKE_BUCKETS) -> np.ndarray:
-    """Bucket width for each strike count; above the largest bucket, its multiples."""
-    buckets = np.asarray(sorted(strike_buckets), dtype=np.int64)
-    n = np.maximum(np.asarray(n_strikes, dtype=np.int64), 1)
-    index = np.searchsorted(buckets, n)
-    top = buckets[-1]
-    beyond = -(-n // top) * top
-    return np.where(index < len(buckets), buckets[np.minimum(index, len(buckets) - 1)], beyond)
+    """Bucket width for each strike count (:func:`jaxvol.batching.strike_buckets`): the smallest
+    bucket holding it; above the largest, its multiples."""
+    return batching.strike_buckets(n_strikes, strike_buckets)
 
 
 def pack(frame: pd.DataFrame, row_flags: np.ndarray, *, exclude: int = DEFAULT_EXCLUDE,

@@ -35,8 +35,13 @@ import pathlib
 import numpy as np
 import pandas as pd
 
+from jaxvol.chains.flags import Flag
+
+__all__ = ["NORMALISED_COLUMNS", "ChainSchema", "SchemaError", "make_schema", "read_table",
+           "load", "validate"]
+
 NORMALISED_COLUMNS = ("underlying", "expiry", "strike", "is_call", "bid", "ask", "mid",
-                      "forward", "discount")
+                      "forward", "discount", "input_flags")
 _CALL_WORDS = {"c": True, "call": True, "p": False, "put": False}
 _SHOWN_ROWS = 10
 
@@ -97,26 +102,106 @@ def load(source, schema: ChainSchema | None = None, **column_names) -> pd.DataFr
     return validate(source, schema, **column_names)
 
 
-def validate(table: pd.DataFrame, schema: ChainSchema | None = None,
+def validate(table: pd.DataFrame, schema: ChainSchema | None = None, *,
+             bad_values: str = "raise", carry_tolerance: float = 1e-6,
              **column_names) -> pd.DataFrame:
-    """Check ``table`` against the schema and return the normalised frame (see module doc)."""
+    """Check ``table`` against the schema and return the normalised frame (see module doc).
+
+    ``bad_values``: what a bad *cell* does (a non-numeric value in a numeric column, a boolean
+    in a numeric column, an option type other than C/P/call/put, a missing underlying):
+    ``"raise"`` (default) raises :class:`SchemaError` naming the column and the rows;
+    ``"flag"`` keeps the row with NaN there and sets ``BAD_VALUE`` / ``BAD_OPTION_TYPE`` /
+    ``MISSING_KEY`` in the frame's ``input_flags`` column (ORed into ``quality_flags``). Rows
+    already flagged in an ``input_flags`` column of the table (bits of
+    :class:`~jaxvol.chains.Flag`, e.g. set by the nightly job's reader) never raise.
+
+    Per-row carry inputs (``spot``, ``forward``, ``rate``, ``dividend_yield``, ``discount``)
+    must agree within a slice (same underlying and expiry): each slice takes the median of its
+    rows' forwards and discount factors, and a row further than ``carry_tolerance`` (relative)
+    from it is flagged ``INCONSISTENT_CARRY``, so one bad row can neither move the slice's
+    forward nor be used.
+    """
     if not isinstance(table, pd.DataFrame):
         raise SchemaError(f"a chain must be a pandas DataFrame, got {type(table).__name__}")
+    if bad_values not in ("raise", "flag"):
+        raise ValueError(f"bad_values must be 'raise' or 'flag', got {bad_values!r}")
     schema = make_schema(schema, **column_names)
     missing = [c for c in schema.required if c not in table.columns]
     if missing:
         raise SchemaError(f"missing required column(s) {missing}; table has {list(table.columns)}")
+    cells = _Cells(table, bad_values == "flag")
     out = pd.DataFrame(index=pd.RangeIndex(len(table)))
-    out["underlying"] = _underlying(table, schema.underlying)
-    out["expiry"] = _expiry_years(table, schema)
-    out["strike"] = _numeric(table, schema.strike)
-    out["is_call"] = _is_call(table, schema.option_type)
-    out["bid"] = _numeric(table, schema.bid)
-    out["ask"] = _numeric(table, schema.ask)
-    mid = _optional(table, schema.mid)
+    out["underlying"] = cells.underlying(schema.underlying)
+    out["expiry"] = _expiry_years(table, schema, cells)
+    out["strike"] = cells.numeric(schema.strike)
+    out["is_call"] = cells.is_call(schema.option_type)
+    out["bid"] = cells.numeric(schema.bid)
+    out["ask"] = cells.numeric(schema.ask)
+    mid = _optional(table, schema.mid, cells)
     out["mid"] = np.where(np.isnan(mid), 0.5 * (out["bid"].to_numpy() + out["ask"].to_numpy()), mid)
-    out["forward"], out["discount"] = _carry(table, schema, out["expiry"].to_numpy())
+    forward, discount = _carry(table, schema, out["expiry"].to_numpy(), cells)
+    keys = ~np.isfinite(out["expiry"].to_numpy()) | ~np.isfinite(out["strike"].to_numpy())
+    cells.flags[keys] |= int(Flag.MISSING_KEY)
+    out["forward"], out["discount"] = _consensus(out, forward, discount, cells, carry_tolerance)
+    out["input_flags"] = cells.flags
     return out
+
+
+class _Cells:
+    """Cell-level parsing of one table: raises on a bad cell, or flags its row."""
+
+    def __init__(self, table: pd.DataFrame, lenient: bool):
+        self.table = table
+        self.lenient = lenient
+        self.flags = np.zeros(len(table), dtype=np.int64)
+        if "input_flags" in table.columns:
+            given = pd.to_numeric(table["input_flags"], errors="coerce").fillna(0)
+            self.flags |= given.to_numpy(dtype=np.int64)
+        self.exempt = self.flags != 0  # flagged upstream: already accounted for
+
+    def bad(self, bad: np.ndarray, flag: int, message: str) -> None:
+        """Flag the rows in ``bad``; raise ``message`` (with the rows) for unexempt ones."""
+        strict = bad & ~self.exempt
+        if strict.any() and not self.lenient:
+            raise SchemaError(message.format(rows=_offending(self.table, strict)))
+        self.flags[bad] |= int(flag)
+
+    def numeric(self, column: str) -> np.ndarray:
+        raw = self.table[column]
+        if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw):
+            if not self.lenient:
+                raise SchemaError(f"column {column!r} must be numeric, has dtype {raw.dtype}")
+            self.flags |= int(Flag.BAD_VALUE)
+            return np.full(len(raw), np.nan)
+        boolean = np.zeros(len(raw), dtype=bool)
+        if raw.dtype == object:  # True/False among numbers would read as 1.0/0.0
+            boolean = raw.map(type).isin((bool, np.bool_)).to_numpy()
+            raw = raw.where(~boolean, None)
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = ((values.isna() & raw.notna()).to_numpy()) | boolean
+        if bad.any():
+            self.bad(bad, Flag.BAD_VALUE, f"column {column!r} holds non-numeric values at "
+                     f"{{rows}}: {list(self.table[column][bad][:3])}")
+        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.where(bad, np.nan, values) if bad.any() else values
+
+    def underlying(self, column: str) -> pd.Categorical:
+        raw = self.table[column]
+        bad = raw.isna().to_numpy()
+        if bad.any():
+            self.bad(bad, Flag.MISSING_KEY, f"column {column!r} is missing values at {{rows}}")
+            raw = raw.astype(object).where(~bad, "")
+        return pd.Categorical(raw)  # integer codes: fast grouping of millions of rows
+
+    def is_call(self, column: str) -> np.ndarray:
+        codes, words = pd.factorize(self.table[column], use_na_sentinel=False)
+        meaning = pd.Series(words).astype("string").str.strip().str.lower().map(_CALL_WORDS)
+        bad = meaning.isna().to_numpy()[codes]
+        if bad.any():
+            self.bad(bad, Flag.BAD_OPTION_TYPE,
+                     f"column {column!r} must hold 'C'/'P' (or 'call'/'put'); bad values at "
+                     f"{{rows}}: {list(self.table[column][bad][:3])}")
+        return meaning.to_numpy(dtype=bool, na_value=False)[codes]
 
 
 def _offending(table: pd.DataFrame, bad: np.ndarray) -> str:
@@ -125,48 +210,16 @@ def _offending(table: pd.DataFrame, bad: np.ndarray) -> str:
     return f"rows {labels}" + (f" and {more} more" if more > 0 else "")
 
 
-def _numeric(table: pd.DataFrame, column: str) -> np.ndarray:
-    raw = table[column]
-    if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw):
-        raise SchemaError(f"column {column!r} must be numeric, has dtype {raw.dtype}")
-    values = pd.to_numeric(raw, errors="coerce")
-    bad = (values.isna() & raw.notna()).to_numpy()
-    if bad.any():
-        raise SchemaError(f"column {column!r} holds non-numeric values at "
-                          f"{_offending(table, bad)}: {list(raw[bad][:3])}")
-    return values.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _optional(table: pd.DataFrame, column: str) -> np.ndarray:
+def _optional(table: pd.DataFrame, column: str, cells: _Cells) -> np.ndarray:
     if column not in table.columns:
         return np.full(len(table), np.nan)
-    return _numeric(table, column)
+    return cells.numeric(column)
 
 
-def _underlying(table: pd.DataFrame, column: str) -> pd.Categorical:
-    raw = table[column]
-    bad = raw.isna().to_numpy()
-    if bad.any():
-        raise SchemaError(f"column {column!r} is missing values at {_offending(table, bad)}")
-    return pd.Categorical(raw)  # integer codes: fast grouping of millions of rows
-
-
-def _is_call(table: pd.DataFrame, column: str) -> np.ndarray:
-    codes, words = pd.factorize(table[column], use_na_sentinel=False)  # map distinct values only
-    meaning = pd.Series(words).astype("string").str.strip().str.lower().map(_CALL_WORDS)
-    bad_word = meaning.isna().to_numpy()
-    bad = bad_word[codes]
-    if bad.any():
-        raise SchemaError(f"column {column!r} must hold 'C'/'P' (or 'call'/'put'); "
-                          f"bad values at {_offending(table, bad)}: "
-                          f"{list(table[column][bad][:3])}")
-    return meaning.to_numpy(dtype=bool, na_value=False)[codes]
-
-
-def _expiry_years(table: pd.DataFrame, schema: ChainSchema) -> np.ndarray:
+def _expiry_years(table: pd.DataFrame, schema: ChainSchema, cells: _Cells) -> np.ndarray:
     raw = table[schema.expiry]
     if not pd.api.types.is_datetime64_any_dtype(raw):
-        return _numeric(table, schema.expiry)
+        return cells.numeric(schema.expiry)
     if schema.quote_time not in table.columns:
         raise SchemaError(f"column {schema.expiry!r} holds timestamps, so column "
                           f"{schema.quote_time!r} (quote time) is required")
@@ -174,19 +227,47 @@ def _expiry_years(table: pd.DataFrame, schema: ChainSchema) -> np.ndarray:
     if not pd.api.types.is_datetime64_any_dtype(quote):
         raise SchemaError(f"column {schema.quote_time!r} must hold timestamps, "
                           f"has dtype {quote.dtype}")
+    aware = [getattr(c.dt, "tz", None) is not None for c in (raw, quote)]
+    if aware[0] != aware[1]:
+        raise SchemaError(f"column {schema.expiry!r} is {'tz-aware' if aware[0] else 'naive'} "
+                          f"but {schema.quote_time!r} is {'tz-aware' if aware[1] else 'naive'}; "
+                          "give both with a time zone or both without")
     seconds = (raw - quote).dt.total_seconds().to_numpy(dtype=np.float64, na_value=np.nan)
     return seconds / (schema.days_per_year * 86400.0)
 
 
-def _carry(table: pd.DataFrame, schema: ChainSchema, expiry: np.ndarray):
+def _carry(table: pd.DataFrame, schema: ChainSchema, expiry: np.ndarray, cells: _Cells):
     """Per-row forward and discount factor from whatever optional columns the table has."""
-    forward = _optional(table, schema.forward)
-    discount = _optional(table, schema.discount)
-    rate = _optional(table, schema.rate)
-    spot = _optional(table, schema.spot)
-    dividend = _optional(table, schema.dividend_yield)
+    forward = _optional(table, schema.forward, cells)
+    discount = _optional(table, schema.discount, cells)
+    rate = _optional(table, schema.rate, cells)
+    spot = _optional(table, schema.spot, cells)
+    dividend = _optional(table, schema.dividend_yield, cells)
     with np.errstate(invalid="ignore", over="ignore"):
         discount = np.where(np.isnan(discount), np.exp(-rate * expiry), discount)
         carry = rate - np.where(np.isnan(dividend), 0.0, dividend)
         forward = np.where(np.isnan(forward), spot * np.exp(carry * expiry), forward)
     return forward, discount
+
+
+def _consensus(frame: pd.DataFrame, forward: np.ndarray, discount: np.ndarray, cells: _Cells,
+               tolerance: float):
+    """Each slice's median forward and discount factor on all of its rows; rows that disagree
+    (relative difference above ``tolerance``, or a non-finite or non-positive value where the
+    slice has a value) are flagged INCONSISTENT_CARRY."""
+    if not (np.isfinite(forward).any() or np.isfinite(discount).any()):
+        return forward, discount
+    keys = [frame["underlying"].cat.codes.to_numpy(), frame["expiry"].to_numpy()]
+    slice_id = pd.MultiIndex.from_arrays(keys).factorize()[0] if len(frame) else keys[0]
+    out = []
+    for values in (forward, discount):
+        given = np.where(values > 0, values, np.nan)
+        present = ~np.isnan(values)  # what the row supplied (non-finite counts as supplied)
+        with np.errstate(invalid="ignore"):
+            finite = np.where(np.isfinite(given), given, np.nan)
+        median = pd.Series(finite).groupby(slice_id).transform("median").to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            off = present & np.isfinite(median) & ~(np.abs(values / median - 1.0) <= tolerance)
+        cells.flags[off] |= int(Flag.INCONSISTENT_CARRY)
+        out.append(np.where(np.isfinite(median), median, values))
+    return out[0], out[1]

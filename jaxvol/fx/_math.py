@@ -1,4 +1,4 @@
-"""Small numerical helpers shared by the FX modules (normal distribution, dtypes, masks).
+"""Small numerical helpers shared by the FX modules (normal distribution, masks).
 
 The normal CDF is ``jax.scipy.special.ndtr`` rather than :func:`jaxvol.black.norm_cdf`: both are
 accurate far beyond what FX deltas need (|d| < 8 here), and ndtr's graph is much smaller, which
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax.scipy import special
+
+__all__ = ["log_norm_cdf", "norm_cdf", "norm_pdf", "norm_ppf", "safe"]
 
 _INV_SQRT_2PI = 0.3989422804014327
 
@@ -33,20 +35,6 @@ def log_norm_cdf(x):
     """log N(x) as log(ndtr(x)): ndtr keeps full relative accuracy in the left tail down to
     x ~ -37 (where N underflows), far beyond any FX delta, at a fifth of log_ndtr's cost."""
     return jnp.log(special.ndtr(x))
-
-
-def float_dtype(*values):
-    """The common floating dtype of the array arguments (default float when all are Python)."""
-    arrays = [v for v in values if v is not None and not isinstance(v, (bool, int, float))]
-    if not arrays:
-        return jnp.result_type(float)
-    dtype = jnp.result_type(*arrays)
-    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
-
-
-def as_float(value, dtype):
-    """``value`` as an array of ``dtype`` (bools become 0/1 explicitly)."""
-    return jnp.asarray(value).astype(dtype)
 
 
 def safe(mask, value, fallback):

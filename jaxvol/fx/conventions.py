@@ -36,7 +36,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxvol.fx._math import as_float, float_dtype, log_norm_cdf, norm_cdf, norm_pdf, norm_ppf
+from jaxvol._edge import edge
+from jaxvol._dtypes import as_float, float_dtype
+from jaxvol.fx._math import log_norm_cdf, norm_cdf, norm_pdf, norm_ppf
+from jaxvol.status import domain_status
+
+__all__ = ["atm_log_moneyness", "atm_strike", "AtmType", "bracketed_newton", "delta",
+           "delta_from_moneyness", "DeltaType", "forward_rate_terms", "implicit_root",
+           "is_premium_adjusted", "is_spot_delta", "max_call_delta_pa", "max_delta_d2",
+           "parse_atm_type", "parse_delta_type", "rate_from_discount", "strike_from_delta",
+           "StrikeFromDelta", "StrikeStatus"]
 
 _LOG_SQRT_2PI = 0.9189385332046727
 # Safeguarded Newton steps (fixed, so lanes vmap with fixed work). In a 20,000-lane sweep over
@@ -65,14 +74,14 @@ class AtmType(enum.IntEnum):
     DNS_PA = 3
 
 
-class StrikeStatus(enum.IntEnum):
-    """Per-lane outcome of :func:`strike_from_delta` (strike is NaN unless OK)."""
-
-    OK = 0
-    DELTA_OUT_OF_RANGE = 1  # wrong sign for the option type, zero, or |delta| >= the bound
-    BEYOND_MAX_DELTA = 2  # premium-adjusted call delta above the maximum attainable delta
-    BAD_INPUT = 3  # spot, vol or expiry not positive
-    NON_FINITE_INPUT = 4
+StrikeStatus = domain_status("StrikeStatus", "fx", {
+    "OK": 0,
+    "BAD_INPUT": 1,  # spot, vol or expiry not positive
+    "NON_FINITE_INPUT": 2,  # a NaN or infinite input
+    "DELTA_OUT_OF_RANGE": 45,  # wrong sign for the option type, zero, or |delta| >= the bound
+    "BEYOND_MAX_DELTA": 46,  # premium-adjusted call delta above the maximum attainable delta
+}, "Per-lane outcome of :func:`strike_from_delta` (strike is NaN unless OK; codes: "
+   "jaxvol.status).")
 
 
 def _parse(enum_type, value, name):
@@ -102,6 +111,7 @@ def is_spot_delta(delta_type) -> bool:
     return parse_delta_type(delta_type) in (DeltaType.SPOT, DeltaType.SPOT_PA)
 
 
+@edge
 def rate_from_discount(discount, time):
     """Continuously compounded rate of a discount factor over ``time`` years."""
     return -jnp.log(discount) / time
@@ -141,6 +151,7 @@ def _delta_kernel(strike, spot, expiry, vol, rd, rf, phi, delivery, *, delta_typ
     return jnp.where(ok, value, jnp.nan)
 
 
+@edge(static=("delta_type",))
 def delta(strike, *, spot, expiry, vol, rd, rf, is_call, delta_type="spot", delivery=None):
     """FX delta of a vanilla under ``delta_type`` (see the module table); broadcasts.
 
@@ -149,8 +160,8 @@ def delta(strike, *, spot, expiry, vol, rd, rf, is_call, delta_type="spot", deli
     """
     delta_type = parse_delta_type(delta_type)
     dtype = float_dtype(strike, spot, expiry, vol, rd, rf, delivery)
-    args = [as_float(a, dtype) for a in (strike, spot, expiry, vol, rd, rf)]
-    delivery = args[2] if delivery is None else as_float(delivery, dtype)
+    args = list(as_float(dtype, strike, spot, expiry, vol, rd, rf))
+    delivery = args[2] if delivery is None else as_float(dtype, delivery)[0]
     return _delta_batch(*args, _phi(is_call, dtype), delivery, delta_type=delta_type)
 
 
@@ -218,6 +229,7 @@ def max_delta_d2(std_dev):
     return bracketed_newton(fn, lower, upper, 0.5 * (lower + upper), _MAX_ITERATIONS)
 
 
+@edge
 def max_call_delta_pa(std_dev, foreign_df=1.0):
     """Largest attainable premium-adjusted call delta (times ``foreign_df`` for spot deltas)."""
     return foreign_df * jnp.exp(_log_max_delta(std_dev)[1])
@@ -319,6 +331,7 @@ class StrikeFromDelta(NamedTuple):
     status: jax.Array
 
 
+@edge(static=("delta_type",))
 def strike_from_delta(delta, *, spot, expiry, vol, rd, rf, is_call, delta_type="spot",
                       delivery=None) -> StrikeFromDelta:
     """Strike with the given FX delta under ``delta_type``; broadcasts over all arguments.
@@ -330,8 +343,8 @@ def strike_from_delta(delta, *, spot, expiry, vol, rd, rf, is_call, delta_type="
     """
     delta_type = parse_delta_type(delta_type)
     dtype = float_dtype(delta, spot, expiry, vol, rd, rf, delivery)
-    args = [as_float(a, dtype) for a in (delta, spot, expiry, vol, rd, rf)]
-    delivery = args[2] if delivery is None else as_float(delivery, dtype)
+    args = list(as_float(dtype, delta, spot, expiry, vol, rd, rf))
+    delivery = args[2] if delivery is None else as_float(dtype, delivery)[0]
     strike, status = _strike_batch(*args, _phi(is_call, dtype), delivery, delta_type=delta_type)
     return StrikeFromDelta(strike, status)
 
@@ -355,12 +368,13 @@ def atm_log_moneyness(std_dev, *, atm_type, log_spot_over_forward=None):
     return sign * 0.5 * std_dev**2
 
 
+@edge(static=("atm_type",))
 def atm_strike(*, spot, expiry, vol, rd, rf, atm_type="dns", delivery=None):
     """ATM strike: S, F, F e^{s^2/2} (delta-neutral straddle) or F e^{-s^2/2} (DNS, PA)."""
     atm_type = parse_atm_type(atm_type)
     dtype = float_dtype(spot, expiry, vol, rd, rf, delivery)
-    spot, expiry, vol, rd, rf = (as_float(a, dtype) for a in (spot, expiry, vol, rd, rf))
-    delivery = expiry if delivery is None else as_float(delivery, dtype)
+    spot, expiry, vol, rd, rf = as_float(dtype, spot, expiry, vol, rd, rf)
+    delivery = expiry if delivery is None else as_float(dtype, delivery)[0]
     forward, _, _ = forward_rate_terms(spot, rd, rf, delivery)
     std_dev = vol * jnp.sqrt(expiry)
     return forward * jnp.exp(atm_log_moneyness(std_dev, atm_type=atm_type,

@@ -11,7 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxvol.fx._math import as_float, float_dtype, norm_cdf
+from jaxvol._edge import edge
+from jaxvol._dtypes import as_float, float_dtype
+from jaxvol.fx._math import norm_cdf
+
+__all__ = ["polynomial_kernel", "polynomial_vol", "simple_delta"]
 
 
 def simple_delta(log_moneyness, atm_std_dev):
@@ -28,12 +32,13 @@ def polynomial_kernel(log_moneyness, coefficients, atm_std_dev):
     return jnp.exp(log_vol)
 
 
+@edge
 def polynomial_vol(strike, *, forward, expiry, atm_vol, coefficients):
     """Polynomial-in-delta vol at ``strike``; ``coefficients`` on the last axis (broadcasts)."""
     dtype = float_dtype(strike, forward, expiry, atm_vol, coefficients)
-    strike, forward, expiry, atm_vol = (as_float(a, dtype)
+    strike, forward, expiry, atm_vol = (as_float(dtype, a)[0]
                                         for a in (strike, forward, expiry, atm_vol))
-    coefficients = as_float(coefficients, dtype)
+    (coefficients,) = as_float(dtype, coefficients)
     return _polynomial_batch(jnp.log(strike / forward), coefficients, atm_vol * jnp.sqrt(expiry))
 
 

@@ -29,12 +29,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jaxvol.fx._math import as_float, float_dtype, norm_cdf, norm_pdf
+from jaxvol._dtypes import as_float, float_dtype
+from jaxvol.fx._math import norm_cdf, norm_pdf
 from jaxvol.fx.conventions import (
     atm_log_moneyness, delta_from_moneyness, forward_rate_terms, is_premium_adjusted,
     max_delta_d2, parse_atm_type, parse_delta_type, strike_from_delta)
 from jaxvol.fx.polynomial import polynomial_kernel
 from jaxvol.fx.vannavolga import vanna_volga_kernel
+from jaxvol.status import domain_status
+
+__all__ = ["calibrate_smile", "parse_model", "PILLAR_DELTAS", "smile_vol", "SmileCalibration",
+           "SmileModel", "SmileStatus"]
 
 PILLAR_DELTAS = (0.25, 0.10)
 _SABR_RHO_LIMIT = 0.9999
@@ -48,17 +53,21 @@ class SmileModel(enum.IntEnum):
     VANNA_VOLGA = 2  # Castagna-Mercurio, three pillars (25-delta quotes only)
 
 
-class SmileStatus(enum.IntEnum):
-    """Per-row outcome of :func:`calibrate_smile` (values are NaN unless OK)."""
+SmileStatus = domain_status("SmileStatus", "fx", {
+    "OK": 0,
+    "BAD_INPUT": 1,  # spot, expiry or ATM vol not positive
+    "NON_FINITE_INPUT": 2,  # a market input or quote is NaN/inf (old name MISSING_QUOTE)
+    "NEGATIVE_VOL": 40,  # ATM + strangle <= 0, or the fitted smile has a non-positive pillar vol
+    "NO_STRIKE_FOR_DELTA": 41,  # no (market-branch) strike for a pillar delta at the quoted vols
+    "STRANGLE_TOO_LOW": 42,  # the model cannot price the market strangle that cheaply
+    "FIT_FAILED": 43,  # the fit did not reach the quotes for another reason
+    "SMILE_BREAKDOWN": 44,  # the smile is undefined at the quotes (e.g. vanna-volga square root)
+}, "Per-row outcome of :func:`calibrate_smile` (values are NaN unless OK; codes: "
+   "jaxvol.status).", aliases={"MISSING_QUOTE": "NON_FINITE_INPUT"})
 
-    OK = 0
-    MISSING_QUOTE = 1  # a market input or quote is NaN/inf
-    BAD_INPUT = 2  # spot, expiry or ATM vol not positive
-    NEGATIVE_VOL = 3  # ATM + strangle <= 0, or the fitted smile has a non-positive pillar vol
-    NO_STRIKE_FOR_DELTA = 4  # no (market-branch) strike for a pillar delta at the quoted vols
-    STRANGLE_TOO_LOW = 5  # the model cannot price the market strangle that cheaply
-    FIT_FAILED = 6  # the fit did not reach the quotes for another reason
-    SMILE_BREAKDOWN = 7  # the smile is undefined at the quotes (e.g. vanna-volga square root)
+#: statuses whose market strangle strikes are still reported (the quotes were usable)
+_MS_REPORTED = (SmileStatus.OK, SmileStatus.NO_STRIKE_FOR_DELTA, SmileStatus.STRANGLE_TOO_LOW,
+                SmileStatus.FIT_FAILED, SmileStatus.SMILE_BREAKDOWN)
 
 
 def parse_model(value) -> SmileModel:
@@ -198,7 +207,8 @@ class SmileCalibration(eqx.Module):
     given. ``params`` [..., P] are the model parameters (polynomial: ln-vol coefficients lowest
     order first; SABR: alpha, rho, nu; vanna-volga: 25-delta call and put vols). ``residuals``
     are the fit residuals (vol units for ATM/RR, vol units via the strangle vega for the
-    strangle, delta units for the pillar deltas).
+    strangle, delta units for the pillar deltas). ``loss``, ``iterations`` and ``rmse`` (of the
+    residuals) are the fit's, as in every jaxvol fit result (NaN unless OK).
     """
 
     forward: jax.Array
@@ -213,6 +223,9 @@ class SmileCalibration(eqx.Module):
     status: jax.Array
     expiry: jax.Array
     atm: jax.Array
+    loss: jax.Array
+    iterations: jax.Array
+    rmse: jax.Array
     ms10_strikes: jax.Array | None = None
     ms10_value: jax.Array | None = None
     smile_strangle10: jax.Array | None = None
@@ -349,10 +362,13 @@ def _masked(inputs, good):
     return {n: jnp.where(good, v, jnp.asarray(_SAFE_QUOTE[n], v.dtype)) for n, v in inputs.items()}
 
 
-def _fit(spec: _Spec, lane: _Lane, bf25, config):
+def _fit(spec: _Spec, lane: _Lane, bf25, config, initial=None):
     from jaxvol.calibrate import LMConfig, least_squares
 
     model0 = jax.vmap(lambda ln, b: _initial_model_params(spec, ln, b))(lane, bf25)
+    if initial is not None:  # warm start where finite
+        model0 = jnp.where(jnp.all(jnp.isfinite(initial), axis=-1, keepdims=True), initial,
+                           model0)
     params0 = jnp.concatenate([model0, lane.ms_y.reshape(model0.shape[0], -1)], axis=-1)
     lower, upper = _model_bounds(spec)
     return least_squares(_residual_fn(spec), params0, lane, lower=lower, upper=upper,
@@ -406,7 +422,8 @@ def _spec_from_options(delta_type, model, pillars, sabr_beta, vanna_volga_order)
 
 def calibrate_smile(*, spot, expiry, rd, rf, atm, rr25, bf25, rr10=None, bf10=None,
                     delta_type="spot", atm_type="dns", model="polynomial", delivery=None,
-                    sabr_beta=1.0, vanna_volga_order=2, config=None) -> SmileCalibration:
+                    sabr_beta=1.0, vanna_volga_order=2, initial=None,
+                    config=None) -> SmileCalibration:
     """Fit a smile to ATM, risk-reversal and market-strangle quotes, for a batch of rows.
 
     Args (arrays broadcast together; every element is one pair/tenor row):
@@ -418,6 +435,8 @@ def calibrate_smile(*, spot, expiry, rd, rf, atm, rr25, bf25, rr10=None, bf10=No
       model: ``"polynomial"``, ``"sabr"`` (beta ``sabr_beta``) or ``"vanna_volga"`` (order
         ``vanna_volga_order``, 25-delta quotes only);
       delivery: years to delivery for discounting and the forward (default: expiry);
+      initial: warm start of the model parameters [..., P] (the ``params`` of a previous
+        result; non-finite rows use the default start);
       config: :class:`jaxvol.calibrate.LMConfig` of the fit.
 
     Returns :class:`SmileCalibration`; ``status`` holds a :class:`SmileStatus` per row, and a
@@ -432,15 +451,21 @@ def calibrate_smile(*, spot, expiry, rd, rf, atm, rr25, bf25, rr10=None, bf10=No
                  bf25=bf25, rr10=rr10, bf10=bf10)
     dtype = float_dtype(*given.values())
     given["delivery"] = expiry if delivery is None else delivery
-    given = {n: as_float(0.0 if v is None else v, dtype) for n, v in given.items()}
+    given = {n: as_float(dtype, 0.0 if v is None else v)[0] for n, v in given.items()}
     shape = jnp.broadcast_shapes(*(v.shape for v in given.values()))
     inputs = {n: jnp.broadcast_to(v, shape).reshape(-1) for n, v in given.items()}
-    flat = _calibrate_flat(inputs, spec, atm_type, config)
+    if initial is not None:
+        (initial,) = as_float(dtype, initial)
+        if initial.shape != shape + (spec.model_params,):
+            raise ValueError(f"initial must have shape {shape + (spec.model_params,)} (the "
+                             f"model's params per row), got {initial.shape}")
+        initial = initial.reshape(-1, spec.model_params)
+    flat = _calibrate_flat(inputs, spec, atm_type, config, initial)
     return jax.tree.map(lambda a: a.reshape(shape + a.shape[1:]), flat)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _calibrate_flat(inputs, spec, atm_type, config):
+def _calibrate_flat(inputs, spec, atm_type, config, initial=None):
     status = _screen(inputs, spec.pillars)
     market, lane = _prepare(_masked(inputs, status == SmileStatus.OK), spec, atm_type)
     has_strikes = jnp.all(jnp.isfinite(lane.ms_y), axis=(-1, -2))
@@ -451,7 +476,8 @@ def _calibrate_flat(inputs, spec, atm_type, config):
     good = status == SmileStatus.OK
     _, safe_lane = _prepare(_masked(inputs, jnp.zeros_like(good)), spec, atm_type)
     fit_lane = jax.tree.map(lambda a, b: jnp.where(_expand(good, a), a, b), lane, safe_lane)
-    fit = _fit(spec, fit_lane, jnp.where(good, inputs["bf25"], _SAFE_QUOTE["bf25"]), config)
+    fit = _fit(spec, fit_lane, jnp.where(good, inputs["bf25"], _SAFE_QUOTE["bf25"]), config,
+               initial)
     ys, vols = _pillar_vols(spec, fit.params, fit_lane)
     right = _right_of_max(spec, ys, vols, fit_lane.expiry)
     fit_status = _fit_status(spec, fit, vols, right, fit_lane.forward.dtype)
@@ -466,7 +492,7 @@ def _expand(mask, like):
 def _result(spec, inputs, market, lane, fit, ys, vols, status):
     ok = status == SmileStatus.OK
     ms_ok = jnp.all(jnp.isfinite(lane.ms_y), axis=(-1, -2)) & (
-        (status == SmileStatus.OK) | (status >= SmileStatus.NO_STRIKE_FOR_DELTA))
+        functools.reduce(jnp.logical_or, [status == s for s in _MS_REPORTED]))
     nan_unless = lambda mask, a: jnp.where(_expand(mask, a), a, jnp.nan)  # noqa: E731
     strikes = market.forward[:, None, None] * jnp.exp(ys)
     ms_strikes = market.forward[:, None, None] * jnp.exp(lane.ms_y)
@@ -478,7 +504,8 @@ def _result(spec, inputs, market, lane, fit, ys, vols, status):
         smile_strangle=nan_unless(ok, smile_strangle[:, 0]), k25=nan_unless(ok, strikes[:, 0]),
         vol25=nan_unless(ok, vols[:, 0]), params=nan_unless(ok, fit.params[:, :spec.model_params]),
         residuals=nan_unless(ok, fit.residuals), status=status, expiry=inputs["expiry"],
-        atm=inputs["atm"])
+        atm=inputs["atm"], loss=nan_unless(ok, fit.loss),
+        iterations=jnp.where(ok, fit.iterations, 0), rmse=nan_unless(ok, fit.rmse))
     if spec.pillars == 2:
         fields.update(
             ms10_strikes=nan_unless(ms_ok, ms_strikes[:, 1]),

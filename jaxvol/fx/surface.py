@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from jaxvol.fx.conventions import parse_delta_type, strike_from_delta
 from jaxvol.fx.strangle import SmileCalibration
 
+__all__ = ["FXVolSurface"]
+
 _DELTA_FIXED_POINT_ITERATIONS = 30  # contraction factor |d sigma/d ln K| * sqrt(T)-ish: ~0.1
 
 

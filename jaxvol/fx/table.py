@@ -14,18 +14,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from jaxvol.batching import pad_leading, power_of_two
 from jaxvol.fx.conventions import AtmType, DeltaType
 from jaxvol.fx.strangle import SmileStatus, calibrate_smile
+
+__all__ = ["calibrate_quotes", "REQUIRED_COLUMNS", "UNKNOWN_CONVENTION"]
 
 REQUIRED_COLUMNS = ("pair", "tenor", "expiry", "spot", "rd", "rf", "atm", "rr25", "bf25",
                     "delta_type", "atm_type")
 UNKNOWN_CONVENTION = -1  #: status of a row whose delta_type/atm_type string is not recognised
 _QUOTE_COLUMNS = ("expiry", "spot", "rd", "rf", "atm", "rr25", "bf25", "rr10", "bf10",
                   "delivery")
-
-
-def _bucket(size: int) -> int:
-    return 1 << max(size - 1, 0).bit_length()
 
 
 def _known(value, enum_type) -> bool:
@@ -45,7 +44,7 @@ def _group_rows(frame: pd.DataFrame):
 
 def _padded(frame: pd.DataFrame, rows: list[int], column: str) -> np.ndarray:
     values = frame[column].to_numpy(np.float64)[rows]
-    return np.concatenate([values, np.repeat(values[:1], _bucket(len(rows)) - len(rows))])
+    return pad_leading(values, power_of_two(len(rows)))
 
 
 def _calibrate_group(frame, rows, key, model, options):

@@ -23,7 +23,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxvol.fx._math import as_float, float_dtype
+from jaxvol._edge import edge
+from jaxvol._dtypes import as_float, float_dtype
+
+__all__ = ["vanna_volga_kernel", "vanna_volga_vol"]
 
 _SERIES_THRESHOLD = 1e-6  # |d1 d2 X| / s2^2 below this: the series' next term is < 1e-18 s2
 
@@ -74,6 +77,7 @@ def vanna_volga_kernel(y, pillar_ys, pillar_vols, expiry, *, order=2):
     return jnp.where(ordered & (value > 0), value, jnp.nan)
 
 
+@edge(static=("order",))
 def vanna_volga_vol(strike, *, forward, expiry, pillar_strikes, pillar_vols, order=2):
     """Vanna-volga implied vol at ``strike`` (broadcasts; pillars on the last axis, size 3).
 
@@ -83,8 +87,8 @@ def vanna_volga_vol(strike, *, forward, expiry, pillar_strikes, pillar_vols, ord
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     dtype = float_dtype(strike, forward, expiry, pillar_strikes, pillar_vols)
-    strike, forward, expiry = (as_float(a, dtype) for a in (strike, forward, expiry))
-    pillar_strikes, pillar_vols = as_float(pillar_strikes, dtype), as_float(pillar_vols, dtype)
+    strike, forward, expiry = as_float(dtype, strike, forward, expiry)
+    pillar_strikes, pillar_vols = as_float(dtype, pillar_strikes, pillar_vols)
     y = jnp.log(strike / forward)
     pillar_ys = jnp.log(pillar_strikes / forward[..., None])
     return _vanna_volga_batch(y, pillar_ys, pillar_vols, expiry, order=order)

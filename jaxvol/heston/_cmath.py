@@ -24,6 +24,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+__all__ = ["add", "atan2", "div", "exp", "exp_and_one_minus", "log1p", "mul", "scale", "sincos",
+           "sqrt", "sub"]
+
 _INV_PIO2 = 6.36619772367581382433e-01
 _PIO2_1 = 1.57079632673412561417e+00  # first 33 bits of pi/2
 _PIO2_2 = 6.07710050630396597660e-11  # next 33 bits

@@ -58,7 +58,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvol._edge import edge
 from jaxvol.heston import _cmath as cm
+
+__all__ = ["CONTOURS", "fair_variance", "integrated_variance", "log_mgf", "log_mgf_parts", "NODES",
+           "price", "smile_otm"]
 
 NODES = 96  #: quadrature nodes per contour (node count rule: module docstring)
 TAIL_LOG = 40.0  #: truncation: integrand decayed by e^-40 ~ 4e-18 relative
@@ -388,14 +392,12 @@ def _check_static(nodes, contours):
 
 def _float_dtype(values):
     """The widest floating dtype among array inputs (Python scalars and integers don't count)."""
-    dtype = None
-    for x in values:
-        if isinstance(x, (int, float)) or not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
-            continue
-        dtype = jnp.asarray(x).dtype if dtype is None else jnp.promote_types(dtype, x.dtype)
-    return jnp.dtype(float) if dtype is None else jnp.dtype(dtype)
+    floating = [x for x in values if not isinstance(x, (bool, int))
+                and jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    return jnp.dtype(jnp.result_type(*floating)) if floating else jnp.dtype(float)
 
 
+@edge(static=("nodes", "contours"))
 def price(strike, expiry, *, spot, rate, div, v0, kappa, theta, sigma, rho, is_call,
           nodes=NODES, contours=CONTOURS):
     """European option prices under Heston (1993).
@@ -405,7 +407,11 @@ def price(strike, expiry, *, spot, rate, div, v0, kappa, theta, sigma, rho, is_c
     ``is_call`` bool. When the last axis of the broadcast shape is carried only by ``strike`` /
     ``is_call`` (strike [..., nK] against parameters [..., 1] or scalars) each smile evaluates the
     characteristic function once, on at most ``contours`` contours, and shares it across its
-    strikes; otherwise every option gets its own contour. Out-of-the-money options are integrated
+    strikes (the fast layout: a surface as strike [nK], expiry [nT, 1], parameters
+    [nP, 1, 1]); otherwise every option gets its own contour (a flattened surface, strike,
+    expiry and parameters all [n]: ``docs/benchmarks.md`` compares both layouts). Compiled at
+    the edge: one program per shape and (``nodes``, ``contours``). Out-of-the-money options are
+    integrated
     directly (puts for K < F, calls for K >= F); the other side follows by put-call parity,
     which adds the intrinsic value without cancellation. Invalid inputs (non-finite, K, T, S,
     kappa, sigma <= 0, v0 or theta < 0, |rho| >= 1) give NaN in their own lanes only. Returns

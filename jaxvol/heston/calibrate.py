@@ -15,6 +15,7 @@ implied-vol inversion per iteration). Optional Feller penalty: one extra residua
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -22,8 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol import black, implied
-from jaxvol.calibrate import LMConfig, least_squares
+from jaxvol.calibrate import (LMConfig, distinct_count, least_squares, near_bounds,
+                              refine_status, rmse_of)
 from jaxvol.heston import analytic
+
+__all__ = ["calibrate", "default_start", "HestonFit", "implied_vol_rmse", "LOWER", "model_surface",
+           "PARAM_NAMES", "quote_vegas", "Surface", "surface_prices", "UPPER", "vol_start",
+           "with_vol_noise"]
 
 PARAM_NAMES = ("v0", "kappa", "theta", "sigma", "rho")
 #: default box: v0, theta in [1e-4, 2], kappa in [1e-3, 30], sigma in [1e-3, 5], rho in (-1, 1)
@@ -64,12 +70,22 @@ def surface_prices(params, strike, expiry, spot, rate, div, is_call, *, nodes=FI
     return jax.vmap(smile)(strike, expiry, rate, div, is_call)
 
 
-def _residuals(params, strike, expiry, spot, rate, div, is_call, quote, scale, feller_weight):
-    model = surface_prices(params, strike, expiry, spot, rate, div, is_call)
+def _residuals(params, strike, expiry, spot, rate, div, is_call, quote, scale, feller_weight, *,
+               nodes=FIT_NODES, contours=FIT_CONTOURS):
+    model = surface_prices(params, strike, expiry, spot, rate, div, is_call, nodes=nodes,
+                           contours=contours)
     fit = ((model - quote) / scale).reshape(-1)
     gap = params[3] * params[3] - 2.0 * params[1] * params[2]
     penalty = jnp.sqrt(feller_weight) * jnp.maximum(gap, 0.0)
     return jnp.concatenate([fit, penalty[None]])
+
+
+@functools.lru_cache(maxsize=None)
+def _residuals_for(nodes: int, contours: int):
+    """One residual function per quadrature (the engine takes it as a static argument)."""
+    if (nodes, contours) == (FIT_NODES, FIT_CONTOURS):
+        return _residuals
+    return functools.partial(_residuals, nodes=nodes, contours=contours)
 
 
 @jax.jit
@@ -85,6 +101,37 @@ def quote_vegas(surface: Surface):
                         discount=discount).vega
 
 
+def vol_start(surface: Surface, lower=LOWER, upper=UPPER):
+    """Start point per underlying from the quotes' implied vols: v0 = the squared vol quoted
+    nearest the forward on the first expiry with a usable quote, theta the same on the last,
+    kappa 2, sigma 0.6, rho -0.6; pulled inside the box (1% of its width from each bound).
+    Underlyings without a usable quote start from a 0.2 vol."""
+    expiry = surface.expiry[..., None]
+    forward = surface.spot[..., None, None] * jnp.exp((surface.rate - surface.div)[..., None]
+                                                      * expiry)
+    discount = jnp.exp(-surface.rate[..., None] * expiry)
+    vol = implied.implied_vol(surface.quote, forward, surface.strike, expiry, surface.is_call,
+                              discount=discount).vol
+    usable = surface.mask & jnp.isfinite(vol) & (vol > 0)
+    distance = jnp.where(usable, jnp.abs(jnp.log(surface.strike / forward)), jnp.inf)
+    nearest = jnp.argmin(distance, axis=-1)
+    atm = jnp.take_along_axis(vol, nearest[..., None], axis=-1)[..., 0]  # [U, E]
+    has = usable.any(axis=-1)
+    slots = jnp.arange(has.shape[-1])
+    first = jnp.argmin(jnp.where(has, slots, has.shape[-1]), axis=-1)
+    last = jnp.argmax(jnp.where(has, slots, -1), axis=-1)
+
+    def pick(slot):
+        value = jnp.take_along_axis(atm, slot[..., None], axis=-1)[..., 0]
+        return jnp.where(has.any(axis=-1), value, 0.2)
+
+    v_first, v_last = pick(first), pick(last)
+    ones = jnp.ones_like(v_first)
+    start = jnp.stack([v_first ** 2, 2.0 * ones, v_last ** 2, 0.6 * ones, -0.6 * ones], axis=-1)
+    low, high = jnp.asarray(lower, start.dtype), jnp.asarray(upper, start.dtype)
+    return jnp.clip(start, low + 0.01 * (high - low), high - 0.01 * (high - low))
+
+
 def default_start(surface: Surface):
     """Start point per underlying: v0 = theta = mean ATM-ish implied variance proxy 0.04-scaled,
     kappa 1.5, sigma 0.5, rho -0.5."""
@@ -93,21 +140,61 @@ def default_start(surface: Surface):
     return jnp.broadcast_to(row, (lanes, 5))
 
 
-def calibrate(surface: Surface, params0=None, *, objective="vol", feller_weight=0.0,
-              lower=LOWER, upper=UPPER, config=LMConfig()):
+class HestonFit(NamedTuple):
+    """Per-underlying result of :func:`calibrate`, the shared fit-result fields first:
+    ``params`` [U, 5] (:data:`PARAM_NAMES` order), ``status``
+    (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``, ``rmse`` [U] of the
+    objective's residuals over the usable quotes (in vol for ``objective="vol"``: the
+    vega-weighted price error is the first-order implied-vol error; in price units for
+    ``"price"``), then ``residuals`` [U, E * K + 1] (the last one is the Feller penalty row)."""
+
+    params: jax.Array
+    status: jax.Array
+    loss: jax.Array
+    iterations: jax.Array
+    rmse: jax.Array
+    residuals: jax.Array
+
+
+def calibrate(surface: Surface, initial=None, *, objective="vol", feller_weight=0.0,
+              lower=LOWER, upper=UPPER, config=LMConfig(), params0=None, nodes=FIT_NODES,
+              contours=FIT_CONTOURS) -> HestonFit:
     """Fit (v0, kappa, theta, sigma, rho) to every underlying of a batch of surfaces.
 
-    ``surface`` fields carry a leading underlyings axis [U, ...]; ``params0`` [U, 5] (default
-    :func:`default_start`). Returns the engine's :class:`jaxvol.calibrate.FitResult` (params in
-    :data:`PARAM_NAMES` order, per-lane status). Masked quotes (and quotes without an implied vol
-    under ``objective="vol"``) do not count.
+    ``surface`` fields carry a leading underlyings axis [U, ...]; ``initial`` [U, 5] is the warm
+    start (default :func:`default_start`; rows that are not finite fall back to it);
+    ``params0`` is its old name (deprecated). Returns :class:`HestonFit` (params in
+    :data:`PARAM_NAMES` order). Masked quotes (and quotes without an implied vol under
+    ``objective="vol"``) do not count. ``nodes``, ``contours``: the Fourier quadrature of the
+    fit (:func:`jaxvol.heston.price`; the defaults' 1e-9 relative error is far below quote
+    noise; fewer nodes are faster). :func:`vol_start` is a data-driven start to pass as
+    ``initial``.
+
+    Status (:class:`jaxvol.calibrate.FitStatus`): TOO_FEW_POINTS with fewer usable quotes than
+    5 parameters; UNIDENTIFIED with fewer than two expiries carrying usable quotes (v0, kappa
+    and theta then trade off) or fewer than three distinct strikes; AT_BOUND where a parameter
+    lies within 1e-6 (relative) of its box bound (``lower``, ``upper``: kappa at its cap,
+    sigma at its cap, ...); CONVERGED only for a usable fit.
     """
     if objective not in ("price", "vol"):
         raise ValueError(f"objective must be 'price' or 'vol', got {objective!r}")
     if not float(feller_weight) >= 0.0:
         raise ValueError(f"feller_weight must be >= 0, got {feller_weight!r}")
+    if params0 is not None:
+        if initial is not None:
+            raise ValueError("pass the warm start as initial= only (params0 is its old name)")
+        warnings.warn("heston.calibrate(params0=...) is deprecated: use initial=",
+                      DeprecationWarning, stacklevel=2)
+        initial = params0
     dtype = surface.quote.dtype
-    params0 = default_start(surface) if params0 is None else jnp.asarray(params0, dtype)
+    start = default_start(surface)
+    if initial is not None:
+        initial = jnp.asarray(initial, dtype)
+        if initial.shape != start.shape:
+            raise ValueError(f"initial must be [underlyings, 5] = {start.shape}, got "
+                             f"{initial.shape}")
+        start = jnp.where(jnp.all(jnp.isfinite(initial), axis=1, keepdims=True), initial,
+                          start)
     mask = surface.mask
     if objective == "vol":
         scale = quote_vegas(surface)
@@ -115,14 +202,26 @@ def calibrate(surface: Surface, params0=None, *, objective="vol", feller_weight=
         scale = jnp.where(mask, scale, 1.0)
     else:
         scale = jnp.ones_like(surface.quote)
-    lanes = params0.shape[0]
+    lanes = start.shape[0]
     flat_mask = jnp.concatenate([mask.reshape(lanes, -1), jnp.ones((lanes, 1), bool)], axis=1)
     weight = jnp.full((lanes,), feller_weight, dtype)
-    return least_squares(
-        _residuals, params0, surface.strike, surface.expiry, surface.spot, surface.rate,
+    result = least_squares(
+        _residuals_for(int(nodes), int(contours)), start, surface.strike, surface.expiry, surface.spot, surface.rate,
         surface.div, surface.is_call, surface.quote, scale, weight, mask=flat_mask,
         lower=None if lower is None else np.asarray(lower),
         upper=None if upper is None else np.asarray(upper), config=config)
+    quotes = mask.reshape(lanes, -1)
+    expiries = jnp.sum(jnp.any(mask, axis=-1), axis=-1)
+    strikes = distinct_count(jnp.where(mask, surface.strike, 0.0).reshape(lanes, -1), quotes)
+    box = np.broadcast_to(-np.inf if lower is None else np.asarray(lower, float), (5,)), \
+        np.broadcast_to(np.inf if upper is None else np.asarray(upper, float), (5,))
+    status = refine_status(
+        result.status, too_few=jnp.sum(quotes, axis=1) < len(PARAM_NAMES),
+        unidentified=(expiries < 2) | (strikes < 3),
+        at_bound=near_bounds(result.params, *box))
+    residuals = result.residuals
+    return HestonFit(result.params, status, result.loss, result.iterations,
+                     rmse_of(residuals[:, :-1], quotes), residuals)
 
 
 def implied_vol_rmse(params, surface: Surface):

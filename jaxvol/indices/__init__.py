@@ -10,15 +10,16 @@
 
 from jaxvol.indices._example import PUBLISHED as CBOE_EXAMPLE_PUBLISHED
 from jaxvol.indices._example import CboeExample, load_cboe_example
-from jaxvol.indices.cboe import (CboeBatch, CboeStatus, CboeTerm, CboeVix, cboe_variance,
-                                 cboe_vix, cboe_vix_batch)
+from jaxvol.indices.cboe import (CboeBatch, CboeStatus, CboeTerm, CboeVix, ScreenedQuotes,
+                                 cboe_variance, cboe_vix, cboe_vix_batch, screen_quotes)
 from jaxvol.indices.vxj import (VxjBatch, VxjIndex, VxjStatus, VxjTerm, smile_variance,
                                vxj_index, vxj_index_batch, vxj_variance,
                                vxj_variance_from_prices)
 from jaxvol.indices.varswap import (fair_variance_strike, realized_variance,
                                     replication_variance, variance_term_structure)
-from jaxvol.indices.term import (MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance,
-                                 term_structure, variance_to_index)
+from jaxvol.indices.term import (MINUTES_30_DAYS, MINUTES_PER_YEAR, TermStatus, TermStructure,
+                                 interpolate_variance, term_structure, term_structure_status,
+                                 variance_to_index)
 
 __all__ = [
     "CBOE_EXAMPLE_PUBLISHED", "CboeBatch", "CboeExample", "CboeStatus", "CboeTerm", "CboeVix",
@@ -27,5 +28,6 @@ __all__ = [
     "VxjBatch", "VxjIndex", "VxjStatus", "VxjTerm", "smile_variance", "vxj_index",
     "vxj_index_batch", "vxj_variance", "vxj_variance_from_prices",
     "fair_variance_strike", "realized_variance", "replication_variance",
-    "variance_term_structure",
+    "variance_term_structure", "ScreenedQuotes", "screen_quotes", "TermStatus",
+    "TermStructure", "term_structure_status",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.resources
 from typing import NamedTuple
 
+__all__ = ["CboeExample", "load_cboe_example", "PUBLISHED"]
+
 
 class CboeExample(NamedTuple):
     """Inputs of the published example; ``cboe_vix(**example._asdict())`` reproduces it."""

@@ -26,7 +26,6 @@ The private :class:`_Rules` switches exist only so that tests can show that each
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 from typing import NamedTuple
 
@@ -34,18 +33,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvol.status import domain_status
 from jaxvol.indices.term import MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance
 from jaxvol.indices.term import variance_to_index
 
+__all__ = ["CboeStatus", "CBOE_RULES", "CboeTerm", "CboeBatch", "ScreenedQuotes", "screen_quotes",
+           "cboe_variance", "cboe_vix_batch", "QUOTE_COLUMNS", "CboeVix", "cboe_vix"]
 
-class CboeStatus(enum.IntEnum):
-    """Per-term outcome of the Cboe computation (worst of the two terms for the index)."""
 
-    OK = 0
-    BAD_EXPIRY = 1          # minutes <= 0 or a non-finite rate
-    NO_FORWARD = 2          # no strike with positive call and put bids
-    TOO_FEW_STRIKES = 3     # no out-of-the-money put or no call survived selection
-    NON_FINITE = 4          # a used quote or the result is not finite
+CboeStatus = domain_status("CboeStatus", "indices", {
+    "OK": 0,
+    "BAD_INPUT": 1,         # minutes <= 0 or a non-finite rate (old name BAD_EXPIRY)
+    "NON_FINITE": 3,        # a used quote or the result is not finite
+    "TOO_FEW_POINTS": 4,    # no out-of-the-money put or no call survived (old TOO_FEW_STRIKES)
+    "ARBITRAGE": 9,         # the screened quotes still hold a vertical-spread arbitrage
+    "NO_FORWARD": 30,       # no strike with positive call and put bids
+}, "Per-term outcome of the Cboe computation (the index takes the larger code of its two "
+   "terms; codes: jaxvol.status).",
+    aliases={"BAD_EXPIRY": "BAD_INPUT", "TOO_FEW_STRIKES": "TOO_FEW_POINTS"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +87,7 @@ class CboeTerm(NamedTuple):
     contribution: jax.Array   # [..., strikes] dK/K^2 e^{RT} Q(K) (0 where unused)
     used: jax.Array           # [..., strikes] bool, strike in the strip
     status: jax.Array         # [...] int32 CboeStatus
+    excluded: jax.Array = 0   # [...] int32 quotes the screen left out (see screen_quotes)
 
 
 class CboeBatch(NamedTuple):
@@ -94,6 +100,7 @@ class CboeBatch(NamedTuple):
     k0: jax.Array             # [..., 2]
     status: jax.Array         # [...] worst CboeStatus of the two terms
     terms: CboeTerm           # per-term detail with a [..., 2] batch shape
+    excluded: jax.Array = 0   # [...] int32 quotes the screen left out, both terms
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -206,6 +213,84 @@ def _cboe_term_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes,
                     status)
 
 
+class ScreenedQuotes(NamedTuple):
+    """Quotes after :func:`screen_quotes` (sorted by strike, padding last)."""
+
+    strike: jax.Array
+    call_bid: jax.Array
+    call_ask: jax.Array
+    put_bid: jax.Array
+    put_ask: jax.Array
+    mask: jax.Array
+    excluded: jax.Array       # [...] int32 quotes left out (a strike's call and put count 2)
+    arbitrage: jax.Array      # [...] bool: a vertical-spread arbitrage among the kept quotes
+
+
+def _screen_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
+                 presorted=False):
+    strike, mask, call_bid, call_ask, put_bid, put_ask = _sort_by_strike(
+        strike, mask, call_bid, call_ask, put_bid, put_ask, presorted=presorted)
+    expiry_ok = (minutes > 0) & jnp.isfinite(minutes) & jnp.isfinite(rate)
+    expiry = jnp.where(expiry_ok, minutes, 1.0) / MINUTES_PER_YEAR
+    discount = jnp.exp(-jnp.where(expiry_ok, rate, 0.0) * expiry)
+    duplicate = mask & jnp.concatenate([jnp.zeros((1,), bool), strike[1:] == strike[:-1]])
+    mask = mask & ~duplicate
+
+    def basic(bid, ask):  # crossed or negative
+        return mask & (((bid > ask) & jnp.isfinite(bid) & jnp.isfinite(ask))
+                       | (bid < 0) | (ask < 0))
+
+    call_mid, put_mid = _mid(call_bid, call_ask), _mid(put_bid, put_ask)
+    put_bad = basic(put_bid, put_ask) | (mask & jnp.isfinite(put_mid)
+                                         & (put_mid > discount * strike))
+    call_basic = basic(call_bid, call_ask)
+    candidate = (mask & _has_bid(call_bid) & _has_bid(put_bid) & ~put_bad & ~call_basic
+                 & jnp.isfinite(call_mid) & jnp.isfinite(put_mid))
+    forward = _forward(strike, call_mid, put_mid, candidate, 1.0 / discount, CBOE_RULES)
+    above = jnp.isfinite(call_mid) & (call_mid > discount * forward) & jnp.any(candidate)
+    call_bad = call_basic | (mask & above)
+    nan = jnp.nan
+    call_bid, call_ask = jnp.where(call_bad, nan, call_bid), jnp.where(call_bad, nan, call_ask)
+    put_bid, put_ask = jnp.where(put_bad, nan, put_bid), jnp.where(put_bad, nan, put_ask)
+    excluded = (2 * jnp.sum(duplicate) + jnp.sum(call_bad) + jnp.sum(put_bad)).astype(jnp.int32)
+    # vertical spreads: buy the lower-strike call at its ask, sell the higher one at its bid
+    # (or the reverse for puts): a positive cash flow for a non-negative payoff
+    scale = 1e-12 * jnp.max(jnp.where(mask, jnp.abs(strike), 0.0))
+    call_ask_ok = jnp.where(mask & jnp.isfinite(call_ask), call_ask, jnp.inf)
+    cheapest_below = jnp.concatenate([jnp.full((1,), jnp.inf, strike.dtype),
+                                      jax.lax.cummin(call_ask_ok)[:-1]])
+    call_arb = mask & _has_bid(call_bid) & (call_bid > cheapest_below + scale)
+    put_bid_ok = jnp.where(mask & _has_bid(put_bid), put_bid, -jnp.inf)
+    richest_below = jnp.concatenate([jnp.full((1,), -jnp.inf, strike.dtype),
+                                     jax.lax.cummax(put_bid_ok)[:-1]])
+    put_arb = mask & jnp.isfinite(put_ask) & (put_ask < richest_below - scale)
+    arbitrage = jnp.any(call_arb) | jnp.any(put_arb)
+    strike, mask, call_bid, call_ask, put_bid, put_ask = _sort_by_strike(
+        strike, mask, call_bid, call_ask, put_bid, put_ask)  # duplicates out: padding last
+    return ScreenedQuotes(strike, call_bid, call_ask, put_bid, put_ask, mask, excluded,
+                          arbitrage)
+
+
+@functools.partial(jax.jit, static_argnames=("presorted",))
+def screen_quotes(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
+                  presorted: bool = False) -> ScreenedQuotes:
+    """Static no-arbitrage screen of raw quote chains before a model-free index.
+
+    Per term (``[..., strikes]`` quotes, ``[...]`` minutes and rate), a quote is left out (its
+    bid and ask set to NaN, which the Cboe rules treat as a zero bid) when it is crossed
+    (bid > ask), negative, or its mid lies above the static bound (a put above D K, a call
+    above D F with Cboe's parity forward from the clean quotes); a repeated strike keeps only
+    its first listing. ``excluded`` counts what was left out; ``arbitrage`` is True when the
+    kept quotes still allow a vertical-spread arbitrage (a call bid above the ask of a lower
+    strike, a put ask below the bid of a lower strike): the index built on them is then
+    reported ``ARBITRAGE``, not OK. Returns the quotes sorted by strike, padding last.
+    """
+    args = _cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
+    lane = functools.partial(_screen_lane, presorted=presorted)
+    signature = "(n),(n),(n),(n),(n),(n),(),()->(n),(n),(n),(n),(n),(n),(),()"
+    return ScreenedQuotes(*jnp.vectorize(lane, signature=signature)(*args))
+
+
 def _cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate):
     call_bid = jnp.asarray(call_bid)
     if not jnp.issubdtype(call_bid.dtype, jnp.floating):
@@ -217,9 +302,10 @@ def _cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, ra
     return (*floats, mask, jnp.asarray(minutes).astype(dtype), jnp.asarray(rate).astype(dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("presorted", "_rules"))
+@functools.partial(jax.jit, static_argnames=("presorted", "screen", "_rules"))
 def cboe_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                  presorted: bool = False, _rules: _Rules = CBOE_RULES) -> CboeTerm:
+                  presorted: bool = False, screen: bool = True,
+                  _rules: _Rules = CBOE_RULES) -> CboeTerm:
     """Cboe sigma^2 of one term for a batch of padded chains.
 
     Args:
@@ -229,19 +315,33 @@ def cboe_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, r
       minutes: ``[...]`` minutes to expiry (Cboe's N_T); rate: ``[...]`` continuous rate R.
       presorted: the caller guarantees valid strikes ascending with padding last (as
         ``jaxvol.chains`` packs them); skips the per-lane sort, the kernel's costliest step.
+      screen: apply :func:`screen_quotes` first (default): crossed, negative, above-bound and
+        repeated quotes are left out (``excluded`` counts them) and a term whose kept quotes
+        hold a vertical-spread arbitrage gets status ARBITRAGE. ``screen=False`` is the bare
+        methodology on the quotes as given.
 
     Returns a :class:`CboeTerm` in the dtype of ``call_bid``.
     """
     args = _cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
+    excluded = jnp.zeros(args[0].shape[:-1], jnp.int32)
+    arbitrage = jnp.zeros(args[0].shape[:-1], bool)
+    if screen:
+        screened = screen_quotes(*args, presorted=presorted)
+        args = (*screened[:6], args[6], args[7])
+        excluded, arbitrage, presorted = screened.excluded, screened.arbitrage, True
     lane = functools.partial(_cboe_term_lane, rules=_rules, presorted=presorted)
+    fields = lambda *a: tuple(lane(*a))[:10]  # noqa: E731 (excluded is set below)
     signature = "(n),(n),(n),(n),(n),(n),(),()->(),(),(),(),(n),(n),(n),(n),(n),()"
-    return CboeTerm(*jnp.vectorize(lane, signature=signature)(*args))
+    term = CboeTerm(*jnp.vectorize(fields, signature=signature)(*args))
+    status = jnp.where((term.status == CboeStatus.OK) & arbitrage, CboeStatus.ARBITRAGE,
+                       term.status).astype(jnp.int32)
+    return term._replace(status=status, excluded=excluded)
 
 
-@functools.partial(jax.jit, static_argnames=("presorted", "_rules"))
+@functools.partial(jax.jit, static_argnames=("presorted", "screen", "_rules"))
 def cboe_vix_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                    target_minutes=MINUTES_30_DAYS, presorted: bool = False,
-                   _rules: _Rules = CBOE_RULES) -> CboeBatch:
+                   screen: bool = True, _rules: _Rules = CBOE_RULES) -> CboeBatch:
     """Cboe index of many underlyings at once.
 
     Args:
@@ -250,17 +350,19 @@ def cboe_vix_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, 
       minutes, rate: ``[..., 2]`` minutes to expiry and continuous rates of the two terms.
       target_minutes: tenor of the index (43,200 = 30 days), scalar or ``[...]``.
       presorted: strikes already ascending with padding last (see :func:`cboe_variance`).
+      screen: the quote screen of :func:`screen_quotes` (default on).
 
-    Returns a :class:`CboeBatch`; lanes with bad data get NaN and a non-zero status.
+    Returns a :class:`CboeBatch`; lanes with bad data get NaN and a non-zero status; a lane
+    built on quotes that hold an arbitrage keeps its value with status ARBITRAGE.
     """
     terms = cboe_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
-                          presorted=presorted, _rules=_rules)
+                          presorted=presorted, screen=screen, _rules=_rules)
     minutes = jnp.asarray(minutes).astype(terms.variance.dtype)
     target = interpolate_variance(minutes[..., 0], terms.variance[..., 0], minutes[..., 1],
                                   terms.variance[..., 1], target_minutes)
     status = jnp.max(terms.status, axis=-1)
     return CboeBatch(variance_to_index(target), terms.variance, target, terms.forward,
-                     terms.k0, status, terms)
+                     terms.k0, status, terms, jnp.sum(terms.excluded, axis=-1))
 
 
 # ------------------------------------------------------------------------- DataFrame front end
@@ -279,6 +381,7 @@ class CboeVix:
     expiry: np.ndarray          # [2] years
     status: tuple               # (CboeStatus near, CboeStatus next)
     strikes: "object"           # pandas DataFrame: term, strike, option, mid, delta_k, contribution
+    excluded: tuple = (0, 0)    # quotes the screen left out (near, next)
 
     @property
     def near(self):
@@ -325,7 +428,8 @@ def _strip_table(terms: CboeTerm):
 
 
 def cboe_vix(near, next, *, near_minutes, next_minutes, near_rate, next_rate,
-             target_minutes=MINUTES_30_DAYS, _rules: _Rules = CBOE_RULES) -> CboeVix:
+             target_minutes=MINUTES_30_DAYS, screen: bool = True,
+             _rules: _Rules = CBOE_RULES) -> CboeVix:
     """The Cboe VIX of one underlying from near- and next-term quote tables.
 
     Args:
@@ -345,10 +449,11 @@ def cboe_vix(near, next, *, near_minutes, next_minutes, near_rate, next_rate,
     batch = cboe_vix_batch(
         *map(as_array, (strike, call_bid, call_ask, put_bid, put_ask)), mask,
         as_array([near_minutes, next_minutes]), as_array([near_rate, next_rate]),
-        target_minutes=as_array(target_minutes), presorted=True, _rules=_rules)
+        target_minutes=as_array(target_minutes), presorted=True, screen=screen, _rules=_rules)
     return CboeVix(
         index=float(batch.index), variance=np.asarray(batch.variance),
         target_variance=float(batch.target_variance), forward=np.asarray(batch.forward),
         k0=np.asarray(batch.k0), expiry=np.asarray(batch.terms.expiry),
         status=tuple(CboeStatus(int(s)) for s in np.asarray(batch.terms.status)),
-        strikes=_strip_table(batch.terms))
+        strikes=_strip_table(batch.terms),
+        excluded=tuple(int(e) for e in np.asarray(batch.terms.excluded)))

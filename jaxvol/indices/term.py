@@ -12,8 +12,24 @@ does the same when a weekly expiry is missing: the weights simply leave [0, 1]).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+from jaxvol._edge import edge
+from jaxvol.status import domain_status
+
+__all__ = ["MINUTES_PER_YEAR", "MINUTES_30_DAYS", "TermStatus", "TermStructure",
+           "interpolate_variance", "variance_to_index", "term_structure",
+           "term_structure_status"]
+
+TermStatus = domain_status("TermStatus", "indices", {
+    "OK": 0,                    # the tenor lies between two quoted expiries
+    "TOO_FEW_POINTS": 4,        # fewer than two valid expiries: NaN
+    "EXTRAPOLATED": 34,         # outside the quoted expiries: the Cboe straight line (a value)
+    "NEGATIVE_VARIANCE": 35,    # the extrapolated total variance is negative: NaN
+}, "Outcome of each constant-maturity value (jaxvol.status numbering).")
 
 MINUTES_PER_YEAR = 525_600.0
 """N365: minutes in a 365-day year, the Cboe time unit."""
@@ -22,6 +38,7 @@ MINUTES_30_DAYS = 43_200.0
 """N30: the VIX target tenor in minutes."""
 
 
+@edge
 def interpolate_variance(near_minutes, near_variance, next_minutes, next_variance,
                          target_minutes=MINUTES_30_DAYS):
     """Annualised variance at ``target_minutes`` from two expiries (the Cboe 30-day rule).
@@ -39,6 +56,7 @@ def interpolate_variance(near_minutes, near_variance, next_minutes, next_varianc
     return total * MINUTES_PER_YEAR / nt
 
 
+@edge
 def variance_to_index(variance):
     """Index level 100 * sqrt(variance), NaN for a negative or NaN variance (gradient-safe)."""
     ok = variance >= 0
@@ -80,3 +98,44 @@ def term_structure(minutes, variance, valid, target_minutes):
     lane = jnp.vectorize(_term_structure_lane, signature="(e),(e),(e),(q)->(q)")
     return lane(jnp.asarray(minutes).astype(dtype), variance, jnp.asarray(valid),
                 jnp.asarray(target_minutes).astype(dtype))
+
+
+class TermStructure(NamedTuple):
+    """Constant-maturity values with a status per tenor (``[..., targets]`` each)."""
+
+    variance: jax.Array   # annualised variance (NaN where not computable)
+    index: jax.Array      # 100 sqrt(variance), vol points
+    status: jax.Array     # int32 TermStatus
+
+
+def _status_lane(minutes, variance, valid, target_minutes):
+    usable = valid & jnp.isfinite(variance)
+    count = jnp.sum(usable, dtype=jnp.int32)
+    first = jnp.min(jnp.where(usable, minutes, jnp.inf))
+    last = jnp.max(jnp.where(usable, minutes, -jnp.inf))
+    inside = (target_minutes >= first) & (target_minutes <= last)
+    return count, inside
+
+
+@jax.jit
+def term_structure_status(minutes, variance, valid, target_minutes) -> TermStructure:
+    """:func:`term_structure` with a status per value and the index in vol points.
+
+    OK between two quoted expiries; EXTRAPOLATED outside them (the Cboe straight line in total
+    variance through the nearest two, kept when positive); NEGATIVE_VARIANCE (NaN) where that
+    line gives a negative total variance (an upward term structure extrapolated to a short
+    tenor), TOO_FEW_POINTS (NaN) with fewer than two valid expiries. Never 0.0 for a value that
+    cannot be computed.
+    """
+    annual = term_structure(minutes, variance, valid, target_minutes)
+    dtype = annual.dtype
+    lane = jnp.vectorize(_status_lane, signature="(e),(e),(e),(q)->(),(q)")
+    count, inside = lane(jnp.asarray(minutes).astype(dtype), jnp.asarray(variance, dtype),
+                         jnp.asarray(valid), jnp.asarray(target_minutes).astype(dtype))
+    enough = (count >= 2)[..., None]
+    status = jnp.where(inside, TermStatus.OK, TermStatus.EXTRAPOLATED)
+    status = jnp.where(annual < 0, TermStatus.NEGATIVE_VARIANCE, status)
+    status = jnp.where(enough & jnp.isfinite(annual), status, TermStatus.TOO_FEW_POINTS)
+    value = jnp.where((status == TermStatus.OK) | (status == TermStatus.EXTRAPOLATED), annual,
+                      jnp.nan)
+    return TermStructure(value, variance_to_index(value), status.astype(jnp.int32))

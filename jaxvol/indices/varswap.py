@@ -22,8 +22,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol.indices import cboe, vxj
 from jaxvol.indices.term import term_structure
+
+__all__ = ["fair_variance_strike", "realized_variance", "replication_variance",
+           "variance_term_structure"]
 
 
 def _log_payoff(strike, boundary, expiry):
@@ -86,6 +90,7 @@ def replication_variance(strike, call_price, put_price, mask, forward, expiry, d
                 cast(forward), cast(expiry), cast(discount), cast(boundary), cast(dk))
 
 
+@edge(static=("method", "presorted"))
 def fair_variance_strike(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                          method="vxj", presorted=False):
     """Annualised fair variance-swap strike of each chain: "vxj" (default) or "cboe".
@@ -102,6 +107,7 @@ def fair_variance_strike(strike, call_bid, call_ask, put_bid, put_ask, mask, min
     return term.variance, term.status
 
 
+@edge(static=("method", "presorted"))
 def variance_term_structure(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
                             target_minutes, *, method="vxj", presorted=False):
     """Constant-maturity model-free variances (e.g. 9 days to 1 year) of many underlyings.

@@ -56,31 +56,39 @@ Choices (documented, deliberate):
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxvol._edge import edge
 import numpy as np
 from jax.scipy.special import ndtr
 
 from jaxvol.indices import cboe
+from jaxvol.status import domain_status
 from jaxvol.indices.term import MINUTES_30_DAYS, MINUTES_PER_YEAR, interpolate_variance
 from jaxvol.indices.term import variance_to_index
+
+__all__ = ["VxjStatus", "VxjTerm", "VxjBatch", "HermitePieces", "hermite_pieces",
+           "gaussian_integral_cubic", "gaussian_integral", "interpolated_total_variance",
+           "vxj_variance_from_prices", "vxj_variance", "vxj_index_batch", "VxjIndex",
+           "vxj_index", "smile_variance"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _MEASURE_SIGN = {"variance": 1.0, "gamma": -1.0}   # z = -d2 (variance) or z = -d1 (gamma swap)
 
 
-class VxjStatus(enum.IntEnum):
-    """Per-lane outcome of the VXJ computation."""
-
-    OK = 0
-    BAD_INPUT = 1        # non-positive/non-finite expiry, forward or discount
-    TOO_FEW_NODES = 2    # fewer than two usable implied-vol nodes
-    NON_FINITE = 3       # the integral is not finite
+VxjStatus = domain_status("VxjStatus", "indices", {
+    "OK": 0,
+    "BAD_INPUT": 1,        # non-positive/non-finite expiry, forward or discount
+    "NON_FINITE": 3,       # the integral is not finite
+    "TOO_FEW_POINTS": 4,   # fewer than two usable implied-vol nodes (old name TOO_FEW_NODES)
+    "ARBITRAGE": 9,        # the screened quotes still hold a vertical-spread arbitrage
+}, "Per-lane outcome of the VXJ computation (codes: jaxvol.status).",
+    aliases={"TOO_FEW_NODES": "TOO_FEW_POINTS"})
 
 
 class VxjTerm(NamedTuple):
@@ -96,6 +104,7 @@ class VxjTerm(NamedTuple):
     node_used: jax.Array       # [..., strikes] bool, node kept for the integral
     status: jax.Array          # [...] int32 VxjStatus
     map_monotone: jax.Array    # [...] bool: every piece passed the five-point no-arbitrage check
+    excluded: jax.Array = 0    # [...] int32 quotes the screen left out (raw-quote entry only)
 
 
 class VxjBatch(NamedTuple):
@@ -107,6 +116,7 @@ class VxjBatch(NamedTuple):
     forward: jax.Array           # [..., 2]
     status: jax.Array            # [...] worst VxjStatus of the two terms
     terms: VxjTerm
+    excluded: jax.Array = 0      # [...] int32 quotes the screen left out, both terms
 
 
 def _check_measure(measure):
@@ -411,7 +421,8 @@ def _vxj_pipeline(strike, price, is_call, usable, forward, expiry, discount, sig
     variance, integral, z, keep, status, checked = jnp.vectorize(
         lane, signature="(n),(n),(n),(),(),()->(),(),(n),(n),(),()")(
             log_moneyness, total, vol_ok, forward, expiry, discount)
-    return VxjTerm(variance, integral, forward, expiry, strike, z, total, keep, status, checked)
+    return VxjTerm(variance, integral, forward, expiry, strike, z, total, keep, status, checked,
+                   jnp.zeros(status.shape, jnp.int32))  # excluded: set by the quote screen
 
 
 def _otm_quotes_lane(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
@@ -469,40 +480,55 @@ def vxj_variance_from_prices(strike, price, is_call, mask, forward, expiry, disc
                          interpolation)
 
 
-@functools.partial(jax.jit, static_argnames=("measure", "presorted", "interpolation"))
+@functools.partial(jax.jit, static_argnames=("measure", "presorted", "interpolation", "screen"))
 def vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
-                 measure="variance", presorted=False, interpolation="cubic") -> VxjTerm:
+                 measure="variance", presorted=False, interpolation="cubic",
+                 screen=True) -> VxjTerm:
     """VXJ model-free variance of one term for a batch of padded quote chains.
 
     Same inputs as :func:`jaxvol.indices.cboe_variance` (``[..., strikes]`` quotes, ``[...]``
     minutes and continuous rates). The forward is Cboe's put–call-parity forward.
     ``presorted=True`` skips the per-lane sort (strikes ascending, padding last).
     ``interpolation``: "cubic" (default) or "linear", as in :func:`vxj_variance_from_prices`.
+    ``screen``: the quote screen of :func:`jaxvol.indices.screen_quotes` first (default):
+    crossed, negative, above-bound and repeated quotes are left out (``excluded``), and a term
+    whose kept quotes hold a vertical-spread arbitrage gets status ARBITRAGE.
     """
     sign = _check_measure(measure)
     args = cboe._cast_inputs(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate)
+    excluded = jnp.zeros(args[0].shape[:-1], jnp.int32)
+    arbitrage = jnp.zeros(args[0].shape[:-1], bool)
+    if screen:
+        screened = cboe.screen_quotes(*args, presorted=presorted)
+        args = (*screened[:6], args[6], args[7])
+        excluded, arbitrage, presorted = screened.excluded, screened.arbitrage, True
     lane = functools.partial(_otm_quotes_lane, presorted=presorted)
     signature = "(n),(n),(n),(n),(n),(n),(),()->(n),(n),(n),(n),(),(),()"
     otm = jnp.vectorize(lane, signature=signature)(*args)
     _check_interpolation(interpolation)
-    return _vxj_pipeline(*otm, sign, interpolation)
+    term = _vxj_pipeline(*otm, sign, interpolation)
+    status = jnp.where((term.status == VxjStatus.OK) & arbitrage, VxjStatus.ARBITRAGE,
+                       term.status).astype(jnp.int32)
+    return term._replace(status=status, excluded=excluded)
 
 
+@edge(static=("measure", "presorted", "interpolation"))
 def vxj_index_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                     target_minutes=MINUTES_30_DAYS, measure="variance",
-                    presorted=False, interpolation="cubic") -> VxjBatch:
+                    presorted=False, interpolation="cubic", screen=True) -> VxjBatch:
     """VXJ index of many underlyings: inputs as :func:`jaxvol.indices.cboe_vix_batch`.
 
     Not jitted itself: the heavy part is the jitted :func:`vxj_variance`, whose compiled kernel
     is shared with every other caller of the same shape.
     """
     terms = vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate,
-                         measure=measure, presorted=presorted, interpolation=interpolation)
+                         measure=measure, presorted=presorted, interpolation=interpolation,
+                         screen=screen)
     minutes = jnp.asarray(minutes).astype(terms.variance.dtype)
     target = interpolate_variance(minutes[..., 0], terms.variance[..., 0], minutes[..., 1],
                                   terms.variance[..., 1], target_minutes)
     return VxjBatch(variance_to_index(target), terms.variance, target, terms.forward,
-                    jnp.max(terms.status, axis=-1), terms)
+                    jnp.max(terms.status, axis=-1), terms, jnp.sum(terms.excluded, axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,10 +540,11 @@ class VxjIndex:
     target_variance: float
     forward: np.ndarray
     status: tuple
+    excluded: tuple = (0, 0)   # quotes the screen left out (near, next)
 
 
 def vxj_index(near, next, *, near_minutes, next_minutes, near_rate, next_rate,
-              target_minutes=MINUTES_30_DAYS) -> VxjIndex:
+              target_minutes=MINUTES_30_DAYS, screen=True) -> VxjIndex:
     """VXJ index of one underlying from near/next quote tables (same inputs as ``cboe_vix``)."""
     (strike, call_bid, call_ask, put_bid, put_ask), mask = cboe._pack_terms(
         [near, next], max(len(near), len(next)))
@@ -526,10 +553,12 @@ def vxj_index(near, next, *, near_minutes, next_minutes, near_rate, next_rate,
     batch = vxj_index_batch(*map(as_array, (strike, call_bid, call_ask, put_bid, put_ask)), mask,
                             as_array([near_minutes, next_minutes]),
                             as_array([near_rate, next_rate]),
-                            target_minutes=as_array(target_minutes), presorted=True)
+                            target_minutes=as_array(target_minutes), presorted=True,
+                            screen=screen)
     return VxjIndex(float(batch.index), np.asarray(batch.variance),
                     float(batch.target_variance), np.asarray(batch.forward),
-                    tuple(VxjStatus(int(s)) for s in np.asarray(batch.terms.status)))
+                    tuple(VxjStatus(int(s)) for s in np.asarray(batch.terms.status)),
+                    tuple(int(e) for e in np.asarray(batch.terms.excluded)))
 
 
 # ------------------------------------------------------------------ smooth smiles: Gauss–Hermite

@@ -5,6 +5,8 @@ import sys
 
 from jaxvol.jobs.commands import add_commands
 
+__all__ = ["main"]
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxvol.jobs")

@@ -76,6 +76,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "input": {
         "path": Key(str, "", "chains table (Parquet or CSV); empty = synthetic market"),
+        "day_count": Key(str, "ACT/365F", "day count of date/timestamp expiries: year "
+                         "fraction = (expiry - quote_time) / days, days = 365 (ACT/365F), "
+                         "365.25 or 360", lambda v: v in ("ACT/365F", "ACT/365.25", "ACT/360"),
+                         "ACT/365F, ACT/365.25 or ACT/360"),
     },
     "chains": {
         "max_relative_spread": Key(float, 0.0, "flag spreads wider than this share of mid "
@@ -88,6 +92,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_iterations": Key(int, 60, "Levenberg-Marquardt iterations", _positive, "> 0"),
         "no_arbitrage": Key(bool, False, "penalise butterfly arbitrage (Durrleman g >= 0) and "
                             "Lee's wing bound in the fit"),
+        "warm_start": Key(bool, False, "on a warm night start from yesterday's SVI parameters "
+                          "(off: svi.fit's own start fitted small noisy slices better)"),
     },
     "sabr": {
         "enabled": Key(bool, True, "fit SABR per slice"),

@@ -17,6 +17,8 @@ import numpy as np
 from jaxvol.black import black_price
 from jaxvol.implied import IVStatus, implied_vol
 
+__all__ = ["run_demo", "synthetic_board"]
+
 
 def synthetic_board(underlyings: int, expiries: int, strikes: int, seed: int, dtype=np.float64):
     """Flat arrays (forward, strike, expiry, vol, is_call, price) with ~0.1% bad quotes."""

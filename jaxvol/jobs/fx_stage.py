@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from jaxvol.jobs.domains import StageUnavailable, require
+from jaxvol.fx import calibrate_smile
+from jaxvol.jobs.errors import StageUnavailable
 
 __all__ = ["run", "calibrate_table"]
 
@@ -52,7 +53,6 @@ def _as_columns(result, n: int) -> dict[str, np.ndarray]:
 
 def calibrate_table(quotes: pd.DataFrame, model: str) -> pd.DataFrame:
     """Smile per row of ``quotes`` (one calibrate_smile call per convention group)."""
-    calibrate_smile = require("jaxvol.fx", "calibrate_smile")
     quotes = quotes.reset_index(drop=True).copy()
     quotes["delta_type"] = quotes.get("delta_type", "spot")
     quotes["atm_type"] = quotes.get("atm_type", "dns")

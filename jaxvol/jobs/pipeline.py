@@ -23,11 +23,13 @@ import numpy as np
 import pandas as pd
 
 from jaxvol.jobs import config as config_mod
+from jaxvol.jobs.errors import JobError, StageUnavailable
 from jaxvol.jobs.source import FileSource, make_source
-from jaxvol.jobs.stages import STAGES, Chunk, JobEnv, StageUnavailable
+from jaxvol.jobs.stages import STAGES, Chunk, JobEnv
+from jaxvol.status import domain_status
 
-__all__ = ["JobError", "SimulatedCrash", "run_nightly", "plan_chunks", "chunk_owner",
-           "CRASH_ENV"]
+__all__ = ["JobError", "OutputBusy", "SimulatedCrash", "run_nightly", "plan_chunks",
+           "chunk_owner", "CRASH_ENV", "DEPENDS", "output_lock", "write_atomic"]
 
 log = logging.getLogger("jaxvol.jobs")
 
@@ -36,8 +38,8 @@ CRASH_ENV = "JAXVOL_TEST_CRASH_AFTER_CHUNK"
 checkpointed (as if the machine had died there)."""
 
 
-class JobError(RuntimeError):
-    """The job cannot run as asked (wrong output folder, missing partitions, ...)."""
+class OutputBusy(JobError):
+    """Another jaxvol process holds the lock of this output folder (and process id)."""
 
 
 class SimulatedCrash(RuntimeError):
@@ -55,6 +57,59 @@ def chunk_owner(chunk: int, num_processes: int) -> int:
     return chunk % num_processes
 
 
+# ------------------------------------------------------------------------------ safe folders
+class output_lock:
+    """An exclusive lock on ``out`` for one process of a run (``fcntl.flock`` on
+    ``out/.lock-<role>``): a second run with the same role refuses with :class:`OutputBusy`
+    before writing anything. The kernel drops the lock when the holder exits, however it
+    exits (kill -9 included), so a rerun after a crash needs no manual repair."""
+
+    def __init__(self, out: pathlib.Path, role: str):
+        self.path = pathlib.Path(out) / f".lock-{role}"
+        self.handle = None
+
+    def __enter__(self):
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise OutputBusy(f"{self.path.parent} is in use by another jaxvol run ({holder}); "
+                             "nothing was written. Wait for it to finish or use another "
+                             "--out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+        return False
+
+
+def write_atomic(path: pathlib.Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole
+    new one, never a part. A failed write (full disk, crash) removes the temporary file."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 # ------------------------------------------------------------------------------ bookkeeping
 def _fingerprint(config: dict, source_identity: dict, warm_start: str | None) -> str:
     relevant = {k: v for k, v in config.items() if k not in ("report",)}
@@ -65,9 +120,8 @@ def _fingerprint(config: dict, source_identity: dict, warm_start: str | None) ->
 
 
 def _write_json(path: pathlib.Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(value, indent=2, sort_keys=True, default=str)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _claim_output(out: pathlib.Path, manifest: dict, fresh: bool) -> None:
@@ -76,6 +130,13 @@ def _claim_output(out: pathlib.Path, manifest: dict, fresh: bool) -> None:
         for name in ("chunks", "partitions", "work"):
             shutil.rmtree(out / name, ignore_errors=True)
         path.unlink(missing_ok=True)
+    started = out / "chunks"
+    if path.exists() and not (started.exists() and any(started.iterdir())) and json.loads(
+            path.read_text()).get("fingerprint") != manifest["fingerprint"]:
+        # an earlier attempt that checkpointed nothing (e.g. rejected input, since fixed):
+        # nothing to keep, so the rerun replaces it instead of asking for --fresh
+        path.unlink()
+        shutil.rmtree(out / "work", ignore_errors=True)
     if path.exists():
         existing = json.loads(path.read_text())
         if existing.get("fingerprint") != manifest["fingerprint"]:
@@ -96,16 +157,59 @@ def _save_chunk(out: pathlib.Path, chunk: Chunk, stage_log: list[dict]) -> None:
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, table in chunk.tables().items():
+    for name, table in _with_dates(chunk).items():
         table.reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
     _write_json(tmp / "stages.json", stage_log)
     os.replace(tmp, final)
 
 
+def _with_dates(chunk: Chunk) -> dict:
+    """The chunk's tables, with the expiry date beside the year fraction in the per-slice
+    tables when the input gave dates (``expiry_date`` of the rows)."""
+    tables = dict(chunk.tables())
+    rows = chunk.rows
+    if rows is None or "expiry_date" not in rows.columns:
+        return tables
+    dates = (rows[["underlying", "expiry", "expiry_date"]].dropna()
+             .drop_duplicates(["underlying", "expiry"]))
+    for name in ("slices", "arbitrage"):
+        table = tables.get(name)
+        if table is None or "expiry" not in table or "expiry_date" in table:
+            continue
+        merged = table.merge(dates, on=["underlying", "expiry"], how="left")
+        position = list(merged.columns).index("expiry") + 1
+        column = merged.pop("expiry_date")
+        merged.insert(position, "expiry_date", column)
+        tables[name] = merged
+    return tables
+
+
 # ------------------------------------------------------------------------------ stages
-def _run_stage(name: str, chunk: Chunk, env: JobEnv) -> dict:
+DEPENDS = {"arbitrage": ("analyze",), "pack": ("analyze",), "svi": ("pack",),
+           "sabr": ("pack",), "ssvi": ("pack",), "heston": ("pack",),
+           "indices": ("analyze",)}
+"""Stages each stage needs (a stage after a failed one is skipped, not run on missing data)."""
+
+
+def _blocked(name: str, failed: dict) -> str | None:
+    """The failed stage ``name`` depends on (directly or through another stage), if any."""
+    todo = list(DEPENDS.get(name, ()))
+    while todo:
+        need = todo.pop()
+        if need in failed:
+            return need
+        todo.extend(DEPENDS.get(need, ()))
+    return None
+
+
+def _run_stage(name: str, chunk: Chunk, env: JobEnv, failed: dict | None = None) -> dict:
     started = time.perf_counter()
     entry = {"chunk": chunk.index, "stage": name, "status": "ok", "message": ""}
+    blocker = _blocked(name, failed or {})
+    if blocker is not None:
+        entry.update(status="blocked", message=f"not run: stage {blocker} failed "
+                     f"({failed[blocker]})", seconds=0.0)
+        return entry
     try:
         STAGES[name](chunk, env)
     except StageUnavailable as reason:
@@ -113,18 +217,113 @@ def _run_stage(name: str, chunk: Chunk, env: JobEnv) -> dict:
     except Exception as error:  # noqa: BLE001 - a stage failure is logged, not fatal
         if env.config["job"]["fail_fast"]:
             raise
-        log.exception("chunk %d: stage %s failed", chunk.index, name)
-        entry.update(status="failed", message=f"{type(error).__name__}: {error}")
+        message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        log.error("chunk %d: stage %s failed: %s", chunk.index, name, message,
+                  exc_info=error)
+        entry.update(status="failed", message=message)
     entry["seconds"] = time.perf_counter() - started
     return entry
 
 
+JobStatus = domain_status("JobStatus", "jobs", {
+    "OK": 0,
+    "STAGE_FAILED": 110,   # the stage that computes this value failed on this underlying
+}, "Outcomes of the nightly job itself (jaxvol.status numbering).")
+
+
 def _process_chunk(index: int, rows: pd.DataFrame, env: JobEnv, load_seconds: float):
+    """Run the stages on a chunk; if one fails, isolate the underlyings it fails on."""
+    chunk, stage_log = _run_stages(index, rows, env, load_seconds)
+    if not any(e["status"] == "failed" for e in stage_log):
+        return chunk, stage_log
+    names = list(pd.unique(rows["underlying"]))
+    if len(names) == 1:
+        return _mark_failed(chunk, stage_log), stage_log
+    log.warning("chunk %d: %s failed; running its %d underlyings in halves to isolate the "
+                "failure (the others keep their results)", index,
+                ", ".join(e["stage"] for e in stage_log if e["status"] == "failed"), len(names))
+    parts = _bisect(index, rows, names, env)
+    return _combine(index, rows, parts, stage_log, load_seconds)
+
+
+def _bisect(index, rows, names, env):
+    """(chunk, stage_log) of consecutive groups of underlyings: halves until a failing group
+    is a single underlying (a few reruns: the compiled programs are reused)."""
+    group = rows[rows["underlying"].isin(names)]
+    chunk, stage_log = _run_stages(index, group, env, 0.0)
+    if not any(e["status"] == "failed" for e in stage_log):
+        return [(chunk, stage_log)]
+    if len(names) == 1:
+        return [(_mark_failed(chunk, stage_log), stage_log)]
+    half = len(names) // 2
+    return _bisect(index, rows, names[:half], env) + _bisect(index, rows, names[half:], env)
+
+
+def _mark_failed(chunk: Chunk, stage_log: list[dict]) -> Chunk:
+    """Record on the chunk's per-slice and per-underlying tables which stages failed."""
+    reason = "; ".join(f"{e['stage']}: {e['message']}" for e in stage_log
+                       if e["status"] in ("failed", "blocked"))
+    names = pd.unique(chunk.rows["underlying"])
+    if chunk.slices is None:
+        keys = chunk.rows[["underlying", "expiry"]].drop_duplicates()
+        chunk.slices = keys.reset_index(drop=True)
+    if chunk.underlyings is None:
+        chunk.underlyings = pd.DataFrame({"underlying": names})
+    for table in (chunk.slices, chunk.underlyings):
+        table["failed_stages"] = reason
+    return chunk
+
+
+def _combine(index, rows, parts, stage_log, load_seconds):
+    """One chunk from the isolated groups; the stage log says which underlyings failed."""
+    combined = Chunk(index=index, rows=rows)
+    for name in ("rows", "slices", "underlyings", "indices", "arbitrage"):
+        tables = [getattr(c, name) for c, _ in parts if getattr(c, name) is not None]
+        if not tables:
+            setattr(combined, name, None)
+            continue
+        table = pd.concat(tables, ignore_index=True, sort=False)
+        if name == "rows" and "row_id" in table:
+            table = table.sort_values("row_id", kind="stable").reset_index(drop=True)
+        for column in [c for c in table.columns if c.endswith("_status")]:
+            if table[column].isna().any():  # groups where the stage failed
+                table[column] = table[column].fillna(int(JobStatus.STAGE_FAILED))
+            table[column] = table[column].astype(np.int32)
+        if "failed_stages" in table:
+            table["failed_stages"] = table["failed_stages"].fillna("")
+        setattr(combined, name, table)
+    log_out = [{"chunk": index, "stage": "load", "status": "ok", "message": "",
+                "seconds": load_seconds}]
+    for position, entry in enumerate(stage_log[1:], start=1):
+        outcomes = [(c, log_[position]) for c, log_ in parts]
+        bad = [(c, e) for c, e in outcomes if e["status"] in ("failed", "blocked")]
+        merged = dict(entry, seconds=sum(e["seconds"] for _, e in outcomes) + entry["seconds"])
+        if bad:
+            who = [str(u) for c, _ in bad for u in pd.unique(c.rows["underlying"])]
+            status = "failed" if any(e["status"] == "failed" for _, e in bad) else "blocked"
+            merged.update(status=status, message=f"underlyings {who[:5]}"
+                          f"{'...' if len(who) > 5 else ''} ({len(who)} of "
+                          f"{rows['underlying'].nunique()}): {bad[0][1]['message']}")
+        else:
+            merged.update(status=outcomes[0][1]["status"], message=outcomes[0][1]["message"])
+        log_out.append(merged)
+    return combined, log_out
+
+
+def _run_stages(index: int, rows: pd.DataFrame, env: JobEnv, load_seconds: float):
     chunk = Chunk(index=index, rows=rows)
     stage_log = [{"chunk": index, "stage": "load", "status": "ok", "message": "",
                   "seconds": load_seconds}]
+    failed: dict = {}
     for name in STAGES:
-        stage_log.append(_run_stage(name, chunk, env))
+        if index == getattr(env, "first_chunk", -1) and load_seconds > 0:
+            log.info("chunk %d: stage %s%s", index, name,
+                     " (first chunk: compiling)" if name != "analyze" else
+                     " (first chunk: compiling; later chunks reuse the programs)")
+        entry = _run_stage(name, chunk, env, failed)
+        if entry["status"] in ("failed", "blocked"):
+            failed[name] = entry["message"]
+        stage_log.append(entry)
     return chunk, stage_log
 
 
@@ -171,19 +370,22 @@ def run_nightly(config: dict, *, out: str | os.PathLike, input_path: str | None 
     config = config_mod.validate_config(config)  # a copy, checked
     if input_path:
         config["input"]["path"] = str(input_path)
-    out.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(out, process_id, num_processes)
-    try:
-        return _run(config, out, warm_start, num_processes, process_id, fresh)
-    finally:
-        logging.getLogger("jaxvol").removeHandler(handler)
-        handler.close()
+    if out.exists() and not out.is_dir():
+        raise JobError(f"--out {out} exists and is not a folder")
+    with output_lock(out, f"process-{process_id}-of-{num_processes}"):
+        handler = _setup_logging(out, process_id, num_processes)
+        try:
+            return _run(config, out, warm_start, num_processes, process_id, fresh)
+        finally:
+            logging.getLogger("jaxvol").removeHandler(handler)
+            handler.close()
 
 
 def _run(config, out, warm_start, num_processes, process_id, fresh):
     started = time.perf_counter()
     work = out / "work" / f"process-{process_id}"
-    source = make_source(config["input"]["path"], config["market"], work)
+    source = make_source(config["input"]["path"], config["market"], work,
+                         config["input"]["day_count"])
     chunks = plan_chunks(source.names, config["job"]["chunk_underlyings"])
     fingerprint = _fingerprint(config, source.identity(), warm_start)
     _claim_output(out, {"fingerprint": fingerprint, "chunks": len(chunks),
@@ -195,6 +397,7 @@ def _run(config, out, warm_start, num_processes, process_id, fresh):
         chunk_of = {name: c for c, (a, b) in enumerate(chunks) for name in source.names[a:b]}
         source.split(chunk_of, set(mine))
     env = _make_env(config, warm_start)
+    env.first_chunk = next((c for c in mine if not _chunk_dir(out, c).exists()), -1)
     log.info("process %d/%d: %d of %d chunks, %d underlyings, %d device(s), warm start: %s",
              process_id, num_processes, len(mine), len(chunks), len(source.names), env.devices,
              warm_start or "no")

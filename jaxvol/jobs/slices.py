@@ -2,7 +2,8 @@
 
 From the analysed rows (``chains.analyze`` output) each slice keeps its usable out-of-the-money
 quotes (no quality flag, finite mid implied vol: puts below the forward, calls at or above it),
-sorted by strike, packed into ``[slices, strikes]`` arrays padded to a strike bucket with a mask.
+sorted by strike, packed into ``[slices, strikes]`` arrays padded to a strike bucket
+(:func:`jaxvol.batching.strike_bucket`) with a mask.
 """
 
 from __future__ import annotations
@@ -12,17 +13,9 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-__all__ = ["STRIKE_BUCKETS", "SliceBatch", "slice_index", "pack_otm", "strike_bucket"]
+from jaxvol.batching import strike_bucket
 
-STRIKE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-
-
-def strike_bucket(count: int) -> int:
-    """The smallest bucket holding ``count`` strikes (a multiple of 256 beyond the table)."""
-    for bucket in STRIKE_BUCKETS:
-        if count <= bucket:
-            return bucket
-    return int(np.ceil(count / 256) * 256)
+__all__ = ["SliceBatch", "slice_index", "pack_otm"]
 
 
 class SliceBatch(NamedTuple):

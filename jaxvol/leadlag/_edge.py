@@ -10,6 +10,9 @@ import numpy as np
 
 from jaxvol._dtypes import float_dtype
 
+__all__ = ["bucket", "chunk_size", "concrete", "lag_grid", "lane_batch", "map_lanes", "pair_batch",
+           "series_batch", "span_cells"]
+
 
 def series_batch(name: str, times, values, mask):
     """Arrays [..., n] (n >= 2: shorter series are padded with masked slots)."""

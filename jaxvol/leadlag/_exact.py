@@ -24,6 +24,8 @@ import jax.numpy as jnp
 
 from jaxvol.leadlag._series import Series, increments, search
 
+__all__ = ["block_contrast", "block_differences", "CHUNK", "pair_counts"]
+
 CHUNK = 1 << 16
 
 

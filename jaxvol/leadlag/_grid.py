@@ -28,6 +28,8 @@ import jax.numpy as jnp
 
 from jaxvol.leadlag._series import Series
 
+__all__ = ["block_correlate", "cells", "fast_length", "GUARD", "layout", "spread"]
+
 GUARD = 1e-6  # in cells: a time on the grid (up to rounding) lands in its own cell
 
 

@@ -10,6 +10,8 @@ from jaxvol.leadlag import _exact, _grid
 from jaxvol.leadlag._series import Series, increments, prepare
 from jaxvol.leadlag.status import LeadLagStatus
 
+__all__ = ["binned_pair", "exact_pair", "PairRows"]
+
 
 class PairRows(NamedTuple):
     rows: jnp.ndarray        # [blocks, lags] contrast per block (their sum is U)

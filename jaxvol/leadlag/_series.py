@@ -14,6 +14,8 @@ import jax.numpy as jnp
 
 from jaxvol.leadlag.status import LeadLagStatus
 
+__all__ = ["compact", "increments", "prepare", "search", "Series"]
+
 
 class Series(NamedTuple):
     times: jnp.ndarray   # [n] seconds, valid first, +inf after

@@ -6,6 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = ["bracketed_root", "damped_newton_max"]
+
 
 def bracketed_root(fun, lo, hi, x0, iterations, skip=False):
     """Root of ``fun`` on [lo, hi] with fun(lo) > 0 > fun(hi) (Newton, bisection fallback).

@@ -78,9 +78,61 @@ def _stage_frame(summary: dict) -> pd.DataFrame:
     rows = []
     for name, info in summary["stages"].items():
         status = ", ".join(f"{k}: {v}" for k, v in info["status"].items())
-        rows.append({"stage": name, "seconds": info["seconds"], "status": status,
-                     "messages": "; ".join(info["messages"][:3])})
+        rows.append({"stage": name, "seconds": info["seconds"], "chunks": status,
+                     "failed chunks": info.get("failed", 0),
+                     "first error": info.get("first_error") or ""})
     return pd.DataFrame(rows)
+
+
+FIT_MODELS = (("slices", "svi"), ("slices", "sabr"), ("underlyings", "ssvi"),
+              ("underlyings", "heston"))
+
+
+def _status_sections(tables) -> list[str]:
+    """Fit quality by status (count, median RMSE), the fits that are not CONVERGED with their
+    reasons, and the worst static-arbitrage offenders."""
+    quality, failures = [], []
+    for table_name, model in FIT_MODELS:
+        table = tables.get(table_name)
+        column = f"{model}_status_name"
+        if table is None or column not in table:
+            continue
+        rmse = table[f"{model}_rmse"] if f"{model}_rmse" in table else pd.Series(np.nan,
+                                                                                 table.index)
+        for name, group in table.groupby(column, sort=False):
+            quality.append({"model": model, "status": name, "count": len(group),
+                            "share": len(group) / len(table),
+                            "median rmse (vol)": float(rmse[group.index].median())})
+        bad = table[table[f"{model}_status"] != 0]
+        keys = [c for c in ("underlying", "expiry", "expiry_date") if c in bad]
+        extra = [c for c in (f"{model}_rmse", "n_quotes", "failed_stages") if c in bad]
+        frame = bad[keys + [column] + extra].rename(columns={column: "status",
+                                                             f"{model}_rmse": "rmse"})
+        failures.append(frame.assign(model=model).head(40))
+    parts = []
+    if quality:
+        parts.append(_section("Fit quality by status", _table_html(pd.DataFrame(quality))))
+    if failures:
+        table = pd.concat(failures, ignore_index=True)
+        body = (_table_html(table) if len(table) else "<p>every fit CONVERGED</p>")
+        parts.append(_section("Fits not converged, at a bound or failed (first 40 per model)",
+                              body))
+    report = tables.get("arbitrage")
+    if report is not None and "size" in report:
+        worst = report[report["size"].fillna(0) > 0].sort_values(
+            "size", ascending=False, kind="stable").head(15)
+        parts.append(_section("Worst static-arbitrage offenders",
+                              _table_html(worst) if len(worst) else "<p>none</p>"))
+    indices = tables.get("indices")
+    if indices is not None:
+        columns = [c for c in indices.columns if c.endswith("_status_name")]
+        counts = {c[:-12]: indices[c].value_counts().to_dict() for c in columns}
+        if counts:
+            frame = pd.DataFrame(counts).fillna(0).astype(int).T.reset_index().rename(
+                columns={"index": "value"})
+            parts.append(_section("Index and term-structure values by status",
+                                  _table_html(frame)))
+    return parts
 
 
 def _fit_sections(out, config, tables) -> list[str]:
@@ -112,7 +164,7 @@ def _histogram_sections(tables) -> list[str]:
             continue
         columns = [c for c in table.columns if c.startswith(prefix) and c not in (
             f"{prefix}status", f"{prefix}previous", f"{prefix}quotes", f"{prefix}beta",
-            f"{prefix}iterations")]
+            f"{prefix}iterations") and pd.api.types.is_float_dtype(table[c])]
         if columns:
             parts.append(_section(title, _img(plots.histograms(table, columns, title))))
     return parts
@@ -123,9 +175,10 @@ def _index_section(config, tables) -> list[str]:
     if indices is None:
         return [_section("Volatility indices", "<p>no indices in this run</p>")]
     days = config["indices"]["term_days"]
-    columns = [f"vxj_term_{d}d" for d in days]
+    columns = [f"vxj_term_{d}d" for d in days if f"vxj_term_{d}d" in indices]
+    days = [d for d in days if f"vxj_term_{d}d" in indices]
     body = ""
-    if all(c in indices for c in columns):
+    if columns:
         body += _img(plots.term_structures(indices, columns, days, 8))
     spx = indices[indices["underlying"] == "SPX"]
     if len(spx):
@@ -157,6 +210,7 @@ def write_report(out, config: dict, summary: dict, tables: dict, stages: pd.Data
                  ["quantity", "value"], axis=1)),
              _section("Stages", _table_html(_stage_frame(summary))
                       + _img(plots.timings(summary["timings"])))]
+    parts += _status_sections(tables)
     parts += _fit_sections(out, config, tables)
     parts += _histogram_sections(tables)
     parts += _index_section(config, tables)
@@ -169,4 +223,5 @@ def write_report(out, config: dict, summary: dict, tables: dict, stages: pd.Data
     parts.append(_section("Resolved configuration", f"<pre>{config_text}</pre>"))
     page = f"<!doctype html><html><head><meta charset='utf-8'>{STYLE}</head><body>" + \
         "\n".join(parts) + "</body></html>"
-    (out / "report.html").write_text(page)
+    from jaxvol.jobs.pipeline import write_atomic
+    write_atomic(out / "report.html", lambda tmp: tmp.write_text(page))

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["png_base64", "smiles", "histograms", "term_structures", "arbitrage", "timings",
+__all__ = ["png_base64", "clipped", "smiles", "histograms", "term_structures", "arbitrage", "timings",
            "flag_counts"]
 
 
@@ -55,23 +55,41 @@ def smiles(rows: pd.DataFrame, slices: pd.DataFrame, title: str):
         rmse = s.get("svi_rmse", np.nan)
         ax.set_title(f"{s['underlying']} T={s['expiry']:.3f} rmse={rmse:.2g}", fontsize=9)
         ax.set_xlabel("log(K/F)", fontsize=8)
+        ax.set_ylabel("implied vol", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
     figure.suptitle(title)
+    figure.tight_layout()
     return figure
 
 
+def clipped(values: np.ndarray, low: float = 0.01, high: float = 0.99):
+    """(values inside the [low, high] quantiles, count below, count above): histograms that
+    one absurd value (b = 2e12) cannot squash into a single bar."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return values, 0, 0
+    lo, hi = np.quantile(values, [low, high])
+    return values[(values >= lo) & (values <= hi)], int((values < lo).sum()), int(
+        (values > hi).sum())
+
+
 def histograms(table: pd.DataFrame, columns: list[str], title: str):
-    """One histogram per parameter column (finite values only)."""
-    figure, axes = _grid(len(columns), columns=min(5, max(1, len(columns))), size=(3.0, 2.4))
+    """One histogram per parameter column: finite values inside the 1-99% quantiles, with the
+    number beyond them in the panel title."""
+    figure, axes = _grid(len(columns), columns=min(5, max(1, len(columns))), size=(3.2, 2.6))
     for ax, name in zip(axes, columns):
-        values = table[name].to_numpy(np.float64)
-        values = values[np.isfinite(values)]
+        values, below, above = clipped(table[name].to_numpy(np.float64))
         if len(values):
             ax.hist(values, bins=40, color="C0")
-        ax.set_title(name, fontsize=9)
+        beyond = f"\n{below} below, {above} above (1-99% shown)" if below or above else ""
+        ax.set_title(name + beyond, fontsize=8)
+        ax.set_xlabel(name, fontsize=7)
+        ax.set_ylabel("count", fontsize=7)
         ax.tick_params(labelsize=7)
     figure.suptitle(title)
+    figure.tight_layout()
     return figure
 
 
@@ -89,9 +107,14 @@ def term_structures(indices: pd.DataFrame, columns: list[str], days: list[float]
     left.legend(fontsize=6, ncol=2)
     cboe = [c for c in indices.columns if c.startswith("cboe_") and c.endswith("d")]
     if cboe:
-        values = indices[cboe[0]].to_numpy(np.float64)
-        right.hist(values[np.isfinite(values)], bins=40, color="C2")
-        right.set_title(f"Cboe-method {cboe[0][5:]} index, all underlyings")
+        values, below, above = clipped(indices[cboe[0]].to_numpy(np.float64))
+        right.hist(values, bins=40, color="C2")
+        right.set_title(f"Cboe-method {cboe[0][5:]} index, all underlyings"
+                        + (f" ({below + above} beyond 1-99%)" if below + above else ""),
+                        fontsize=9)
+        right.set_xlabel("index (vol points)")
+        right.set_ylabel("underlyings")
+    figure.tight_layout()
     return figure
 
 
@@ -104,11 +127,16 @@ def arbitrage(report: pd.DataFrame):
         violated = report[report[size_col].fillna(0) > 0]
         counts = violated[relation_col].astype(str).value_counts().sort_index()
         left.barh(counts.index, counts.to_numpy(), color="C3")
-        left.set_title(f"slices violating each relation ({len(violated)} slice-relations)")
+        left.set_title(f"slices violating each relation ({len(violated)} slice-relations)",
+                       fontsize=9)
+        left.set_xlabel("slices")
         sizes = violated[size_col].to_numpy(np.float64)
         if len(sizes):
             right.hist(np.log10(sizes[sizes > 0]), bins=40, color="C3")
-        right.set_title("log10 violation size")
+        right.set_title("log10 violation size", fontsize=9)
+        right.set_xlabel("log10 size (price units; calendar: total variance)")
+        right.set_ylabel("slice-relations")
+    figure.tight_layout()
     return figure
 
 
@@ -127,5 +155,7 @@ def flag_counts(counts: dict[str, int]):
     ax.barh(list(counts), list(counts.values()), color="C1")
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.set_xlabel("rows (log scale)")
     ax.set_title("rows carrying each quality flag")
+    figure.tight_layout()
     return figure

@@ -17,8 +17,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import LMConfig, multistart
+from jaxvol.calibrate import (LMConfig, distinct_count, multistart, near_bounds,
+                              refine_status)
+
+__all__ = ["fit", "FIT_CONFIG", "hagan_residuals", "implied_vol", "LOWER", "normal_vol",
+           "obloj_residuals", "PARAMS", "SABRFit", "UPPER", "z_over_x"]
 
 _METHODS = ("hagan", "obloj")
 _SMALL_Z = 1e-6  # below it z/x(z) is its series 1 - rho z/2 + (2 - 3 rho^2) z^2/12 (error ~z^3)
@@ -86,6 +91,7 @@ def _obloj(forward, strike, expiry, alpha, beta, rho, nu):
     return leading * z_over_x(z, rho) * correction
 
 
+@edge(static=("method",))
 def implied_vol(forward, strike, expiry, alpha, beta, rho, nu, *, method="hagan"):
     """SABR Black (lognormal) implied volatility; broadcasts; returns the inputs' float dtype."""
     if method not in _METHODS:
@@ -94,6 +100,7 @@ def implied_vol(forward, strike, expiry, alpha, beta, rho, nu, *, method="hagan"
     return (_hagan if method == "hagan" else _obloj)(*args)
 
 
+@edge
 def normal_vol(forward, strike, expiry, alpha, beta, rho, nu):
     """SABR normal (Bachelier) implied volatility, Hagan et al. 2002 eq A.69a; broadcasts."""
     forward, strike, expiry, alpha, beta, rho, nu = _floats(
@@ -116,18 +123,21 @@ LOWER = (0.0, -1.0, 0.0)
 UPPER = (jnp.inf, 1.0, jnp.inf)
 _RHO_STARTS = (-0.5, 0.0, 0.5)
 _NU_STARTS = (0.3, 1.0)
+_WARM_FALLBACK = 2  # the (rho 0, nu 0.3) start of the grid
+_NU2T_LIMIT = 25.0  # nu^2 T beyond it: a degenerate fit (Hagan's expansion is in nu^2 T)
 
 
 class SABRFit(NamedTuple):
-    """Per-slice result of :func:`fit`: ``params`` [slices, 3] (alpha, rho, nu), ``status``
-    (:class:`jaxvol.calibrate.FitStatus`), ``rmse`` of the implied vols over usable points,
-    ``loss``, ``iterations``, ``residuals`` [slices, strikes] (model minus market vol)."""
+    """Per-slice result of :func:`fit`, the shared fit-result fields first: ``params``
+    [slices, 3] (alpha, rho, nu), ``status`` (:class:`jaxvol.calibrate.FitStatus`), ``loss``,
+    ``iterations``, ``rmse`` of the implied vols over usable points, then ``residuals``
+    [slices, strikes] (model minus market vol)."""
 
     params: jax.Array
     status: jax.Array
-    rmse: jax.Array
     loss: jax.Array
     iterations: jax.Array
+    rmse: jax.Array
     residuals: jax.Array
 
 
@@ -151,13 +161,22 @@ def _starts(forward, strike, vol, beta, usable):
 
 
 def fit(forward, strike, expiry, vol, *, beta, weights=None, mask=None, method="hagan",
-        config: LMConfig = FIT_CONFIG) -> SABRFit:
+        initial=None, config: LMConfig = FIT_CONFIG) -> SABRFit:
     """Fit (alpha, rho, nu) with beta fixed to every slice of [slices, strikes] Black vols.
 
     forward, expiry: [slices]; strike, vol: [slices, strikes]; beta: fixed (scalar or
-    [slices]). Points that are masked, non-finite or non-positive are dropped; slices with fewer
-    than 3 usable points get BAD_INPUT. Six start points per slice (:func:`_starts`), the best
-    kept (:func:`jaxvol.calibrate.multistart`).
+    [slices]). Points that are masked, non-finite or non-positive are dropped.
+
+    Cold start (``initial=None``): six start points per slice (:func:`_starts`), the best kept
+    (:func:`jaxvol.calibrate.multistart`). Warm start (``initial`` [slices, 3], e.g. the
+    previous night's params): two starts per slice, ``initial`` (where finite) and the grid's
+    (rho 0, nu 0.3) start, the better kept; same residuals, bounds and statuses as a cold fit.
+
+    Status (:class:`jaxvol.calibrate.FitStatus`): TOO_FEW_POINTS below 3 usable points,
+    BAD_INPUT for a non-positive forward or expiry, UNIDENTIFIED with fewer than 3 distinct
+    strikes, DEGENERATE where nu^2 expiry > 25 (far outside the expansion's validity),
+    AT_BOUND where |rho| or nu sit within 1e-6 of their bounds (rho = +-1, nu = 0); CONVERGED
+    only for a usable fit.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -167,6 +186,11 @@ def fit(forward, strike, expiry, vol, *, beta, weights=None, mask=None, method="
         raise ValueError(f"strike and vol must both be [slices, strikes], got {strike.shape} "
                          f"and {vol.shape}")
     slices = strike.shape[0]
+    if initial is not None:
+        initial = jnp.asarray(initial, dtype)
+        if initial.shape != (slices, len(PARAMS)):
+            raise ValueError(f"initial must be [slices, 3] = {(slices, len(PARAMS))} (alpha, "
+                             f"rho, nu), got {initial.shape}")
     forward, expiry, beta = [jnp.broadcast_to(jnp.asarray(x, dtype), (slices,))
                              for x in (forward, expiry, beta)]
     weights = jnp.ones_like(vol) if weights is None else jnp.broadcast_to(
@@ -177,14 +201,22 @@ def fit(forward, strike, expiry, vol, *, beta, weights=None, mask=None, method="
     strike = jnp.where(usable, strike, forward[:, None])  # double where: safe dummies
     vol = jnp.where(usable, vol, 1.0)
     starts = _starts(forward, strike, vol, beta, usable)
-    lane_ok = (jnp.sum(usable.astype(jnp.int32), axis=1) >= len(PARAMS)) & (forward > 0) & (
-        expiry > 0)
+    if initial is not None:
+        default = starts[:, _WARM_FALLBACK]
+        warm = jnp.where(jnp.all(jnp.isfinite(initial), axis=1, keepdims=True), initial, default)
+        starts = jnp.stack([warm, default], axis=1)
+    count = jnp.sum(usable.astype(jnp.int32), axis=1)
+    lane_ok = (count >= len(PARAMS)) & (forward > 0) & (expiry > 0)
     starts = jnp.where(lane_ok[:, None, None], starts, jnp.nan)
     residual_fn = hagan_residuals if method == "hagan" else obloj_residuals
     result = multistart(residual_fn, starts, forward, strike, expiry, vol, beta,
                         weights=jnp.where(usable, weights, 0.0), mask=usable, lower=LOWER,
                         upper=UPPER, config=config)
-    count = jnp.sum(usable.astype(dtype), axis=1)
-    rmse = jnp.sqrt(jnp.sum(result.residuals ** 2, axis=1) / count)
-    return SABRFit(result.params, result.status, rmse, result.loss, result.iterations,
+    params = result.params
+    status = refine_status(
+        result.status, too_few=count < len(PARAMS),
+        unidentified=distinct_count(strike, usable) < len(PARAMS),
+        degenerate=params[:, 2] * params[:, 2] * expiry > _NU2T_LIMIT,
+        at_bound=near_bounds(params[:, 1:], LOWER[1:], UPPER[1:]))
+    return SABRFit(params, status, result.loss, result.iterations, result.rmse,
                    result.residuals)

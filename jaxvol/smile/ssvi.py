@@ -19,8 +19,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import LMConfig, multistart
+from jaxvol.calibrate import LMConfig, distinct_count, multistart, refine_status
+
+__all__ = ["butterfly_free", "calendar_free", "fit", "FIT_CONFIG", "heston_phi",
+           "heston_residuals", "PHI_FORMS", "power_law_phi", "power_law_residuals", "RHO_LIMIT",
+           "SSVIFit", "to_raw_svi", "total_variance"]
 
 PHI_FORMS = ("heston", "power_law")
 FIT_CONFIG = LMConfig(max_iterations=100)
@@ -33,6 +38,7 @@ def _floats(*values):
     return [jnp.asarray(v, dtype) for v in values]
 
 
+@edge
 def heston_phi(theta, lam):
     """Heston-like phi(theta) = (1 - (1 - e^{-x}) / x) / x = (x - 1 + e^{-x}) / x^2, x = lambda
     theta (GJ 2014, eq 4.4)."""
@@ -46,12 +52,14 @@ def heston_phi(theta, lam):
     return jnp.where(small, series, (xs + jnp.expm1(-xs)) / (xs * xs))
 
 
+@edge
 def power_law_phi(theta, eta, gamma):
     """Power-law phi(theta) = eta / (theta^gamma (1 + theta)^(1 - gamma))."""
     theta, eta, gamma = _floats(theta, eta, gamma)
     return eta / (theta ** gamma * (1.0 + theta) ** (1.0 - gamma))
 
 
+@edge
 def total_variance(k, theta, rho, phi):
     """SSVI total variance at log forward moneyness k for ATM total variance theta and
     phi = phi(theta) (broadcasts)."""
@@ -60,6 +68,7 @@ def total_variance(k, theta, rho, phi):
     return 0.5 * theta * (1.0 + rho * phi * k + jnp.sqrt(x * x + 1.0 - rho * rho))
 
 
+@edge
 def to_raw_svi(theta, rho, phi):
     """The raw SVI parameters (a, b, rho, m, sigma) of an SSVI slice (GJ 2014, lemma 3.3)."""
     theta, rho, phi = _floats(theta, rho, phi)
@@ -67,6 +76,7 @@ def to_raw_svi(theta, rho, phi):
     return (0.5 * theta * (1.0 - rho * rho), 0.5 * theta * phi, rho, -rho / phi, root / phi)
 
 
+@edge
 def butterfly_free(theta, rho, phi):
     """GJ theorem 4.2's sufficient condition for no butterfly arbitrage:
     theta phi (1+|rho|) < 4 and theta phi^2 (1+|rho|) <= 4."""
@@ -89,18 +99,21 @@ def calendar_free(theta, rho, phi_fn):
 
 # --------------------------------------------------------------------------- fit
 class SSVIFit(NamedTuple):
-    """Per-underlying result of :func:`fit`: ``theta`` [U, E] ATM total variances
-    (non-decreasing), ``rho`` [U], ``phi_params`` [U, 1] (lambda) or [U, 2] (eta, gamma),
-    ``status`` (:class:`jaxvol.calibrate.FitStatus`), ``rmse`` [U] total-variance error over
-    usable points, ``loss``, ``iterations``, ``residuals`` [U, E, N]."""
+    """Per-underlying result of :func:`fit`, the shared fit-result fields first: ``params``
+    [U, 1 + F + E] = (rho, the F phi parameters, theta_1 .. theta_E) (the layout ``initial=``
+    takes), ``status`` (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``,
+    ``rmse`` [U] total-variance error over usable points; then the same parameters by name:
+    ``theta`` [U, E] ATM total variances (non-decreasing), ``rho`` [U], ``phi_params`` [U, 1]
+    (lambda) or [U, 2] (eta, gamma); ``residuals`` [U, E, N]."""
 
+    params: jax.Array
+    status: jax.Array
+    loss: jax.Array
+    iterations: jax.Array
+    rmse: jax.Array
     theta: jax.Array
     rho: jax.Array
     phi_params: jax.Array
-    status: jax.Array
-    rmse: jax.Array
-    loss: jax.Array
-    iterations: jax.Array
     residuals: jax.Array
 
 
@@ -115,6 +128,26 @@ def _heston_from_raw(raw, rho):
 def _power_law_from_raw(raw, rho):
     eta = 2.0 / (1.0 + _smooth_abs(rho)) * jax.nn.sigmoid(raw[0])  # eta (1+|rho|) < 2
     return eta, raw[1]  # gamma in (0, 1/2) by the engine's box bounds
+
+
+def _encode(params, form, expiries):
+    """(rho, phi params, theta [E]) in natural units -> the engine's parameters (the inverse of
+    :func:`_decode`); phi parameters are clipped just inside their ranges and theta increments
+    floored, so any finite start maps to a finite engine point."""
+    rho = jnp.clip(params[0], -RHO_LIMIT, RHO_LIMIT)
+    limit = 1.0 + _smooth_abs(rho)
+    tiny = jnp.finfo(params.dtype).eps
+    if form == "heston":
+        phi_raw = [jnp.log(jnp.maximum(params[1] - 0.25 * limit, tiny))]
+    else:
+        share = jnp.clip(params[1] * limit / 2.0, tiny, 1.0 - 1e-9)
+        phi_raw = [jnp.log(share) - jnp.log1p(-share),
+                   jnp.clip(params[2], 1e-9, 0.5 - 1e-9)]
+    theta = params[-expiries:]
+    steps = jnp.diff(theta, prepend=jnp.zeros_like(theta[:1]))
+    floor = 1e-3 * jnp.max(theta) / expiries
+    return jnp.concatenate([rho[None], jnp.stack(phi_raw),
+                            jnp.log(jnp.maximum(steps, jnp.maximum(floor, tiny)))])
 
 
 def _phi(form, theta, phi_params):
@@ -187,7 +220,7 @@ def _bounds(form, expiries):
             (RHO_LIMIT,) + phi_upper + (jnp.inf,) * expiries)
 
 
-def fit(k, total_variance, *, weights=None, mask=None, phi="heston",
+def fit(k, total_variance, *, weights=None, mask=None, phi="heston", initial=None,
         config: LMConfig = FIT_CONFIG) -> SSVIFit:
     """Fit an SSVI surface to all expiries of each underlying at once.
 
@@ -197,9 +230,16 @@ def fit(k, total_variance, *, weights=None, mask=None, phi="heston",
         non-finite or non-positive variances are dropped too).
       phi: "heston" or "power_law". The fitted surface satisfies the form's no-butterfly and
         no-calendar conditions by construction; |rho| < ``RHO_LIMIT`` = 0.999.
+      initial: warm start [U, 1 + F + E] in the layout of :attr:`SSVIFit.params` (e.g. the
+        previous fit's ``params``); it is one start beside the three cold ones (the best kept),
+        so a warm fit is never worse than a cold one. Non-finite rows fall back to cold starts.
 
-    An underlying with fewer usable points than parameters (2 or 3 + expiries), or an expiry
-    without any usable point, gets BAD_INPUT.
+    Status (:class:`jaxvol.calibrate.FitStatus`): TOO_FEW_POINTS for an underlying with fewer
+    usable points than parameters (2 or 3 + expiries) or an expiry without any usable point;
+    UNIDENTIFIED where no expiry has two distinct strikes (rho and phi are then free);
+    AT_BOUND where |rho| reaches ``RHO_LIMIT`` or a phi parameter its limit (lambda at
+    (1 + |rho|)/4, eta (1 + |rho|) at 2, gamma at 0 or 1/2, within 1e-6); CONVERGED only for a
+    usable fit.
     """
     if phi not in PHI_FORMS:
         raise ValueError(f"phi must be one of {PHI_FORMS}, got {phi!r}")
@@ -216,6 +256,15 @@ def fit(k, total_variance, *, weights=None, mask=None, phi="heston",
     weights = jnp.where(usable, weights, 0.0)
     lanes, expiries = k.shape[:2]
     starts = _starts(k, w, usable, phi)
+    if initial is not None:
+        initial = jnp.asarray(initial, w.dtype)
+        size = 1 + (1 if phi == "heston" else 2) + expiries
+        if initial.shape != (lanes, size):
+            raise ValueError(f"initial must be [underlyings, 1 + phi params + expiries] = "
+                             f"{(lanes, size)}, got {initial.shape}")
+        warm = jax.vmap(lambda p: _encode(p, phi, expiries))(initial)
+        finite = jnp.all(jnp.isfinite(warm), axis=1, keepdims=True)
+        starts = jnp.concatenate([jnp.where(finite, warm, starts[:, 0])[:, None], starts], 1)
     every_expiry = jnp.all(jnp.any(usable, axis=2), axis=1)
     starts = jnp.where(every_expiry[:, None, None], starts, jnp.nan)
     lower, upper = _bounds(phi, expiries)
@@ -223,8 +272,24 @@ def fit(k, total_variance, *, weights=None, mask=None, phi="heston",
     result = multistart(residual_fn, starts, k, w, weights=weights.reshape(lanes, -1),
                         mask=usable.reshape(lanes, -1), lower=lower, upper=upper, config=config)
     theta, rho, phi_params = jax.vmap(lambda p: _decode(p, phi, expiries))(result.params)
+    phi_params = jnp.stack(phi_params, axis=-1)
     residuals = result.residuals.reshape(k.shape)
-    count = jnp.sum(usable.astype(w.dtype), axis=(1, 2))
-    rmse = jnp.sqrt(jnp.sum(residuals * residuals, axis=(1, 2)) / count)
-    return SSVIFit(theta, rho, jnp.stack(phi_params, axis=-1), result.status, rmse, result.loss,
-                   result.iterations, residuals)
+    status = refine_status(
+        result.status,
+        too_few=~every_expiry | (jnp.sum(usable, axis=(1, 2)) < starts.shape[-1]),
+        unidentified=jnp.all(distinct_count(k, usable) < 2, axis=1),
+        at_bound=_at_bound(phi, rho, phi_params))
+    params = jnp.concatenate([rho[:, None], phi_params, theta], axis=1)
+    return SSVIFit(params, status, result.loss, result.iterations, result.rmse, theta, rho,
+                   phi_params, residuals)
+
+
+def _at_bound(form, rho, phi_params, tolerance=1e-6):
+    """|rho| at RHO_LIMIT or a phi parameter at the edge of its no-arbitrage range."""
+    limit = 1.0 + _smooth_abs(rho)
+    edge = jnp.abs(rho) >= RHO_LIMIT - tolerance
+    if form == "heston":
+        return edge | (phi_params[:, 0] - 0.25 * limit <= tolerance)
+    eta, gamma = phi_params[:, 0], phi_params[:, 1]
+    return edge | (eta * limit >= 2.0 - tolerance) | (gamma <= tolerance) | (
+        gamma >= 0.5 - tolerance)

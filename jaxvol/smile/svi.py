@@ -17,18 +17,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import FitStatus, LMConfig, _implicit, least_squares, map_chunks
-from jaxvol.calibrate.levenberg_marquardt import (_RUNNING, _batched_loop, _tolerances,
-                                                  weighted_residual_fn)
+from jaxvol.calibrate import (FitStatus, LMConfig, distinct_count, has_solution,
+                              implicit_solve, least_squares, least_squares_gradient,
+                              map_chunks, refine_status, rmse_of)
+from jaxvol.calibrate.levenberg_marquardt import batched_loop, weighted_residual_fn
+from jaxvol.calibrate.projected import compacted
 from jaxvol.calibrate.transforms import make_bounds, to_bounded, to_unbounded
+from jaxvol.smile._svi_projection import (feasible_raw, k_range, theta_box,
+                                          variable_projection)
+
+__all__ = ["arbitrage_penalties", "durrleman_g", "fit", "FIT_CONFIG", "g_minimum", "implied_vol",
+           "initial_guess", "jump_wings_to_raw", "JumpWings", "lee_wing_slopes", "LOWER",
+           "NO_ARBITRAGE_CONFIG", "PARAMS", "penalised_residuals", "raw_to_jump_wings",
+           "satisfies_lee_bound", "slice_residuals", "SVIFit", "total_variance",
+           "total_variance_derivatives", "UPPER"]
 
 PARAMS = ("a", "b", "rho", "m", "sigma")
 LOWER = (-jnp.inf, 0.0, -1.0, -jnp.inf, 0.0)
@@ -45,6 +55,7 @@ def _floats(*values):
 
 
 # --------------------------------------------------------------------------- the model
+@edge
 def total_variance(k, a, b, rho, m, sigma):
     """Raw SVI total implied variance w(k) (broadcasts)."""
     k, a, b, rho, m, sigma = _floats(k, a, b, rho, m, sigma)
@@ -52,6 +63,7 @@ def total_variance(k, a, b, rho, m, sigma):
     return a + b * (rho * x + jnp.sqrt(x * x + sigma * sigma))
 
 
+@edge
 def total_variance_derivatives(k, a, b, rho, m, sigma):
     """(w, dw/dk, d2w/dk2) in closed form (broadcasts)."""
     k, a, b, rho, m, sigma = _floats(k, a, b, rho, m, sigma)
@@ -61,6 +73,7 @@ def total_variance_derivatives(k, a, b, rho, m, sigma):
     return w, b * (rho + x / root), b * sigma * sigma / (root * root * root)
 
 
+@edge
 def implied_vol(k, expiry, a, b, rho, m, sigma):
     """Black implied volatility sqrt(w(k) / expiry) (NaN where w < 0)."""
     w = total_variance(k, a, b, rho, m, sigma)
@@ -176,397 +189,6 @@ def jump_wings_to_raw(v, psi, p, c, v_tilde, expiry=1.0):
     return a, b, rho, m, sigma
 
 
-# --------------------------------------------------------------------------- variable projection
-# De Marco & Martini / Zeliade: with y = (k - m)/sigma and z = sqrt(y^2 + 1) the slice is
-# w = a + d y + c z (c = b sigma, d = rho b sigma), linear in (a, d, c) for fixed (m, sigma). The
-# fit below works on the reduced two-parameter problem in theta = (m, log sigma): the linear
-# coefficients are re-solved exactly at every point (3 x 3 weighted normal equations), and
-# Levenberg–Marquardt steps theta with Kaufman's projected Jacobian, whose 2 x 2 Gauss–Newton
-# matrix is the Schur complement of the full 5 x 5 one. At a stationary point of the reduced
-# problem the full gradient vanishes too (Golub & Pereyra 1973), so a converged reduced fit
-# whose (b, rho) lies inside the box is a converged fit of the full problem. The box:
-# b >= 0 and |rho| <= 1 is the cone c >= |d| of the linear coefficients, kept by the linear
-# step itself (its optimum on a face d = +-c when the unconstrained one lies outside), and
-# (m, sigma) stay in a box scaled to the quoted k range, kept by projected steps: noisy
-# short-dated slices otherwise drift towards degenerate limits (sigma -> 0, m -> +-inf with
-# b -> inf) and never converge.
-#
-# Layout: [lanes, strikes] inside a chunk, every per-lane quantity a [lanes, 1] column, and
-# all the sums of a pass over the quotes one variadic reduction over the minor axis (measured
-# ~4x faster on CPU than over the major one, and ~2x faster than one reduction per sum): no
-# batched linear algebra, no jacfwd; a whole iteration is two passes over the quotes.
-
-_M_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # grid of m: fractions of the quoted k range
-_SIGMA_FRACTIONS = (0.03, 0.1, 0.3, 0.8)  # grid of sigma: fractions of the quoted k range
-_GRID_STRIDE = 3  # the grid ranks (m, sigma) on every third quote
-_MAX_STEP = 0.5  # trust cap of one reduced step (fraction of the k range; in log sigma)
-_M_MARGIN = 1.0  # m lies within the quoted k range widened by this many ranges on each side
-_SIGMA_RANGE = (0.01, 10.0)  # sigma lies within these multiples of the quoted k range
-
-
-def _sums(*xs):
-    """Sums over the last axis (kept) of several arrays in ONE variadic reduction: XLA fuses the
-    products into a single loop with one accumulator each, instead of one reduction op (and a
-    materialised product) per sum (measured ~1.8x faster per iteration on CPU)."""
-    zeros = tuple(jnp.zeros((), x.dtype) for x in xs)
-    out = jax.lax.reduce(xs, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)),
-                         (xs[0].ndim - 1,))
-    return tuple(o[..., None] for o in out)
-
-
-def _cholesky3(n00, n01, n02, n11, n12, n22):
-    """Unrolled Cholesky factor of a symmetric 3 x 3 matrix given by its upper triangle
-    (elementwise over lanes); NaN where not positive definite."""
-    sqrt = lambda v: jnp.sqrt(jnp.where(v > 0, v, jnp.nan))  # noqa: E731
-    l00 = sqrt(n00)
-    l10, l20 = n01 / l00, n02 / l00
-    l11 = sqrt(n11 - l10 * l10)
-    l21 = (n12 - l20 * l10) / l11
-    l22 = sqrt(n22 - l20 * l20 - l21 * l21)
-    return l00, l10, l20, l11, l21, l22
-
-
-def _forward3(factor, b0, b1, b2):
-    l00, l10, l20, l11, l21, l22 = factor
-    x0 = b0 / l00
-    x1 = (b1 - l10 * x0) / l11
-    return x0, x1, (b2 - l20 * x0 - l21 * x1) / l22
-
-
-def _backward3(factor, x0, x1, x2):
-    l00, l10, l20, l11, l21, l22 = factor
-    u2 = x2 / l22
-    u1 = (x1 - l21 * u2) / l11
-    return (x0 - l10 * u1 - l20 * u2) / l00, u1, u2
-
-
-class _Data(NamedTuple):
-    k: jax.Array  # [lanes, strikes], 0 where unusable
-    w: jax.Array  # [lanes, strikes], 0 where unusable
-    weight: jax.Array  # squared residual weights, 0 where unusable
-    s1: jax.Array  # [lanes, 1] sum of weight
-    sw: jax.Array  # [lanes, 1] sum of weight * w
-    sww: jax.Array  # [lanes, 1] sum of weight * w^2
-    span: jax.Array | None = None  # [lanes, 1] quoted k range (the fit's trust cap)
-    box: tuple | None = None  # bounds of (m, log sigma): (m_lo, m_hi, t_lo, t_hi)
-
-
-def _linear_fit(data: _Data, m, sigma):
-    """For fixed (m, sigma): the unconstrained weighted least-squares (a, d, c), the Cholesky
-    factor of the normal equations, the reduced sum of squares (from the normal equations:
-    only good for ranking) and the sums (sy, sz, syy, syz, syw, szw) they came from."""
-    y = (data.k - m) * (1.0 / sigma)
-    z = jnp.sqrt(y * y + 1.0)
-    wy, wz = data.weight * y, data.weight * z
-    sums = _sums(wy, wz, wy * y, wy * z, wy * data.w, wz * data.w)
-    return _solve3(data, *sums) + (sums,)
-
-
-def _ridge(*diagonal):
-    return 1e-12 * sum(diagonal) + jnp.finfo(diagonal[0].dtype).tiny
-
-
-def _solve3(data: _Data, sy, sz, syy, syz, syw, szw):
-    """Normal equations of the basis (1, y, z) from its sums: ((a, d, c), factor, sse)."""
-    szz = syy + data.s1  # z^2 = y^2 + 1
-    ridge = _ridge(data.s1, syy, szz)
-    factor = _cholesky3(data.s1 + ridge, sy, sz, syy + ridge, syz, szz + ridge)
-    coefficients = _backward3(factor, *_forward3(factor, data.sw, syw, szw))
-    a, d, c = coefficients
-    return coefficients, factor, data.sww - (a * data.sw + d * syw + c * szw)
-
-
-def _cholesky2(n00, n01, n11):
-    sqrt = lambda v: jnp.sqrt(jnp.where(v > 0, v, jnp.nan))  # noqa: E731
-    l00 = sqrt(n00)
-    l10 = n01 / l00
-    return l00, l10, sqrt(n11 - l10 * l10)
-
-
-def _forward2(factor, b0, b1):
-    l00, l10, l11 = factor
-    x0 = b0 / l00
-    return x0, (b1 - l10 * x0) / l11
-
-
-def _backward2(factor, x0, x1):
-    l00, l10, l11 = factor
-    u1 = x1 / l11
-    return (x0 - l10 * u1) / l00, u1
-
-
-def _on_face(face, s1, sy, sz):
-    """A triple of sums over the basis (1, y, z) in the face's basis (1, s y + z)."""
-    return s1, face * sy + sz
-
-
-class _Linear(NamedTuple):
-    """The linear coefficients at (m, sigma) under b >= 0, |rho| <= 1 (c >= |d|)."""
-
-    coefficients: tuple  # (a, d, c); d = face * c on a face
-    face: jax.Array  # 0: inside (c > |d|); +1 / -1: on rho = +1 / -1
-    factor3: tuple  # Cholesky factor of the (1, y, z) normal matrix
-    factor2: tuple | None  # ... of the active face's (1, face y + z) normal matrix
-
-
-def _constrained_fit(data: _Data, m, sigma, faces: bool) -> _Linear:
-    """The least-squares (a, d, c) at (m, sigma): unconstrained (``faces`` False), or over the
-    cone c >= |d| (b >= 0, |rho| <= 1): the unconstrained solution when it lies inside,
-    otherwise the better of the two faces d = +-c (each a two-column least squares), NaN at the
-    apex (c = 0 on both faces: a flat smile, where m and sigma are undetermined)."""
-    (a, d, c), factor3, _, (sy, sz, syy, syz, syw, szw) = _linear_fit(data, m, sigma)
-    if not faces:
-        return _Linear((a, d, c), jnp.zeros_like(a), factor3, None)
-    szz = syy + data.s1
-    candidates = []
-    for face in (1.0, -1.0):
-        _, n01 = _on_face(face, data.s1, sy, sz)
-        n11 = syy + 2.0 * face * syz + szz
-        ridge = _ridge(data.s1, n11)
-        factor2 = _cholesky2(data.s1 + ridge, n01, n11 + ridge)
-        _, rhs = _on_face(face, data.sw, syw, szw)
-        a2, c2 = _backward2(factor2, *_forward2(factor2, data.sw, rhs))
-        sse = data.sww - (a2 * data.sw + c2 * rhs)
-        candidates.append((jnp.where(c2 > 0, sse, jnp.inf), a2, c2, factor2))
-    (sse_p, a_p, c_p, f_p), (sse_m, a_m, c_m, f_m) = candidates
-    plus = sse_p <= sse_m
-    inside = c > jnp.abs(d)
-    face = jnp.where(inside, 0.0, jnp.where(plus, 1.0, -1.0)).astype(a.dtype)
-    apex = ~inside & ~jnp.isfinite(jnp.minimum(sse_p, sse_m))
-    pick = lambda p, q: jnp.where(plus, p, q)  # noqa: E731
-    c_f = pick(c_p, c_m)
-    coefficients = tuple(jnp.where(apex, jnp.nan, jnp.where(inside, u, v)) for u, v in zip(
-        (a, d, c), (pick(a_p, a_m), face * c_f, c_f)))
-    return _Linear(coefficients, face, factor3, tuple(map(pick, f_p, f_m)))
-
-
-def _reduced_model(data: _Data, m, sigma, linear: _Linear):
-    """Cost, gradient g and Gauss–Newton matrix H of the reduced problem in
-    theta = (m, log sigma) (Kaufman's Jacobian, projected on the active basis: (1, y, z) inside
-    the cone, (1, s y + z) on the face rho = s), and the linear coefficients after one step of
-    iterative refinement (the normal equations alone leave a residual floor of ~1e-11 on
-    noiseless slices; the refinement's sums come with this pass, so it costs no extra pass)."""
-    a, d, c = linear.coefficients
-    y = (data.k - m) * (1.0 / sigma)
-    z = jnp.sqrt(y * y + 1.0)
-    e = d + c * (y / z)  # d model / d y; d model/dm = -e / sigma, d model / dlog(sigma) = -y e
-    r = a + d * y + c * z - data.w
-    we, wr = data.weight * e, data.weight * r
-    sums = _sums(we, we * y, we * z, we * y * y, we * y * z, we * e, we * e * y, we * e * y * y,
-                 we * r, we * y * r, wr * r, wr, wr * y, wr * z)  # the last three: A^T W r
-    (se, sye, sze, syye, syze, see, syee, syyee, ser, syer, srr, sr, syr, szr) = sums
-    inv = 1.0 / sigma
-    triples = ((sr, syr, szr), (-se * inv, -sye * inv, -sze * inv), (-sye, -syye, -syze))
-    f3, f2, face = linear.factor3, linear.factor2, linear.face
-    # (1, y, z) basis: refinement N^-1 A^T W r, and L^-1 B for both columns of B = A^T W J
-    delta, xm, xt = (_backward3(f3, *_forward3(f3, *triples[0])),) + tuple(
-        _forward3(f3, *t) for t in triples[1:])
-    if f2 is not None:  # the same in a face's basis (1, s y + z), padded to three components
-        da, dc = _backward2(f2, *_forward2(f2, *_on_face(face, *triples[0])))
-        zero = jnp.zeros_like(sigma)
-        outer = ((da, face * dc, dc),) + tuple(
-            _forward2(f2, *_on_face(face, *t)) + (zero,) for t in triples[1:])
-        delta, xm, xt = (tuple(jnp.where(face == 0, u, v) for u, v in zip(i, o))
-                         for i, o in zip((delta, xm, xt), outer))
-    return _project(sigma, linear, sums, delta, xm, xt)
-
-
-def _project(sigma, linear: _Linear, sums, delta, xm, xt):
-    """The reduced cost, gradient and Gauss–Newton matrix from the sums, the refinement
-    ``delta`` of (a, d, c) and L^-1 B (``xm``, ``xt``: the m and log-sigma columns of B)."""
-    (se, sye, sze, syye, syze, see, syee, syyee, ser, syer, srr, sr, syr, szr) = sums
-    # refinement: r1 = r - A delta; |r1|^2_W = |r|^2_W - delta . A^T W r
-    refined = tuple(x - dx for x, dx in zip(linear.coefficients, delta))
-    srr = srr - (delta[0] * sr + delta[1] * syr + delta[2] * szr)
-    ser = ser - (delta[0] * se + delta[1] * sye + delta[2] * sze)
-    syer = syer - (delta[0] * sye + delta[1] * syye + delta[2] * syze)
-    inv = 1.0 / sigma
-    # H = J^T W J - B^T N^-1 B, g = J^T W r
-    hmm = see * inv * inv - sum(v * v for v in xm)
-    hmt = syee * inv - sum(u * v for u, v in zip(xm, xt))
-    htt = syyee - sum(v * v for v in xt)
-    return refined, 0.5 * srr, (-ser * inv, -syer), (hmm, hmt, htt)
-
-
-class _VPState(NamedTuple):
-    m: jax.Array
-    log_sigma: jax.Array
-    coefficients: tuple
-    cost: jax.Array
-    gradient: tuple
-    hessian: tuple  # (hmm, hmt, htt)
-    damping: jax.Array
-    growth: jax.Array
-    scale: tuple  # running max of diag(H) (Marquardt scaling)
-    status: jax.Array
-    iterations: jax.Array
-
-
-def _evaluate(data, m, log_sigma, faces):
-    sigma = jnp.exp(log_sigma)
-    return _reduced_model(data, m, sigma, _constrained_fit(data, m, sigma, faces))
-
-
-def _free(gradient, m, log_sigma, box):
-    """The gradient with the components that push against an active bound of theta zeroed
-    (projected gradient), and whether each coordinate is held at its bound."""
-    (gm, gt), (m_lo, m_hi, t_lo, t_hi) = gradient, box
-    hold_m = ((m <= m_lo) & (gm > 0)) | ((m >= m_hi) & (gm < 0))
-    hold_t = ((log_sigma <= t_lo) & (gt > 0)) | ((log_sigma >= t_hi) & (gt < 0))
-    return (jnp.where(hold_m, 0.0, gm), jnp.where(hold_t, 0.0, gt)), hold_m | hold_t
-
-
-def _vp_iterate(data, config, faces, state: _VPState) -> _VPState:
-    ftol, xtol, gtol = _tolerances(config, state.m.dtype)
-    hmm, hmt, htt = state.hessian
-    (gm, gt), held = _free(state.gradient, state.m, state.log_sigma, data.box)
-    hmt_free = jnp.where(held, 0.0, hmt)
-    floor = jnp.finfo(state.m.dtype).eps * jnp.maximum(*state.scale)
-    dm_scale, dt_scale = (jnp.maximum(s, floor) for s in state.scale)
-    p = hmm + state.damping * dm_scale
-    q = htt + state.damping * dt_scale
-    det = p * q - hmt_free * hmt_free
-    step_m = -(q * gm - hmt_free * gt) / det
-    step_t = -(p * gt - hmt_free * gm) / det
-    # trust cap: |dm| <= _MAX_STEP * quoted k range, |d log sigma| <= _MAX_STEP. From a grid
-    # start the first Gauss–Newton step often overshoots far outside the data, and the damping
-    # would need several rejected steps to find a sensible length.
-    cap = jnp.minimum(1.0, _MAX_STEP * jnp.minimum(data.span / jnp.abs(step_m),
-                                                   1.0 / jnp.abs(step_t)))
-    m_lo, m_hi, t_lo, t_hi = data.box
-    trial_m = jnp.clip(state.m + step_m * cap, m_lo, m_hi)  # projected onto the box
-    trial_t = jnp.clip(state.log_sigma + step_t * cap, t_lo, t_hi)
-    step_m, step_t = trial_m - state.m, trial_t - state.log_sigma
-    g_m, g_t = state.gradient
-    predicted = -(g_m * step_m + g_t * step_t) - 0.5 * (
-        hmm * step_m * step_m + 2.0 * hmt * step_m * step_t + htt * step_t * step_t)
-    coefficients, cost, gradient, hessian = _evaluate(data, trial_m, trial_t, faces)
-    reduction = state.cost - cost
-    finite = (jnp.isfinite(cost) & jnp.isfinite(step_m) & jnp.isfinite(step_t)
-              & functools.reduce(jnp.logical_and, [jnp.isfinite(v) for v in gradient + hessian]))
-    accept = finite & (reduction > 0)
-    ratio = reduction / jnp.where(predicted > 0, predicted, 1.0)
-    shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
-    damping = jnp.where(accept, state.damping * shrink, state.damping * state.growth)
-    growth = jnp.where(accept, 2.0, 2.0 * state.growth)
-    step_norm = jnp.sqrt(step_m * step_m + step_t * step_t)
-    theta_norm = jnp.sqrt(state.m * state.m + state.log_sigma * state.log_sigma)
-    small_step = step_norm <= xtol * (theta_norm + xtol)
-    small_reduction = accept & (reduction <= ftol * state.cost) & (predicted <= ftol * state.cost)
-    residual_norm = jnp.sqrt(2.0 * state.cost)
-    cosine = jnp.maximum(*[jnp.abs(g) / jnp.where(h > 0, jnp.sqrt(h) * residual_norm, jnp.inf)
-                           for g, h in ((gm, hmm), (gt, htt))])
-    # ... and at the accepted point: the full Gauss–Newton step from it (held coordinates
-    # fixed) would lower the cost by at most ftol (saves the confirming iteration)
-    (g0, g1), held_new = _free(gradient, trial_m, trial_t, data.box)
-    h0, h1, h2 = hessian
-    h1 = jnp.where(held_new, 0.0, h1)
-    det_new = h0 * h2 - h1 * h1
-    next_gain = 0.5 * (h2 * g0 * g0 - 2.0 * h1 * g0 * g1 + h0 * g1 * g1) / det_new
-    converged = ((cosine <= gtol) | (state.cost <= 0) | small_step | small_reduction
-                 | (accept & (det_new > 0) & (next_gain <= ftol * cost)))
-    pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
-    new = _VPState(
-        pick(trial_m, state.m), pick(trial_t, state.log_sigma),
-        tuple(map(pick, coefficients, state.coefficients)), pick(cost, state.cost),
-        tuple(map(pick, gradient, state.gradient)), tuple(map(pick, hessian, state.hessian)),
-        damping, growth,
-        (jnp.maximum(state.scale[0], hessian[0]), jnp.maximum(state.scale[1], hessian[2])),
-        jnp.where(converged, FitStatus.CONVERGED, _RUNNING).astype(jnp.int32),
-        state.iterations + 1)
-    running = state.status == _RUNNING
-    return jax.tree.map(lambda n, o: jnp.where(running, n, o), new, state)
-
-
-def _k_range(k, usable):
-    """(lowest usable k, quoted k range floored at 1e-3), each [..., 1]."""
-    k_lo = jnp.min(jnp.where(usable, k, jnp.inf), axis=-1, keepdims=True)
-    k_hi = jnp.max(jnp.where(usable, k, -jnp.inf), axis=-1, keepdims=True)
-    return k_lo, jnp.maximum(k_hi - k_lo, 1e-3)
-
-
-def _theta_box(k, usable):
-    """(R, (m_lo, m_hi, log sigma_lo, log sigma_hi)), each [..., 1], from the quoted k range
-    of width R (floored at 1e-3) starting at k_lo: m in [k_lo - R, k_lo + 2 R], sigma in
-    [R / 100, 10 R]."""
-    k_lo, span = _k_range(k, usable)
-    log_span = jnp.log(span)
-    return (span, (k_lo - _M_MARGIN * span, k_lo + (1.0 + _M_MARGIN) * span,
-                   log_span + math.log(_SIGMA_RANGE[0]), log_span + math.log(_SIGMA_RANGE[1])))
-
-
-def _grid_start(data: _Data, usable):
-    """Best (m, sigma) of a small grid scaled to each lane's quoted k range, ranked by the
-    reduced sum of squares on every ``_GRID_STRIDE``-th quote (all grid points in one pass)."""
-    k_lo, span = _k_range(data.k, usable)
-    fm, fs = (x.reshape(-1) for x in jnp.meshgrid(
-        jnp.asarray(_M_FRACTIONS, span.dtype), jnp.asarray(_SIGMA_FRACTIONS, span.dtype)))
-    m, sigma = k_lo + fm * span, fs * span  # [lanes, grid]
-    every = slice(None, None, _GRID_STRIDE)
-    k, w, weight = (x[:, None, every] for x in (data.k, data.w, data.weight))
-    sub = _Data(k, w, weight, *_sums(weight, weight * w, weight * w * w))
-    sse = _linear_fit(sub, m[..., None], sigma[..., None])[2][..., 0]
-    best = jnp.argmin(jnp.where(jnp.isnan(sse), jnp.inf, sse), axis=-1)[:, None]
-    return (jnp.take_along_axis(m, best, axis=-1), jnp.take_along_axis(sigma, best, axis=-1))
-
-
-def _variable_projection(k, w, weights, usable, start, config: LMConfig, faces: bool = False):
-    """Reduced Levenberg–Marquardt fit of one chunk ([lanes, strikes] cleaned inputs).
-
-    start: None (grid start) or [lanes, 2] (m, sigma), moved into the box of (m, sigma).
-    faces: False solves the linear coefficients without constraint (b and rho may leave their
-    box); True keeps them in the cone b >= 0, |rho| <= 1 (rho exactly +-1 on a face).
-    Returns (raw params [lanes, 5], status [lanes], iterations [lanes]).
-    """
-    weight = weights * weights
-    span, box = _theta_box(k, usable)
-    data = _Data(k, w, weight, *_sums(weight, weight * w, weight * w * w), span, box)
-    enough = jnp.sum(usable.astype(jnp.int32), axis=-1, keepdims=True) >= len(PARAMS)
-    if start is None:
-        m, sigma = _grid_start(data, usable)
-    else:
-        m, sigma = start[:, 0:1], start[:, 1:2]
-    ok = enough & jnp.isfinite(m) & jnp.isfinite(sigma) & (sigma > 0)
-    m = jnp.clip(jnp.where(ok, m, 0.0), box[0], box[1])
-    log_sigma = jnp.clip(jnp.log(jnp.where(ok, sigma, 1.0)), box[2], box[3])
-    coefficients, cost, gradient, hessian = _evaluate(data, m, log_sigma, faces)
-    finite = jnp.isfinite(cost) & functools.reduce(
-        jnp.logical_and, [jnp.isfinite(v) for v in gradient + hessian])
-    status = jnp.where(~ok, FitStatus.BAD_INPUT,
-                       jnp.where(finite, _RUNNING, FitStatus.NON_FINITE)).astype(jnp.int32)
-    one = jnp.ones_like(m)
-    state = _VPState(m, log_sigma, coefficients, cost, gradient, hessian,
-                     config.initial_damping * one, 2.0 * one, (hessian[0], hessian[2]), status,
-                     jnp.zeros_like(m, dtype=jnp.int32))
-
-    def cond(carry):
-        count, s = carry
-        return (count < config.max_iterations) & jnp.any(s.status == _RUNNING)
-
-    _, state = jax.lax.while_loop(
-        cond, lambda c: (c[0] + 1, _vp_iterate(data, config, faces, c[1])), (0, state))
-    status = jnp.where(state.status == _RUNNING, FitStatus.MAX_ITERATIONS, state.status)
-    sigma = jnp.exp(state.log_sigma)
-    a, d, c = state.coefficients
-    a = jnp.where(jnp.isfinite(a), a, data.sw / data.s1)  # the flat fit at the apex
-    rho = d / c
-    if faces:  # the refinement step may cross a face by rounding
-        rho = jnp.clip(rho, -1.0, 1.0)
-    params = jnp.concatenate([a, c / sigma, rho, state.m, sigma], axis=1)
-    return params, status[:, 0].astype(jnp.int32), state.iterations[:, 0]
-
-
-def _feasible_raw(params):
-    """Raw params projected into the box: b sigma >= 1e-6 (in units of total variance) and
-    |rho| <= 0.99 (a start point for the bounded engine)."""
-    a, b, rho, m, sigma = (params[:, i] for i in range(5))
-    c = b * sigma
-    d = rho * c
-    c = jnp.maximum(jnp.where(jnp.isfinite(c), c, 1e-6), 1e-6)
-    d = jnp.clip(jnp.where(jnp.isfinite(d), d, 0.0), -0.99 * c, 0.99 * c)
-    return jnp.stack([a, c / sigma, d / c, m, sigma], axis=1)
-
-
 def initial_guess(k, total_variance, *, weights=None, mask=None):
     """Quasi-explicit start parameters [slices, 5] (De Marco & Martini / Zeliade).
 
@@ -587,8 +209,8 @@ def _initial_guess(k, w, weights, mask, *, dtype):
 
 
 def _guess(k, w, weights, usable):
-    params, status, _ = _variable_projection(k, w, weights, usable, None, GUESS_CONFIG)
-    return jnp.where((status == FitStatus.BAD_INPUT)[:, None], jnp.nan, _feasible_raw(params))
+    params, status, _ = variable_projection(k, w, weights, usable, None, GUESS_CONFIG)
+    return jnp.where((status == FitStatus.BAD_INPUT)[:, None], jnp.nan, feasible_raw(params))
 
 
 def _validate(k, total_variance, weights, mask):
@@ -645,17 +267,18 @@ def _clean(k, w, weights, mask):
 class SVIFit(NamedTuple):
     """Per-slice result of :func:`fit`.
 
-    ``params`` [slices, 5] (a, b, rho, m, sigma); ``status`` [slices] int32
-    :class:`jaxvol.calibrate.FitStatus`; ``rmse`` [slices] root-mean-square total-variance error
-    over the usable points (unweighted); ``loss``, ``iterations`` as in the engine;
-    ``residuals`` [slices, strikes] model minus market total variance (0 where unusable).
+    The shared fit-result fields first (docs/conventions.md): ``params`` [slices, 5] (a, b, rho,
+    m, sigma); ``status`` [slices] int32 :class:`jaxvol.calibrate.FitStatus`; ``loss``,
+    ``iterations`` as in the engine; ``rmse`` [slices] root-mean-square total-variance error
+    over the usable points (unweighted); then ``residuals`` [slices, strikes] model minus market
+    total variance (0 where unusable).
     """
 
     params: jax.Array
     status: jax.Array
-    rmse: jax.Array
     loss: jax.Array
     iterations: jax.Array
+    rmse: jax.Array
     residuals: jax.Array
 
 
@@ -707,7 +330,10 @@ def _penalty_grid(k, usable):
     return centre + span * unit  # the quoted range and half a span beyond on each side
 
 
-def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrage=False,
+NO_ARBITRAGE_MODES = ("off", "repair", "penalty")
+
+
+def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrage="off",
         penalty_weight=10.0, config: LMConfig | None = None,
         chunk_size: int | None = CHUNK_SIZE) -> SVIFit:
     """Fit raw SVI to every slice of [slices, strikes] arrays in one batch.
@@ -718,32 +344,61 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
       weights: residual multipliers (e.g. vega or 1/spread), [slices, strikes] or broadcastable.
       mask: bool, False drops a point. Points that are non-finite, have w <= 0 (e.g. from crossed
         quotes) or a non-positive weight are dropped too; a slice with fewer than 5 usable
-        points gets status BAD_INPUT and NaN params, and never affects the other slices.
-
-    The fit keeps b >= 0 and |rho| <= 1 (an optimum on rho = +-1 is returned exactly, with status
-    CONVERGED), m within [k_lo - R, k_hi + R] and sigma within [R / 100, 10 R], where [k_lo,
-    k_hi] is the slice's usable k range and R its width: the bounds that keep ill-determined
-    slices (few noisy quotes, a nearly linear smile) from drifting to degenerate limits.
+        points gets status TOO_FEW_POINTS and NaN params, and never affects the other slices.
       initial: warm-start params [slices, 5]; default the quasi-explicit :func:`initial_guess`.
-      no_arbitrage: add penalty rows (:func:`arbitrage_penalties`, times ``penalty_weight``)
-        keeping Durrleman's g >= 0 (at 25 points and at g's polished minimum over the quoted
-        range extended by half its width on each side), Lee's wing bound and a non-negative
-        minimum variance. The penalised problem is stiffer: it needs ~100+ iterations.
+      no_arbitrage: ``"off"`` (default, or False): the plain fit; a slice whose fit has static
+        arbitrage over the checked range gets ARBITRAGE (or DEGENERATE beyond Lee's bound), so
+        a CONVERGED slice is arbitrage-free either way. ``"repair"``: the plain fit, then the
+        slices whose fit violates
+        Lee's wing bound, Durrleman's g >= 0 or a non-negative minimum variance over the
+        checked range (the quoted k range widened by ``CHECK_MARGIN`` = half its width on each
+        side) are fitted again with the penalty rows below, from the plain fit's point (only
+        those slices pay for it); ``"penalty"`` (or True): every slice is fitted with the
+        penalty rows (:func:`arbitrage_penalties`, times ``penalty_weight``) keeping g >= 0 (at
+        25 points and at g's polished minimum over the checked range), Lee's bound and a
+        non-negative minimum variance (stiffer: ~100+ iterations). The repair is not the
+        default because it compiles a penalised engine fit into every program (minutes of
+        compile on a loaded 2-core machine) and is differentiable in forward mode only.
       config: :class:`LMConfig`; default ``FIT_CONFIG`` (60 iterations), or
-        ``NO_ARBITRAGE_CONFIG`` (300) with ``no_arbitrage``. Its tolerances and
-        ``max_iterations`` govern the variable-projection iterations and, separately, the
-        engine fit of the slices handed on to it (``iterations`` reports the sum).
+        ``NO_ARBITRAGE_CONFIG`` (300) with ``"penalty"`` (the repair always runs
+        ``NO_ARBITRAGE_CONFIG``). Its tolerances and ``max_iterations`` govern the
+        variable-projection iterations and, separately, the engine fit of the slices handed on
+        to it (``iterations`` reports the sum).
       chunk_size: slices are fitted in chunks of this many (:func:`jaxvol.calibrate.map_chunks`:
         cache-sized working sets); None fits all at once. Results do not depend on it beyond
         rounding.
+
+    The fit keeps b >= 0 and |rho| <= 1 (an optimum on rho = +-1 is returned exactly), m within
+    [k_lo - R, k_hi + R] and sigma within [R / 100, 10 R], where [k_lo, k_hi] is the slice's
+    usable k range and R its width.
+
+    Status (:class:`jaxvol.calibrate.FitStatus`, precedence as in
+    :func:`jaxvol.calibrate.refine_status`): TOO_FEW_POINTS below 5 usable points;
+    UNIDENTIFIED with fewer than 5 distinct k or all quotes equal (a flat slice: m and sigma are
+    free); DEGENERATE beyond Lee's wing bound b (1 + |rho|) <= 2 (which also caps b) or with
+    rho = +-1 and sigma on its floor; AT_BOUND with rho = +-1, sigma on its floor or cap, m on
+    the edge of its box or b = 0; ARBITRAGE where g < 0 (below -1e-9) or the minimum variance
+    is negative over the checked range. CONVERGED is a usable fit: none of these holds.
     """
+    mode = _no_arbitrage_mode(no_arbitrage)
     if config is None:
-        config = NO_ARBITRAGE_CONFIG if no_arbitrage else FIT_CONFIG
+        config = NO_ARBITRAGE_CONFIG if mode == "penalty" else FIT_CONFIG
     *arrays, dtype = _validate(k, total_variance, weights, mask)
     if initial is not None and not isinstance(initial, (jax.Array, np.ndarray)):
         initial = np.asarray(initial)
-    return _fit(*arrays, initial, penalty_weight, dtype=dtype, no_arbitrage=bool(no_arbitrage),
+    return _fit(*arrays, initial, penalty_weight, dtype=dtype, no_arbitrage=mode,
                 config=config, chunk_size=chunk_size)
+
+
+def _no_arbitrage_mode(value) -> str:
+    if value is True:
+        return "penalty"
+    if value is False or value is None:
+        return "off"
+    if value not in NO_ARBITRAGE_MODES:
+        raise ValueError(f"no_arbitrage must be one of {NO_ARBITRAGE_MODES} (or a bool), got "
+                         f"{value!r}")
+    return value
 
 
 @functools.partial(jax.jit,
@@ -754,7 +409,7 @@ def _fit(k, w, weights, mask, initial, penalty_weight, *, dtype, no_arbitrage, c
     penalty_weight = jnp.asarray(penalty_weight, dtype)
     if initial is not None:
         initial = initial.astype(dtype)
-    if no_arbitrage:
+    if no_arbitrage == "penalty":
         body = lambda *a: _penalised_chunk(*a, penalty_weight, config)  # noqa: E731
         if initial is None:
             outputs = map_chunks(lambda *a: body(*a, None), chunk_size, k, w, weights, usable)
@@ -763,9 +418,100 @@ def _fit(k, w, weights, mask, initial, penalty_weight, *, dtype, no_arbitrage, c
     else:
         outputs = _separable_fit(k, w, weights, usable, initial, config, chunk_size)
     params, status, loss, iterations, residuals = outputs
-    count = jnp.sum(usable.astype(residuals.dtype), axis=1)
-    rmse = jnp.sqrt(jnp.sum(residuals * residuals, axis=1) / count)
-    return SVIFit(params, status, rmse, loss, iterations, residuals)
+    status = refine_status(status, **_quality(params, k, w, usable))
+    if no_arbitrage == "repair":
+        params, status, loss, iterations, residuals = _repair(
+            (params, status, loss, iterations, residuals), k, w, weights, usable,
+            penalty_weight)
+    return SVIFit(params, status, loss, iterations, rmse_of(residuals, usable), residuals)
+
+
+_REPAIR_LANES = 32  # lanes per penalised refit of the slices that need a repair
+
+
+def _repair(outputs, k, w, weights, usable, penalty_weight):
+    """Refit the slices whose plain fit has static arbitrage (ARBITRAGE, or DEGENERATE beyond
+    Lee's bound) with the penalty rows, from their plain fit projected into the box; a slice
+    takes the refit where it is usable (CONVERGED after the checks), else keeps the plain fit
+    and its status."""
+    params, status, loss, iterations, residuals = outputs
+    lee = ~satisfies_lee_bound(params[:, 1], params[:, 2])
+    pending = (status == FitStatus.ARBITRAGE) | ((status == FitStatus.DEGENERATE) & lee)
+
+    def refit(valid, k, w, weights, usable, start, status, *old):
+        start = _lee_feasible(feasible_raw(start))
+        new = _penalised_chunk(k, w, weights, usable & valid[:, None], start, penalty_weight,
+                               NO_ARBITRAGE_CONFIG)
+        new_status = refine_status(new[1], **_quality(new[0], k, w, usable))
+        take = new_status == FitStatus.CONVERGED
+        pick = lambda n, o: jnp.where(  # noqa: E731
+            take.reshape(take.shape + (1,) * (o.ndim - 1)), n, o)
+        return (pick(new[0], old[0]), jnp.where(take, new_status, status), pick(new[2], old[1]),
+                old[2] + new[3], pick(new[4], old[3]))  # iterations: plain plus refit
+
+    size = k.shape[0]
+    return compacted(pending, min(_REPAIR_LANES, size), refit,
+                      (k, w, weights, usable, params, status, params, loss, iterations,
+                       residuals), (params, status, loss, iterations, residuals))
+
+
+def _lee_feasible(params):
+    """b scaled down to 0.99 of Lee's bound 2 / (1 + |rho|) where it lies beyond it."""
+    b, rho = params[:, 1], params[:, 2]
+    cap = 0.99 * 2.0 / (1.0 + jnp.abs(rho))
+    return params.at[:, 1].set(jnp.minimum(b, cap))
+
+
+_RHO_EDGE = 1e-9  # |rho| >= 1 - this: on a face of the cone (the fit returns +-1 exactly)
+_EDGE = 1e-6  # relative distance to a box bound of m or sigma that counts as on it
+_FLAT = 1e-9  # max - min of the quoted total variance below this share of the max: all equal
+_G_TOLERANCE = 1e-9  # g below -this: butterfly arbitrage (rounding of g is ~1e-13)
+_CHECK_POINTS = 121  # grid of the butterfly check over the checked range (plus the quotes)
+CHECK_MARGIN = 0.5  #: the no-arbitrage checks cover the quoted k range and this many widths
+
+
+def _quality(params, k, w, usable):
+    """The usability checks of a fitted slice (the arguments of
+    :func:`jaxvol.calibrate.refine_status`); see :func:`fit` for what each one means."""
+    a, b, rho, m, sigma = (params[:, i] for i in range(5))
+    span, m_lo, m_hi, t_lo, t_hi = (x[:, 0] for x in jax.tree.leaves(theta_box(k, usable)))
+    w_hi = jnp.max(jnp.where(usable, w, -jnp.inf), axis=1)
+    w_lo = jnp.min(jnp.where(usable, w, jnp.inf), axis=1)
+    on_face = jnp.abs(rho) >= 1.0 - _RHO_EDGE
+    sigma_floor = sigma <= jnp.exp(t_lo) * (1.0 + _EDGE)
+    at_bound = (on_face | sigma_floor | (sigma >= jnp.exp(t_hi) * (1.0 - _EDGE))
+                | (m <= m_lo + _EDGE * span) | (m >= m_hi - _EDGE * span) | ~(b > 0))
+    return dict(
+        too_few=jnp.sum(usable, axis=1) < len(PARAMS),
+        unidentified=(distinct_count(k, usable) < len(PARAMS)) | (w_hi - w_lo <= _FLAT * w_hi),
+        degenerate=~satisfies_lee_bound(b, rho) | (on_face & sigma_floor),
+        at_bound=at_bound, arbitrage=~_arbitrage_free(params, k, usable))
+
+
+def _check_range(k, usable):
+    """[lanes] (lowest, highest) k the no-arbitrage checks cover: the quoted range widened by
+    ``CHECK_MARGIN`` of its width on each side."""
+    k_lo, span = (x[:, 0] for x in k_range(k, usable))
+    return k_lo - CHECK_MARGIN * span, k_lo + (1.0 + CHECK_MARGIN) * span
+
+
+def _arbitrage_free(params, k, usable):
+    """Per slice: Durrleman's g >= 0 (to -``_G_TOLERANCE``) on a grid of ``_CHECK_POINTS``
+    over :func:`_check_range` and at the quotes, and a non-negative minimum variance. One
+    vectorised pass (no per-lane search): the check costs a fraction of one fit iteration."""
+    lo, hi = _check_range(k, usable)
+    finite = jnp.all(jnp.isfinite(params), axis=1) & jnp.isfinite(lo) & jnp.isfinite(hi)
+    safe = jnp.where(finite[:, None], params, 1.0)
+    unit = jnp.linspace(0.0, 1.0, _CHECK_POINTS, dtype=k.dtype)
+    lo, hi = jnp.where(finite, lo, -1.0), jnp.where(finite, hi, 1.0)
+    grid = jnp.concatenate([lo[:, None] + (hi - lo)[:, None] * unit, k], axis=1)
+    columns = tuple(safe[:, i:i + 1] for i in range(5))
+    g = _safe_g(grid, columns)
+    g = jnp.where(jnp.concatenate([jnp.ones(grid.shape[:1] + unit.shape, bool), usable], 1),
+                  g, jnp.inf)
+    a, b, rho, m, sigma = (params[:, i] for i in range(5))
+    floor = a + b * sigma * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
+    return (jnp.min(g, axis=1) >= -_G_TOLERANCE) & (floor >= 0)
 
 
 def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config):
@@ -802,11 +548,11 @@ def _optimality(fn):
     """One lane's optimality condition for the implicit derivatives: the engine's J^T r in
     the free coordinates, and ``coordinate - bound`` for each active bound (rho = +-1, m or
     log sigma on the edge of their box), so a constrained optimum moves along its bound."""
-    gradient = _implicit.least_squares_gradient(fn)
+    gradient = least_squares_gradient(fn)
 
     def condition(u, args, weights, mask):
         g = gradient(u, args, weights, mask)
-        _, (m_lo, m_hi, t_lo, t_hi) = _theta_box(args[0], mask)
+        _, (m_lo, m_hi, t_lo, t_hi) = theta_box(args[0], mask)
         face = jax.lax.stop_gradient(jnp.sign(u[2])) * _FACE_U
         g = g.at[2].set(jnp.where(jnp.abs(u[2]) >= _FACE_U, u[2] - face, g[2]))
         for i, lo, hi in ((3, m_lo[0], m_hi[0]), (4, t_lo[0], t_hi[0])):
@@ -826,7 +572,7 @@ def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
        lanes that converge with b > 0 and |rho| <= 1 are done.
     2. Lanes whose solution leaves that cone, or that did not converge, are gathered
        (``_VP_COMPACT_LANES`` at a time) and fitted again with the cone enforced in the linear
-       step (:func:`_constrained_fit`): an optimum on rho = +-1 is reached exactly.
+       step (:mod:`jaxvol.smile._svi_projection`): an optimum on rho = +-1 is reached exactly.
     3. What is still unfinished (no convergence, or b = 0: a flat smile) is gathered
        ``_FALLBACK_LANES`` at a time and fitted by the engine's bounded Levenberg–Marquardt
        (:func:`jaxvol.calibrate.least_squares`) from the point reached, projected into the box.
@@ -840,9 +586,9 @@ def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
     u0 = initial if warm else jnp.zeros((k.shape[0], len(PARAMS)), k.dtype)
     solver = functools.partial(_separable_solver, fn=fn, warm=warm, config=config,
                                chunk_size=chunk_size)
-    u, status, iterations = _implicit.solve(solver, _optimality(fn), u0, (k, w), weights,
+    u, status, iterations = implicit_solve(solver, _optimality(fn), u0, (k, w), weights,
                                             usable)
-    failed = status >= FitStatus.NON_FINITE
+    failed = ~has_solution(status)
     u_safe = jnp.where(failed[:, None], 0, u)  # double where, as in the engine
     params = to_bounded(u_safe.T, _BOUNDS).T
     residuals = jnp.where(usable & ~failed[:, None],
@@ -853,26 +599,6 @@ def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
         failed.reshape(failed.shape + (1,) * (x.ndim - 1)), jnp.nan, x)
     return (nan_if_failed(params), status, nan_if_failed(loss), iterations,
             nan_if_failed(residuals))
-
-
-def _compacted(pending, lanes, fn, arrays, outputs):
-    """Re-run ``fn`` on the pending lanes only, gathered ``lanes`` at a time from the batch.
-
-    ``fn(valid, *gathered_arrays) -> gathered outputs``; each round scatters its results into
-    ``outputs`` (a tuple of [batch, ...] arrays) and clears those lanes from ``pending``."""
-    size = pending.shape[0]
-
-    def one_round(carry):
-        pending, outputs = carry
-        index = jnp.nonzero(pending, size=lanes, fill_value=0)[0]
-        valid = jnp.arange(lanes) < jnp.sum(pending.astype(jnp.int32))
-        new = fn(valid, *(x[index] for x in arrays))
-        target = jnp.where(valid, index, size)  # out of range: dropped
-        return (pending.at[target].set(False, mode="drop"),
-                tuple(o.at[target].set(n, mode="drop") for o, n in zip(outputs, new)))
-
-    return jax.lax.while_loop(lambda carry: jnp.any(carry[0]), one_round,
-                              (pending, outputs))[1]
 
 
 _VP_FIRST_ROUND = 6  # iterations every chunk runs; slower lanes go on in compacted rounds
@@ -891,7 +617,7 @@ def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_s
     size = k.shape[0]
 
     def vp(lane_config, warm):
-        return lambda k, w, weights, mask, start: _variable_projection(  # noqa: E731
+        return lambda k, w, weights, mask, start: variable_projection(  # noqa: E731
             k, w, weights, mask, start if warm else None, lane_config)
 
     first = dataclasses.replace(config, max_iterations=min(config.max_iterations,
@@ -920,11 +646,11 @@ def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_s
                 valid & (status == FitStatus.MAX_ITERATIONS) & _in_cone(params), vp(rest, True),
                 params, status, iterations)
         return run(valid & ~finished(params, status),
-                   lambda *a: _variable_projection(*a, config, faces=True),
+                   lambda *a: variable_projection(*a, config, faces=True),
                    params, status, iterations)
 
     # one compacted loop for both (each loop copies the batch's arrays once)
-    params, status, iterations = _compacted(
+    params, status, iterations = compacted(
         ~finished(params, status) & (status != FitStatus.BAD_INPUT),
         min(_VP_COMPACT_LANES, size), finish,
         (k, w, weights, mask, params, status, iterations), (params, status, iterations))
@@ -936,11 +662,11 @@ def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_s
     def engine(valid, k, w, weights, mask, start, iterations):
         u_start = to_unbounded(jnp.where(valid[:, None], start, 0.5).T, _BOUNDS).T
         # padding lanes have no usable point: BAD_INPUT, frozen at once
-        u, status, more = _batched_loop(fn, u_start, (k, w), weights, mask & valid[:, None],
+        u, status, more = batched_loop(fn, u_start, (k, w), weights, mask & valid[:, None],
                                         config)
         return u, status, iterations + more
 
-    u, status, iterations = _compacted(
+    u, status, iterations = compacted(
         pending, min(_FALLBACK_LANES, size), engine,
-        (k, w, weights, mask, _feasible_raw(params), iterations), (u, status, iterations))
+        (k, w, weights, mask, feasible_raw(params), iterations), (u, status, iterations))
     return u, status.astype(jnp.int32), iterations

@@ -1,0 +1,39 @@
+"""The per-chunk stages of the nightly job, one module per domain.
+
+Each stage reads and extends a :class:`Chunk` (the rows of a few hundred underlyings and what
+has been computed from them) and calls one domain's public API; the job fits nothing itself:
+
+``analyze``    jaxvol.chains.compute: quality flags, forwards, bid/mid/ask implied vols
+``arbitrage``  jaxvol.chains.report: static no-arbitrage violations per slice
+``pack``       the per-slice out-of-the-money arrays (jaxvol.jobs.slices)
+``svi``        jaxvol.svi.fit per slice
+``sabr``       jaxvol.sabr.fit per slice (``initial=`` yesterday's parameters when warm)
+``ssvi``       jaxvol.ssvi.fit per underlying (all expiries at once)
+``heston``     jaxvol.heston.calibrate per underlying (``initial=`` yesterday's when warm)
+``indices``    jaxvol.indices: Cboe-method 30-day index and VXJ-method term structure
+
+Every fit runs through :func:`jaxvol.batching.run_blocks` over the job's device mesh, in fixed
+blocks: one program per stage and bucket for the whole run. A stage that cannot run raises
+:class:`StageUnavailable` (recorded as skipped).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jaxvol.jobs.errors import StageUnavailable
+from jaxvol.jobs.stages.chains import analyze, arbitrage, pack
+from jaxvol.jobs.stages.common import Chunk, JobEnv
+from jaxvol.jobs.stages.heston import HESTON_PARAMS, heston
+from jaxvol.jobs.stages.indices import indices
+from jaxvol.jobs.stages.sabr import SABR_PARAMS, sabr
+from jaxvol.jobs.stages.ssvi import ssvi
+from jaxvol.jobs.stages.svi import SVI_PARAMS, svi
+
+__all__ = ["Chunk", "HESTON_PARAMS", "JobEnv", "SABR_PARAMS", "STAGES", "SVI_PARAMS",
+           "StageUnavailable"]
+
+STAGES: dict[str, Callable[[Chunk, JobEnv], None]] = {
+    "analyze": analyze, "arbitrage": arbitrage, "pack": pack, "svi": svi, "sabr": sabr,
+    "ssvi": ssvi, "heston": heston, "indices": indices,
+}

@@ -1,0 +1,94 @@
+"""SVI stage: :func:`jaxvol.svi.fit` per slice, sharded over the local devices.
+
+On a warm night with ``svi.warm_start`` the slices that have yesterday's parameters start from
+them (``svi.fit(initial=...)``), the others from svi.fit's own quasi-explicit start; by default
+every slice starts from svi.fit's own start (measured better: warm starts converged on 27% of
+small noisy slices vs 55% cold, median RMSE 12% worse) and yesterday's parameters serve only as
+the fallback of failed slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxvol.calibrate import LMConfig
+from jaxvol.jobs import slices as slices_mod
+from jaxvol.jobs.errors import StageUnavailable
+from jaxvol.jobs.stages.common import (Chunk, JobEnv, ensure_batch, fallback, previous_slices,
+                                       rmse, sharded, warm_rows)
+from jaxvol.smile import svi as svi_model
+
+__all__ = ["SVI_PARAMS", "svi", "svi_total_variance"]
+
+SVI_PARAMS = ["svi_a", "svi_b", "svi_rho", "svi_m", "svi_sigma"]
+
+
+def svi_total_variance(k: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Raw SVI total variance in numpy (params [..., 5] broadcast against k); the formula of
+    jaxvol.svi.total_variance, evaluated on the host (no compile per chunk shape)."""
+    a, b, rho, m, sigma = np.moveaxis(np.asarray(params, np.float64), -1, 0)
+    x = k - m
+    return a + b * (rho * x + np.sqrt(x * x + sigma * sigma))
+
+
+def _fit(env: JobEnv, arrays: list, initial: np.ndarray | None):
+    """svi.fit over the lanes of ``arrays`` (from ``initial`` when given), sharded."""
+    settings = env.config["svi"]
+    config = LMConfig(max_iterations=settings["max_iterations"])
+    no_arbitrage = settings["no_arbitrage"]
+    if initial is None:
+        return sharded(env, lambda k, w, weight, mask: svi_model.fit(
+            k, w, weights=weight, mask=mask, no_arbitrage=no_arbitrage, config=config),
+            arrays, key="svi-cold", sections=("svi",))
+    return sharded(env, lambda k, w, weight, mask, start: svi_model.fit(
+        k, w, weights=weight, mask=mask, initial=start, no_arbitrage=no_arbitrage,
+        config=config), arrays + [initial], key="svi-warm", sections=("svi",))
+
+
+def _fits(env: JobEnv, arrays: list, previous: np.ndarray | None):
+    """(params, status, iterations) per slice: cold fits, and warm ones where enabled."""
+    warm = warm_rows(previous) if env.config["svi"]["warm_start"] else None
+    if warm is None or not warm.any():
+        fit = _fit(env, arrays, None)
+        return np.asarray(fit.params), np.asarray(fit.status), np.asarray(fit.iterations)
+    params = np.full((len(warm), len(SVI_PARAMS)), np.nan)
+    status = np.zeros(len(warm), np.int32)
+    iterations = np.zeros(len(warm), np.int32)
+    for lanes, initial in ((~warm, None), (warm, previous[warm])):
+        if lanes.any():
+            fit = _fit(env, [a[lanes] for a in arrays], initial)
+            params[lanes], status[lanes] = fit.params, fit.status
+            iterations[lanes] = fit.iterations
+    return params, status, iterations
+
+
+def svi(chunk: Chunk, env: JobEnv) -> None:
+    if not env.config["svi"]["enabled"]:
+        raise StageUnavailable("disabled by svi.enabled = false")
+    batch = ensure_batch(chunk, env)
+    previous = previous_slices(env, batch.table, SVI_PARAMS)
+    arrays = [batch.log_moneyness, batch.total_variance, batch.weight, batch.mask]
+    params, status, iterations = _fits(env, arrays, previous)
+    params, used_previous = fallback(status, params, previous)
+    expiry = batch.table["expiry"].to_numpy()[:, None]
+    model = svi_total_variance(batch.log_moneyness, params[:, None, :])
+    table = chunk.slices
+    table[SVI_PARAMS] = params
+    table["svi_status"] = status.astype(np.int32)
+    table["svi_iterations"] = iterations.astype(np.int32)
+    table["svi_previous"] = used_previous
+    table["svi_rmse"] = rmse(np.sqrt(np.maximum(model, 0.0) / expiry), batch)
+    _row_model_vol(chunk, params)
+
+
+def _row_model_vol(chunk: Chunk, params: np.ndarray) -> None:
+    """``iv_svi``: the fitted SVI vol at every row's strike (NaN where the slice has none)."""
+    rows = chunk.rows
+    slice_id = slices_mod.slice_index(rows)
+    p = params[slice_id]
+    forward = rows["forward"].to_numpy()
+    ok = np.isfinite(forward) & (forward > 0) & np.all(np.isfinite(p), axis=1)
+    k = np.log(rows["strike"].to_numpy() / np.where(ok, forward, 1.0))
+    w = svi_total_variance(np.where(ok, k, 0.0), np.where(ok[:, None], p, 0.1))
+    expiry = rows["expiry"].to_numpy()
+    rows["iv_svi"] = np.where(ok & (w > 0), np.sqrt(np.maximum(w, 0.0) / expiry), np.nan)
