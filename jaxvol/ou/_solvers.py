@@ -1,5 +1,6 @@
-"""Fixed-iteration solvers for one lane (vmapped by the callers): a safeguarded Newton root
-finder on a bracket, and a damped Newton (Levenberg) maximiser for a few parameters."""
+"""Capped-iteration solvers for one lane (vmapped by the callers; while loops that stop at
+convergence): a safeguarded Newton root finder on a bracket, and a damped Newton (Levenberg)
+maximiser for a few parameters."""
 
 from __future__ import annotations
 
