@@ -512,7 +512,7 @@ def vxj_variance(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, ra
     return term._replace(status=status, excluded=excluded)
 
 
-@edge(static=("measure", "presorted", "interpolation"))
+@edge(static=("measure", "presorted", "interpolation", "screen"))
 def vxj_index_batch(strike, call_bid, call_ask, put_bid, put_ask, mask, minutes, rate, *,
                     target_minutes=MINUTES_30_DAYS, measure="variance",
                     presorted=False, interpolation="cubic", screen=True) -> VxjBatch:
