@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import jaxvol
 from jaxvol.chains import Relation, arbitrage_report, calendar_arbitrage, static_arbitrage
 from jaxvol.chains.boards import black_board, black_prices
 

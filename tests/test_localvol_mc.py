@@ -10,7 +10,6 @@ implied skew rho sigma / (4 sqrt(v0))), and QuantLib's Monte Carlo SLV test case
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest

@@ -28,19 +28,24 @@ BASE = dict(spot=100.0, v0=0.04, rho=-0.7, rate=0.0, div=0.0, expiry=1.0)
 HESTON_PARAMS = dict(kappa=1.5, theta=0.04, eta=0.5, **{"lambda": 0.0})
 
 
+@pytest.fixture(scope="module")
+def dedicated():
+    """jaxvol.mc's dedicated Heston full-truncation Euler on KEY: the reference of the tests
+    that reproduce it with the general path (same normals)."""
+    return mc.heston_price(KEY, payoffs.european, CALLS, kappa=1.5, theta=0.04, sigma=0.5,
+                           steps=32, paths=16384, scheme="euler", devices=1, **BASE)
+
+
 def _terminal(path, args):
     return jnp.stack([path["spot"][-1], path["variance"][-1]], axis=-1)
 
 
-def test_general_heston_euler_equals_dedicated_euler():
+def test_general_heston_euler_equals_dedicated_euler(dedicated):
     # same key, same normals, same full-truncation Euler: the general path with Heston's
     # alpha, beta reproduces jaxvol.mc's dedicated Heston Euler up to rounding (1e-3 of a
     # standard error, far below any scheme difference)
     general = mc.simulate(KEY, mc.HESTON, HESTON_PARAMS, payoffs.european, CALLS, steps=32,
                           paths=16384, scheme="euler", devices=1, **BASE)
-    dedicated = mc.heston_price(KEY, payoffs.european, CALLS, kappa=1.5, theta=0.04,
-                                sigma=0.5, steps=32, paths=16384, scheme="euler", devices=1,
-                                **BASE)
     assert np.all(np.abs(np.asarray(general.price - dedicated.price))
                   < 1e-3 * np.asarray(dedicated.stderr))
 
@@ -61,7 +66,7 @@ def test_general_milstein_agrees_with_qe_m():
     assert np.all(np.abs(m - q) < 3 * np.hypot(sm, sq)), (m - q, np.hypot(sm, sq))
 
 
-def test_heston_market_price_of_vol_risk_in_general_path():
+def test_heston_market_price_of_vol_risk_in_general_path(dedicated):
     # HESTON with P parameters and phi = lambda sqrt(v): under Q its drift is kappa_P
     # (theta_P - v) - lambda v, i.e. Heston with to_risk_neutral's parameters. Same normals,
     # same Euler: equal to the dedicated Heston Euler with the Q parameters up to rounding
@@ -71,9 +76,6 @@ def test_heston_market_price_of_vol_risk_in_general_path():
     params = dict(kappa=kappa_p, theta=theta_p, eta=0.5, **{"lambda": lam})
     result = mc.simulate(KEY, mc.HESTON, params, payoffs.european, CALLS, steps=32,
                          paths=16384, scheme="euler", devices=1, **BASE)
-    dedicated = mc.heston_price(KEY, payoffs.european, CALLS, kappa=1.5, theta=0.04,
-                                sigma=0.5, steps=32, paths=16384, scheme="euler", devices=1,
-                                **BASE)
     assert np.all(np.abs(np.asarray(result.price - dedicated.price))
                   < 1e-3 * np.asarray(dedicated.stderr))
     physical = mc.simulate(KEY, mc.HESTON, params, payoffs.european, CALLS, steps=32,

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from jaxvol._edge import edge
 from jaxvol._dtypes import as_float, float_dtype
-from jaxvol.fx._math import log_norm_cdf, norm_cdf, norm_pdf, norm_ppf
+from jaxvol.fx._math import log_norm_cdf, norm_cdf, norm_ppf
 from jaxvol.status import domain_status
 
 __all__ = ["atm_log_moneyness", "atm_strike", "AtmType", "bracketed_newton", "delta",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxvol.black import black_price

@@ -45,6 +45,7 @@ from jaxvol.localvol.gatheral import (SimulationPolicy, _local_vol_kernel,
                                       apply_policy)
 from jaxvol.mc import engine, estimators
 from jaxvol.mc.estimators import MCResult, MCStatus
+from jaxvol.mc.keys import key_parts, wrap_key
 
 __all__ = ["LocalVolGrid", "european_mc", "tabulate", "time_grid", "METHODS"]
 
@@ -131,7 +132,7 @@ def _simulation(sigma, times, dtype):
 def _european_core(w, data, strike, is_call, option_obs, option_expiry, times, spot, rate, div,
                    *, impl, config, observe_steps, method, grid_points, grid_width, policy,
                    control, dtype):
-    key = data if impl is None else jax.random.wrap_key_data(data, impl=impl)
+    key = wrap_key(data, impl)
     sigma = _lv_model(w, times, method, grid_points, grid_width, policy, dtype)
     init, step, observe = _simulation(sigma, times, dtype)
     forward = spot * jnp.exp((rate - div) * option_expiry)
@@ -165,12 +166,6 @@ _STATIC = ("impl", "config", "observe_steps", "method", "grid_points", "grid_wid
 _core_traced = jax.jit(_european_core, static_argnames=_STATIC)
 _core_static = jax.jit(_european_core, static_argnums=(0,), static_argnames=_STATIC)
 
-
-def _key_parts(key):
-    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key), str(jax.random.key_impl(key))
-    return key, None
 
 
 def _check(paths, steps, method, grid_points, policy):
@@ -227,7 +222,7 @@ def european_mc(key, w, strike, expiry, *, spot, rate, div, paths, steps, is_cal
     option_expiry = np.where(usable, expiry_host, 1.0)
     config = engine.MCConfig(paths=int(paths), steps=len(times) - 1, block=block, chunk=chunk,
                              antithetic=antithetic)
-    data, impl = _key_parts(key)
+    data, impl = key_parts(key)
     core = _core_traced if hasattr(w, "tree_flatten") else _core_static
     if not callable(w):
         raise ValueError(f"w must be a JAX function w(k, t) or a surface object, got {type(w)!r}")

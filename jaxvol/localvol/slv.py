@@ -39,9 +39,10 @@ import numpy as np
 from jaxvol._dtypes import as_bool, float_dtype
 from jaxvol.black import black_price
 from jaxvol.implied import implied_vol
-from jaxvol.localvol.gatheral import LVStatus, SimulationPolicy, _local_vol_kernel, apply_policy
+from jaxvol.localvol.gatheral import LVStatus, _local_vol_kernel, apply_policy
 from jaxvol.localvol.montecarlo import DEFAULT_POLICY, interpolate_nodes, time_grid
 from jaxvol.mc import engine, estimators, keys
+from jaxvol.mc.keys import key_parts, wrap_key
 
 PSEUDO_PARTICLES = 0.01  # per node: defines empty nodes, biases a node of n particles by 1%/n
 
@@ -213,7 +214,7 @@ def _iv_errors(price, stderr, strike, is_call, option_expiry, forward, vol, rate
 def _calibrate_core(w, data, model, times, strike, is_call, option_obs, option_expiry, spot,
                     rate, div, tolerance, *, impl, paths, block, bins, width, leverage_cap,
                     policy, reprice_config, observe_steps, dtype):
-    key = data if impl is None else jax.random.wrap_key_data(data, impl=impl)
+    key = wrap_key(data, impl)
     lev, nodes, sigma_lv = _calibrate_pass(w, key, model, times, paths=paths, block=block,
                                            bins=bins, width=width, leverage_cap=leverage_cap,
                                            policy=policy, dtype=dtype)
@@ -240,12 +241,6 @@ _STATIC = ("impl", "paths", "block", "bins", "width", "leverage_cap", "policy",
 _calibrate_traced = jax.jit(_calibrate_core, static_argnames=_STATIC)
 _calibrate_static = jax.jit(_calibrate_core, static_argnums=(0,), static_argnames=_STATIC)
 
-
-def _key_parts(key):
-    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key), str(jax.random.key_impl(key))
-    return key, None
 
 
 def _check_model(v0, kappa, theta, sigma, rho, mixing):
@@ -302,7 +297,7 @@ def calibrate_slv(key, w, strike, expiry, *, spot, rate, div, v0, kappa, theta, 
     reprice = engine.MCConfig(paths=int(reprice_paths or paths), steps=len(times) - 1,
                               block=block, chunk=chunk)
     model = HestonSLV(*(jnp.asarray(x, dtype) for x in (v0, kappa, theta, sigma, rho, mixing)))
-    data, impl = _key_parts(key)
+    data, impl = key_parts(key)
     core = _calibrate_traced if hasattr(w, "tree_flatten") else _calibrate_static
     return core(w, data, model, jnp.asarray(times, dtype), jnp.asarray(strike_host, dtype),
                 jnp.asarray(calls), jnp.asarray(option_obs, jnp.int32),
@@ -333,7 +328,7 @@ def _price_traced(w, data, calibration, strike, is_call, option_obs, option_expi
 
 def _price_core(w, data, calibration, strike, is_call, option_obs, option_expiry, spot, rate,
                 div, *, config, observe_steps, dtype, impl):
-    key = data if impl is None else jax.random.wrap_key_data(data, impl=impl)
+    key = wrap_key(data, impl)
     surface_price, _, _ = _surface_prices(w, strike, is_call, option_expiry, spot, rate, div)
     return _reprice(key, 2, calibration.model, calibration.times, calibration.leverage,
                     calibration.k_nodes, calibration.local_vol, strike, is_call, option_obs,
@@ -357,7 +352,7 @@ def slv_european_mc(key, w, calibration: SLVCalibration, strike, expiry, *, spot
         raise ValueError(f"expiries {unique} are not all points of the calibration's time grid")
     dtype = calibration.leverage.dtype
     config = engine.MCConfig(paths=int(paths), steps=len(times) - 1, block=block, chunk=chunk)
-    data, impl = _key_parts(key)
+    data, impl = key_parts(key)
     fn = _price_traced if hasattr(w, "tree_flatten") else _price_static
     result = fn(w, data, calibration, jnp.broadcast_to(jnp.asarray(strike, dtype),
                                                        shape).reshape(-1),

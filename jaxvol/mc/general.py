@@ -33,7 +33,8 @@ import numpy as np
 
 from jaxvol.mc import batch, engine, estimators
 from jaxvol.mc.estimators import MCResult
-from jaxvol.mc.heston import NOISE, _key_parts, _lane_ids, _observe_steps, _safe_sqrt, _wrap
+from jaxvol.mc.heston import NOISE, _lane_ids, _observe_steps, _safe_sqrt
+from jaxvol.mc.keys import key_parts, wrap_key
 
 __all__ = ["SVModel", "HESTON", "THREE_HALVES", "GARCH", "GENERAL_SCHEMES", "simulate",
            "sv_step"]
@@ -147,7 +148,7 @@ def _general_lane(data, lane_id, base, params, args, *, impl, model, scheme, mea
         return estimators.path_statistics(payoff(path, args), None, blocks,
                                           config.antithetic)
 
-    sums = engine.lane_sums(_wrap(data, impl), lane_id, init=init, step=step, observe=observe,
+    sums = engine.lane_sums(wrap_key(data, impl), lane_id, init=init, step=step, observe=observe,
                             summarize=summarize, observe_steps=observe_steps, noise=NOISE,
                             dtype=dtype, config=config)
     return estimators.estimate(sums, config.total_paths, config.antithetic, None, ok)
@@ -194,7 +195,7 @@ def simulate(key, model: SVModel, params: dict, payoff, payoff_args=None, *, spo
     params = {n: jnp.broadcast_to(a, shape).reshape(lanes) for n, a in params.items()}
     args = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a), (lanes,) + jnp.shape(a)),
                         {} if payoff_args is None else payoff_args)
-    data, impl = _key_parts(key)
+    data, impl = key_parts(key)
     data = jnp.broadcast_to(data, (lanes,) + data.shape)
     statics = dict(impl=impl, model=model, scheme=scheme, measure=measure, config=config,
                    payoff=payoff, observe_steps=observe_steps, dtype=jnp.dtype(dtype))

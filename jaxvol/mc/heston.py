@@ -47,6 +47,7 @@ from jaxvol import heston as analytic
 from jaxvol.heston.measures import to_physical
 from jaxvol.mc import batch, engine, estimators
 from jaxvol.mc.estimators import MCResult, MCStatus
+from jaxvol.mc.keys import key_parts, wrap_key
 
 __all__ = ["SCHEMES", "PSI_C", "SMOOTH_LOW", "SMOOTH_HIGH", "HestonPaths", "heston_paths",
            "heston_european", "heston_price", "heston_step", "lane_valid"]
@@ -228,16 +229,6 @@ def _simulation(p, scheme, config, dtype):
     return init, step, observe
 
 
-def _key_parts(key):
-    """(raw key data, impl) so keys travel as plain arrays through vmap and device maps."""
-    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key), str(jax.random.key_impl(key))
-    return key, None
-
-
-def _wrap(data, impl):
-    return data if impl is None else jax.random.wrap_key_data(data, impl=impl)
 
 
 def _check(scheme, measure, steps, paths):
@@ -295,7 +286,7 @@ def heston_paths(key, *, spot, v0, kappa, theta, sigma, rho, rate, div, expiry, 
                   div=div, expiry=expiry, drift=rate - div if drift is None else drift,
                   **{"lambda": vol_risk_premium})
     arrays, shape, dtype = _lanes(values)
-    data, impl = _key_parts(key)
+    data, impl = key_parts(key)
     lanes = arrays["spot"].shape[0]
     lane_ids = jnp.arange(lanes, dtype=jnp.int32) if lane is None else jnp.broadcast_to(
         jnp.asarray(lane, jnp.int32), shape).reshape(lanes)
@@ -312,7 +303,7 @@ def _paths_jit(data, lane_ids, arrays, *, impl, scheme, measure, config, observe
     def one(lane_id, params):
         p, ok = _lane_model(params, measure)
         init, step, observe = _simulation(p, scheme, config, dtype)
-        out = engine.lane_paths(_wrap(data, impl), lane_id, init=init, step=step,
+        out = engine.lane_paths(wrap_key(data, impl), lane_id, init=init, step=step,
                                 observe=observe, observe_steps=observe_steps, noise=NOISE,
                                 dtype=dtype, config=config)
         return jax.tree.map(lambda a: jnp.where(ok, a, jnp.nan), out)
@@ -345,7 +336,7 @@ def _european_lane(data, lane_id, params, strike, is_call, control_price, *, imp
                                  axis=-1)
         return estimators.path_statistics(values, controls, blocks, config.antithetic)
 
-    sums = engine.lane_sums(_wrap(data, impl), lane_id, init=init, step=step, observe=observe,
+    sums = engine.lane_sums(wrap_key(data, impl), lane_id, init=init, step=step, observe=observe,
                             summarize=summarize, observe_steps=(config.steps,), noise=NOISE,
                             dtype=dtype, config=config)
     means = None
@@ -420,7 +411,7 @@ def heston_european(key, strike, expiry, *, spot, rate, div, v0, kappa, theta, s
     arrays = {n: jnp.broadcast_to(a, lane_shape).reshape(lanes) for n, a in values.items()}
     strike = jnp.broadcast_to(strike, out_shape).reshape(lanes, strikes)
     call = jnp.broadcast_to(call, out_shape).reshape(lanes, strikes)
-    data, impl = _key_parts(key)
+    data, impl = key_parts(key)
     data = jnp.broadcast_to(data, (lanes,) + data.shape)
     given = bool(control_variate) and control_price is not None
     control = "given" if given else bool(control_variate)
@@ -447,7 +438,7 @@ def _payoff_lane(data, lane_id, params, args, *, impl, scheme, measure, config, 
         values = payoff(path, args)
         return estimators.path_statistics(values, None, blocks, config.antithetic)
 
-    sums = engine.lane_sums(_wrap(data, impl), lane_id, init=init, step=step, observe=observe,
+    sums = engine.lane_sums(wrap_key(data, impl), lane_id, init=init, step=step, observe=observe,
                             summarize=summarize, observe_steps=observe_steps, noise=NOISE,
                             dtype=dtype, config=config)
     return estimators.estimate(sums, config.total_paths, config.antithetic, None, ok)
@@ -479,7 +470,7 @@ def heston_price(key, payoff, payoff_args=None, *, spot, v0, kappa, theta, sigma
     lanes = arrays["spot"].shape[0]
     args = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a), (lanes,) + jnp.shape(a)),
                         {} if payoff_args is None else payoff_args)
-    data, impl = _key_parts(key)
+    data, impl = key_parts(key)
     data = jnp.broadcast_to(data, (lanes,) + data.shape)
     statics = dict(impl=impl, scheme=scheme, measure=measure, config=config, payoff=payoff,
                    observe_steps=observe_steps, dtype=jnp.dtype(dtype))

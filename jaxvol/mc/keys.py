@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["block_key", "step_key", "block_normals", "EXTRA_STREAM"]
+__all__ = ["block_key", "step_key", "block_normals", "key_parts", "wrap_key", "EXTRA_STREAM"]
 
 EXTRA_STREAM = 0x5EED
 """Folded into a step key for the draws a scheme makes itself (Poisson, gamma, ...), so they
@@ -37,3 +37,17 @@ def block_normals(key, paths, noise, dtype, antithetic):
         return jax.random.normal(key, (paths, noise), dtype)
     half = jax.random.normal(key, (paths // 2, noise), dtype)
     return jnp.concatenate([half, -half], axis=0)
+
+
+def key_parts(key):
+    """(raw key data, impl name or None) so a key travels as a plain array through jit, vmap
+    and device maps; ``wrap_key`` turns it back into the user's key type."""
+    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key), str(jax.random.key_impl(key))
+    return key, None
+
+
+def wrap_key(data, impl):
+    """The inverse of ``key_parts``: a typed key again when the user passed one."""
+    return data if impl is None else jax.random.wrap_key_data(data, impl=impl)
