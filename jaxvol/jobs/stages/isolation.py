@@ -150,10 +150,10 @@ def _filled(column: pd.Series, name: str, kind) -> pd.Series:
 
 
 def _mark_lost_statuses(name: str, chunk: Chunk, parts: list) -> None:
-    """``<stage>_status`` of the lost slices is STAGE_FAILED even when no part passed."""
+    """``<stage>_status`` of the lost slices is STAGE_FAILED (where some part passed: with
+    none, the stage wrote no column, as when a whole underlying fails, and the merge's
+    summary looks for a stage's other columns beside its status)."""
     column = f"{name}_status"
-    lost = np.concatenate(parts)
-    if column not in chunk.slices:
-        chunk.slices[column] = np.int32(STAGE_FAILED)
-    chunk.slices.loc[chunk.slices.index[lost], column] = STAGE_FAILED
-    chunk.slices[column] = chunk.slices[column].astype(np.int32)
+    if column in chunk.slices:
+        position = chunk.slices.columns.get_loc(column)
+        chunk.slices.iloc[np.concatenate(parts), position] = STAGE_FAILED
