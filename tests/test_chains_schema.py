@@ -133,6 +133,70 @@ def test_one_bad_spot_does_not_move_the_slice_forward(board):
         assert not flagged(frame["input_flags"].drop(index=first), Flag.INCONSISTENT_CARRY).any()
 
 
+@pytest.fixture(scope="module")
+def carried():
+    """The board with spot, rate and dividend yield that give its true forwards (so the
+    supplied forwards agree with put-call parity), and the board's truth."""
+    board, truth = black_board(1, 2, 9, seed=31)
+    merged = board.merge(truth, on=["underlying", "expiry"], how="left")
+    rate = -np.log(merged["discount"]) / merged["expiry"]
+    dividend = rate - np.log(merged["forward"] / 100.0) / merged["expiry"]
+    return board.assign(spot=100.0, rate=rate, dividend_yield=dividend), truth
+
+
+def test_one_bad_spot_moves_no_forward_and_no_other_vol(carried):
+    # Issue 21: one spot 20% off on the first row of a slice moved the slice's forward
+    # (251.95; 209.96 with the rows reversed) and 32 vols; spot = 1e308 gave usable puts at
+    # iv 249.  Now: exact equality with the clean run on every other row, in either row order
+    # (the median and the strike-sorted grid do not depend on row order).
+    from jaxvol.chains import Flag, flagged
+    table, _ = carried
+    clean = analyze(table)
+    assert not flagged(clean["quality_flags"],
+                       Flag.INCONSISTENT_CARRY | Flag.FORWARD_MISMATCH).any()
+    first = table.groupby("expiry").head(1).index
+    others = table.index.difference(first)
+    for spot in (120.0, 1e308):
+        bad = table.copy()
+        bad.loc[first, "spot"] = spot
+        for order in (bad, bad.iloc[::-1]):
+            out = analyze(order).loc[table.index]
+            np.testing.assert_array_equal(out["forward"], clean["forward"])
+            np.testing.assert_array_equal(out["discount"], clean["discount"])
+            for side in ("iv_bid", "iv_mid", "iv_ask"):
+                np.testing.assert_array_equal(out.loc[others, side], clean.loc[others, side])
+            flags = out["quality_flags"]
+            assert flagged(flags[first], Flag.INCONSISTENT_CARRY).all()
+            assert not out.loc[first, "usable"].any()
+            assert not flagged(flags[others], Flag.INCONSISTENT_CARRY).any()
+            assert not flagged(flags, Flag.FORWARD_MISMATCH).any()
+            np.testing.assert_array_equal(out.loc[others, "usable"], clean.loc[others, "usable"])
+            puts = out[out["usable"] & (out["option_type"] == "P")]
+            assert len(puts) and (puts["iv_mid"] < 1.0).all()   # board vols are ~0.2
+
+
+def test_supplied_forward_is_cross_checked_against_parity(carried):
+    # A whole slice with a consistent but wrong spot (5% off: no row disagrees with the slice)
+    # is caught by put-call parity: FORWARD_MISMATCH on that slice's rows only, the supplied
+    # forward still used, parity_forward the true one (exact quotes: 1e-10 as in
+    # test_chains_forwards).  A gap of 1e-5 is below forward_tolerance (1e-3): no flag.
+    from jaxvol.chains import Flag, flagged
+    table, truth = carried
+    late = table["expiry"] == table["expiry"].max()
+    for scale, expect in ((1.05, True), (1.00001, False)):
+        moved = table.assign(spot=np.where(late, 100.0 * scale, 100.0))
+        out = analyze(moved)
+        mismatch = flagged(out["quality_flags"], Flag.FORWARD_MISMATCH)
+        np.testing.assert_array_equal(mismatch, late & expect)
+        assert out["usable"][late].any()          # informational: the rows stay usable
+        true = out[["underlying", "expiry"]].merge(truth, how="left")["forward"].to_numpy()
+        np.testing.assert_allclose(out["parity_forward"], true, rtol=1e-10)
+        np.testing.assert_allclose(out.loc[late, "forward"], true[late] * scale, rtol=1e-12)
+    strict = analyze(table.assign(spot=np.where(late, 105.0, 100.0)),
+                     exclude=int(jaxvol.chains.DEFAULT_EXCLUDE | Flag.FORWARD_MISMATCH))
+    assert not strict["usable"][late].any() and strict["usable"][~late].any()
+
+
 def test_iv_status_of_every_side(board):
     # why iv_bid is NaN: a zero bid has no vol, and its status says so (not OK), per side
     from jaxvol import IVStatus

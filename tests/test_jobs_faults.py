@@ -117,6 +117,37 @@ def test_second_run_on_a_locked_folder_refuses_and_touches_nothing(tmp_path):
         pass
 
 
+def test_lock_is_held_across_processes_and_dies_with_its_holder(tmp_path):
+    # The lock is an flock, not the file's existence: a lock held by another process refuses
+    # us (the holder's line in the message); once the holder is killed (-9) the stale file
+    # blocks nothing and is rewritten. The holder is a bare Python (no JAX import: cheap);
+    # jaxvol against jaxvol is test_two_concurrent_runs_on_one_folder.
+    import os
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".lock-process-0-of-1"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"handle = open({str(lock)!r}, 'a+')\n"
+         "fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+         "handle.write(f'pid {os.getpid()} since now\\n'); handle.flush()\n"
+         "print('held', flush=True); time.sleep(600)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputBusy, match=f"pid {holder.pid} since"):
+            with output_lock(out, "process-0-of-1"):
+                pass
+        assert lock.read_text() == f"pid {holder.pid} since now\n"   # refused: untouched
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    with output_lock(out, "process-0-of-1"):     # stale file, no holder: taken and rewritten
+        assert lock.read_text().startswith(f"pid {os.getpid()} since")
+
+
 def test_interrupted_write_leaves_no_truncated_table(tmp_path):
     table = pd.DataFrame({"x": np.arange(100_000.0)})
     path = tmp_path / "rows.parquet"
@@ -223,19 +254,21 @@ def test_exit_codes(runs, tmp_path, monkeypatch, capsys):
 
 def test_a_stage_failing_on_one_underlying_costs_only_that_underlying(runs, tmp_path,
                                                                       monkeypatch):
+    # pack works on the whole chunk: its failure is isolated by rerunning the chunk's
+    # underlyings in halves; SVI, which needs pack, is then blocked on that underlying only
     from jaxvol.jobs import stages
     root, _ = runs
-    original = stages.STAGES["svi"]
+    original = stages.STAGES["pack"]
 
     def fails_on_one(chunk, env):
         if (chunk.rows["underlying"] == "SYN00001").any():
             raise FloatingPointError("simulated failure on SYN00001")
         return original(chunk, env)
-    monkeypatch.setitem(stages.STAGES, "svi", fails_on_one)
+    monkeypatch.setitem(stages.STAGES, "pack", fails_on_one)
     config = merge_overrides(load_config(None), SMALL)
     summary = run_nightly(config, out=tmp_path / "one", input_path=str(root / "clean.csv"))
-    assert summary["stages"]["svi"]["failed"] == 1
-    assert "SYN00001" in summary["stages"]["svi"]["first_error"]
+    assert summary["stages"]["pack"]["failed"] == summary["stages"]["svi"]["failed"] == 1
+    assert "SYN00001" in summary["stages"]["pack"]["first_error"]
     slices = pd.read_parquet(tmp_path / "one" / "slices.parquet")
     clean = pd.read_parquet(root / "clean" / "slices.parquet")
     lost = slices["underlying"] == "SYN00001"
@@ -246,6 +279,92 @@ def test_a_stage_failing_on_one_underlying_costs_only_that_underlying(runs, tmp_
     np.testing.assert_array_equal(slices.loc[~lost, params].to_numpy(),
                                   clean.loc[clean["underlying"] != "SYN00001", params].to_numpy())
     assert len(pd.read_parquet(tmp_path / "one" / "rows.parquet")) == 288
+
+
+def test_a_stage_failing_on_one_slice_costs_only_that_slice(runs, tmp_path, monkeypatch):
+    # SVI fits each slice on its own quotes: a failure is narrowed down to the slice (reruns
+    # on halves of the chunk's slices, same compiled programs); every other slice, of the same
+    # underlying too, keeps the clean run's parameters and row vols bitwise.
+    from jaxvol.jobs import stages
+    root, _ = runs
+    clean = pd.read_parquet(root / "clean" / "slices.parquet")
+    target = ("SYN00001", float(np.sort(clean["expiry"].unique())[1]))
+    original = stages.STAGES["svi"]
+    calls = []
+
+    def fails_on_one(chunk, env):
+        calls.append(len(chunk.slices))
+        if target in set(zip(chunk.slices["underlying"].astype(str), chunk.slices["expiry"])):
+            raise FloatingPointError("simulated failure on one slice")
+        return original(chunk, env)
+    monkeypatch.setitem(stages.STAGES, "svi", fails_on_one)
+    config = merge_overrides(load_config(None), SMALL)
+    out = tmp_path / "slice"
+    summary = run_nightly(config, out=out, input_path=str(root / "clean.csv"))
+    assert summary["stages"]["svi"]["failed"] == 1          # counted: the run exits 1
+    assert f"{target[0]} {target[1]:.6g}" in summary["stages"]["svi"]["first_error"]
+    assert summary["stages"]["pack"]["failed"] == 0
+    assert calls == [8, 4, 4, 2, 1, 1, 2, 4]   # chunk 0: 8 -> halves -> the slice; chunk 1: 4
+    slices = pd.read_parquet(out / "slices.parquet")
+    key = ["underlying", "expiry"]
+    merged = clean.merge(slices, on=key, suffixes=("", "_new"), validate="1:1")
+    assert len(merged) == len(clean) == 12
+    lost = (merged["underlying"] == target[0]) & (merged["expiry"] == target[1])
+    assert lost.sum() == 1
+    assert merged.loc[lost, "svi_status_name_new"].eq("STAGE_FAILED").all()
+    assert merged.loc[lost, "failed_stages"].str.startswith(
+        "svi: FloatingPointError: simulated failure").all()
+    assert merged.loc[~lost, "failed_stages"].eq("").all()
+    assert merged.loc[lost, "svi_a_new"].isna().all()
+    for p in ["svi_a", "svi_b", "svi_rho", "svi_m", "svi_sigma", "svi_status", "svi_rmse",
+              "svi_iterations"]:
+        np.testing.assert_array_equal(merged.loc[~lost, p].to_numpy(),
+                                      merged.loc[~lost, p + "_new"].to_numpy())
+    rows = pd.read_parquet(out / "rows.parquet").set_index("row_id")
+    clean_rows = pd.read_parquet(root / "clean" / "rows.parquet").set_index("row_id")
+    in_lost = (rows["underlying"] == target[0]) & (rows["expiry"] == target[1])
+    assert in_lost.sum() == 24 and rows.loc[in_lost, "iv_svi"].isna().all()
+    np.testing.assert_array_equal(rows.loc[~in_lost, "iv_svi"], clean_rows.loc[~in_lost, "iv_svi"])
+
+
+def test_two_concurrent_runs_on_one_folder(runs, tmp_path):
+    # Two `python -m jaxvol.jobs nightly` processes started together on one --out: the flock
+    # on out/.lock-process-0-of-1 lets one through; the other exits 3 with one line on stderr
+    # before it opens anything but the lock file. The winner's tables equal the lone run's.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import jax
+    root, _ = runs
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    out, lone = tmp_path / "both", tmp_path / "lone"
+    small = {**SMALL, "svi.enabled": False}   # the chain stages only: a cheap subprocess
+    run_nightly(merge_overrides(load_config(None), small), out=lone,
+                input_path=str(root / "clean.csv"))
+    settings = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in small.items()), [])
+    command = [sys.executable, "-m", "jaxvol.jobs", "nightly", "--input",
+               str(root / "clean.csv"), "--out", str(out), *settings]
+    env = dict(os.environ, JAXVOL_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               PYTHONPATH=str(repo))
+    procs = [subprocess.Popen(command, env=env, cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    texts = [p.communicate(timeout=900) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 3], (codes, [t[1][-2000:] for t in texts])
+    winner, loser = codes.index(0), codes.index(3)
+    message = texts[loser][1].strip().splitlines()[-1]     # one line, no traceback
+    assert message.startswith("jaxvol nightly: error:") and "Traceback" not in texts[loser][1]
+    assert "in use by another jaxvol run" in message and "nothing was written" in message
+    lock = (out / ".lock-process-0-of-1").read_text()
+    assert lock.startswith(f"pid {procs[winner].pid} ")       # the loser did not write it
+    log_text = (out / "run.log").read_text()
+    assert log_text.count("process 0/1:") == 1                # one run logged, the winner
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in lone.iterdir())
+    for name in ("rows", "slices"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"),
+                                      pd.read_parquet(lone / f"{name}.parquet"))
 
 
 def test_report_renders_in_a_browser(runs, tmp_path):

@@ -29,9 +29,6 @@ from jaxvol.chains import arbitrage, forwards, implied, pack as packing, schema 
 from jaxvol.chains.flags import DEFAULT_EXCLUDE, Flag, row_flags
 from jaxvol.status import Status
 
-__all__ = ["TRACE_COUNTS", "ChainOptions", "make_options", "ChainAnalysis", "analyze",
-           "arbitrage_report", "rows_frame", "report", "compute"]
-
 __all__ = ["analyze", "arbitrage_report", "ChainAnalysis", "ChainOptions", "compute",
            "make_options", "report", "rows_frame"]
 
@@ -55,6 +52,10 @@ class ChainOptions:
     ``"flag"`` (the row is kept and flagged BAD_VALUE / BAD_OPTION_TYPE / MISSING_KEY).
     carry_tolerance: relative disagreement of a row's forward/discount with its slice's median
     beyond which the row is flagged INCONSISTENT_CARRY (``schema.validate``).
+    forward_tolerance: relative gap between a supplied forward and the put-call parity forward
+    beyond which (and beyond 4 parity standard errors) the slice's rows are flagged
+    FORWARD_MISMATCH (informational: the supplied forward is still used; add the bit to
+    ``exclude`` to leave such slices out).
     """
 
     schema: schemas.ChainSchema | None = None
@@ -74,6 +75,7 @@ class ChainOptions:
     dtype: object = np.float64
     bad_values: str = "raise"
     carry_tolerance: float = 1e-6
+    forward_tolerance: float = 1e-3
 
     def __post_init__(self):
         if np.dtype(self.dtype) not in (np.float32, np.float64):
@@ -113,7 +115,8 @@ def analyze(table: pd.DataFrame, **options) -> pd.DataFrame:
     Returns one row per input row, same index and order: the input columns plus
     ``quality_flags`` (int64 bit-field of :class:`~jaxvol.chains.Flag`; test bits with
     :func:`~jaxvol.chains.flagged`), ``usable`` (no bit of ``exclude`` set), the slice's
-    ``forward``, ``discount`` and their standard errors ``forward_se``, ``discount_se``, and
+    ``forward``, ``discount`` and their standard errors ``forward_se``, ``discount_se``, the
+    slice's ``parity_forward`` (put-call parity alone: the check of a supplied forward), and
     Black implied vols ``iv_bid``, ``iv_mid``, ``iv_ask`` (NaN where none solves).  Options:
     :class:`ChainOptions` (column names via ``columns={"strike": "K"}`` or ``schema=``).
     """
@@ -132,8 +135,9 @@ def rows_frame(result: ChainAnalysis) -> pd.DataFrame:
     out["quality_flags"] = result.quality_flags
     exclude = int(result.options.exclude)
     out["usable"] = (result.quality_flags & exclude) == 0
-    for name in ("forward", "discount", "forward_se", "discount_se", "iv_bid", "iv_mid",
-                 "iv_ask", "iv_bid_status", "iv_mid_status", "iv_ask_status"):
+    for name in ("forward", "discount", "forward_se", "discount_se", "parity_forward",
+                 "iv_bid", "iv_mid", "iv_ask", "iv_bid_status", "iv_mid_status",
+                 "iv_ask_status"):
         if name in result.rows:
             out[name] = result.rows[name]
     return out
@@ -183,9 +187,10 @@ def _empty_analysis(table, source, opts, timings) -> ChainAnalysis:
     packed = packing.PackedChain((), slices, none, none, none, none, np.zeros(0, bool),
                                  opts.slice_block)
     fwd = forwards.ForwardResult(*(np.zeros(0) for _ in range(4)), np.zeros(0, np.int32),
-                                 np.zeros(0, np.int32))
+                                 np.zeros(0, np.int32), np.zeros(0), np.zeros(0),
+                                 np.zeros(0, bool))
     rows = {name: np.zeros(0) for name in ("forward", "discount", "forward_se", "discount_se",
-                                           "iv_bid", "iv_mid", "iv_ask")}
+                                           "parity_forward", "iv_bid", "iv_mid", "iv_ask")}
     rows.update({f"iv_{side}_status": np.zeros(0, np.int32) for side in ("bid", "mid", "ask")})
     arb = arbitrage.ArbitrageResult(None, np.zeros((0, 8)), np.zeros((0, 8), np.int32),
                                     np.zeros((0, 8)))
@@ -206,33 +211,35 @@ def _run_batch(batch: packing.ChainBatch, slice_block: int, opts: ChainOptions) 
     already padded to its slice capacity, so every block has one of a few shapes)."""
     kernel = functools.partial(_block_kernel, near_strikes=opts.near_strikes,
                                iterations=opts.iterations, huber=opts.huber,
-                               reject=opts.reject, tolerance=opts.tolerance)
+                               reject=opts.reject, tolerance=opts.tolerance,
+                               forward_tolerance=opts.forward_tolerance)
     block = min(slice_block, batch.expiry.shape[0])
     return batching.run_blocks(lambda *fields: kernel(packing.ChainBatch(*fields)), list(batch),
                                block, jit=False)
 
 
 def _block_kernel(batch: packing.ChainBatch, *, near_strikes, iterations, huber, reject,
-                  tolerance) -> dict:
+                  tolerance, forward_tolerance) -> dict:
     """Forwards, vols and checks of one block: three jitted kernels (each compiled once per
     block shape; measured faster on CPU than one fused jit, whose XLA schedule was 2.5x slower
     than the three parts together)."""
     fwd = _forward_kernel(batch, near_strikes=near_strikes, iterations=iterations, huber=huber,
-                          reject=reject)
+                          reject=reject, forward_tolerance=forward_tolerance)
     vols = _vol_kernel(batch, fwd.forward, fwd.discount)
     return dict(**fwd._asdict(), **vols,
                 **_check_kernel(batch, fwd.forward, fwd.discount, vols["iv_bid"],
                                 vols["iv_ask"], tolerance=tolerance))
 
 
-@functools.partial(jax.jit, static_argnames=("near_strikes", "iterations", "huber", "reject"))
-def _forward_kernel(batch, *, near_strikes, iterations, huber, reject):
+@functools.partial(jax.jit, static_argnames=("near_strikes", "iterations", "huber", "reject",
+                                             "forward_tolerance"))
+def _forward_kernel(batch, *, near_strikes, iterations, huber, reject, forward_tolerance):
     TRACE_COUNTS["forwards"] += 1
     return forwards.parity_forwards(
         batch.strike, batch.call_bid, batch.call_ask, batch.put_bid, batch.put_ask,
         batch.call_mask, batch.put_mask, batch.forward_in, batch.discount_in,
         call_mid=batch.call_mid, put_mid=batch.put_mid, near_strikes=near_strikes,
-        iterations=iterations, huber=huber, reject=reject)
+        iterations=iterations, huber=huber, reject=reject, forward_tolerance=forward_tolerance)
 
 
 @jax.jit
@@ -286,10 +293,10 @@ def _assemble(table, source, packed, flags, batch_results, opts, timings) -> Cha
     iv_status = packing.unpack_cells(packed, cells("iv_status", 0), cells("iv_status", 1), fill=0)
     flags = flags | np.where((packed.row_batch >= 0) & (iv_status != 0),
                              int(Flag.IV_UNSOLVED), 0)
-    flags = _slice_flags(packed, flags, fwd.status, opts)
+    flags = _slice_flags(packed, flags, fwd, opts)
     rows = {name: fwd_value[packed.row_slice] for name, fwd_value in (
         ("forward", fwd.forward), ("discount", fwd.discount), ("forward_se", fwd.forward_se),
-        ("discount_se", fwd.discount_se))}
+        ("discount_se", fwd.discount_se), ("parity_forward", fwd.parity_forward))}
     unreadable = (flags & int(Flag.BAD_VALUE | Flag.BAD_OPTION_TYPE | Flag.MISSING_KEY)) != 0
     for name in ("iv_bid", "iv_mid", "iv_ask"):  # a row read wrong has no vol of its own
         rows[name] = np.where(unreadable, np.nan,
@@ -306,10 +313,12 @@ def _assemble(table, source, packed, flags, batch_results, opts, timings) -> Cha
                          timings)
 
 
-def _slice_flags(packed, flags, forward_status, opts):
-    no_forward = ~np.isin(forward_status, (forwards.ForwardStatus.OK,
-                                           forwards.ForwardStatus.SUPPLIED))
+def _slice_flags(packed, flags, fwd: forwards.ForwardResult, opts):
+    no_forward = ~np.isin(fwd.status, (forwards.ForwardStatus.OK,
+                                       forwards.ForwardStatus.SUPPLIED))
     flags = flags | np.where(no_forward[packed.row_slice], int(Flag.NO_FORWARD), 0)
+    mismatch = np.asarray(fwd.mismatch, dtype=bool)[packed.row_slice]
+    flags = flags | np.where(mismatch, int(Flag.FORWARD_MISMATCH), 0)
     usable = ((flags & opts.exclude) == 0) & (packed.row_batch >= 0)
     width = int(packed.slices["n_strikes"].max()) if len(packed.slices) else 0
     present = np.zeros(len(packed.slices) * max(width, 1), dtype=bool)

@@ -16,6 +16,15 @@ Known values replace fitted ones: both supplied -> no fit (status SUPPLIED); D s
 one-parameter fit of F; F supplied -> a one-parameter fit of D.  Standard errors come from the
 weighted least-squares covariance at the final weights (residual variance estimated from the
 fit), propagated to F by the delta method.
+
+A supplied forward is cross-checked against the quotes: beside the fit above, the same
+regression runs with the forward left free (the supplied D kept where given), giving
+``parity_forward``; a supplied forward further from it than ``max(forward_tolerance * F,
+4 parity standard errors)`` sets ``mismatch`` (the chains layer flags the slice's rows
+``FORWARD_MISMATCH``).  The supplied values are still the ones used: the flag says that the
+carry inputs and the quotes disagree, not which one is wrong.  Both fits are one vmapped
+kernel (a variant axis of two), so the check adds run time to the forward kernel, not a
+second compiled program.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ __all__ = ["ForwardStatus", "ForwardResult", "parity_forwards"]
 _SPREAD_FLOOR = 1e-12  # relative to the anchor strike: keeps 1/h^2 finite on locked quotes
 _MEDIAN_FLOOR = 1.0    # no pair's half-width counts below the slice's median one: a
 #                        locked (bid = ask) quote would otherwise outweigh the whole slice
+MISMATCH_SIGMAS = 4.0  # a supplied forward within 4 parity standard errors is never a mismatch
 
 
 ForwardStatus = domain_status("ForwardStatus", "chains", {
@@ -52,27 +62,53 @@ class ForwardResult(NamedTuple):
     discount_se: jax.Array
     n_pairs: jax.Array   #: int32: pairs carrying weight in the final fit
     status: jax.Array    #: int32 codes of :class:`ForwardStatus`
+    #: the forward of put-call parity alone (the supplied D kept where given): the check of a
+    #: supplied forward; NaN where parity gives none (too few pairs, non-positive)
+    parity_forward: jax.Array | None = None
+    parity_forward_se: jax.Array | None = None
+    #: bool: a supplied forward that parity contradicts (see the module doc)
+    mismatch: jax.Array | None = None
 
 
 def parity_forwards(strike, call_bid, call_ask, put_bid, put_ask, call_mask, put_mask,
                     forward_in, discount_in, *, call_mid=None, put_mid=None,
                     near_strikes: int = 12, iterations: int = 20,
-                    huber: float = 1.345, reject: float = 10.0) -> ForwardResult:
+                    huber: float = 1.345, reject: float = 10.0,
+                    forward_tolerance: float = 1e-3) -> ForwardResult:
     """Forwards and discount factors of a batch of slices.
 
     Quotes and masks are [slices, strikes]; ``forward_in``/``discount_in`` are [slices] (NaN
-    where unknown).  Mids default to (bid + ask) / 2.  Returns the input's float dtype.
+    where unknown).  Mids default to (bid + ask) / 2.  ``forward_tolerance``: relative gap
+    between a supplied forward and the parity forward above which (and above 4 standard errors
+    of the parity forward) ``mismatch`` is set.  Returns the input's float dtype.
     """
     if near_strikes < 2 or iterations < 0 or not huber > 0 or not reject > 0:
         raise ValueError(f"need near_strikes >= 2, iterations >= 0, huber > 0, reject > 0; "
                          f"got {near_strikes}, {iterations}, {huber}, {reject}")
+    if not forward_tolerance >= 0:
+        raise ValueError(f"forward_tolerance must be >= 0, got {forward_tolerance}")
     call_mid = 0.5 * (call_bid + call_ask) if call_mid is None else call_mid
     put_mid = 0.5 * (put_bid + put_ask) if put_mid is None else put_mid
     kernel = jax.vmap(lambda *a: _slice_forward(*a, near_strikes=near_strikes,
                                                 iterations=iterations, huber=huber,
                                                 reject=reject))
-    return kernel(strike, call_mid - put_mid, (call_ask - call_bid) + (put_ask - put_bid),
-                  call_mask & put_mask, forward_in, discount_in)
+    # variant 0: the supplied values; variant 1: the forward left free (the check)
+    variants = jnp.stack([forward_in, jnp.full_like(forward_in, jnp.nan)])
+    both = jax.vmap(kernel, in_axes=(None, None, None, None, 0, None))(
+        strike, call_mid - put_mid, (call_ask - call_bid) + (put_ask - put_bid),
+        call_mask & put_mask, variants, discount_in)
+    given, own = (jax.tree.map(lambda a, i=i: a[i], both) for i in (0, 1))
+    return given._replace(parity_forward=own.forward, parity_forward_se=own.forward_se,
+                          mismatch=_mismatch(forward_in, own, forward_tolerance))
+
+
+def _mismatch(forward_in, own: ForwardResult, tolerance):
+    """A supplied forward beyond max(tolerance * F, 4 se) of the parity forward."""
+    checked = jnp.isfinite(forward_in) & (own.status == ForwardStatus.OK)
+    gap = jnp.abs(jnp.where(checked, forward_in - own.forward, 0.0))
+    allowed = jnp.maximum(tolerance * jnp.abs(jnp.where(checked, forward_in, 0.0)),
+                          MISMATCH_SIGMAS * jnp.where(checked, own.forward_se, 0.0))
+    return checked & (gap > allowed)
 
 
 def _slice_forward(strike, parity, spread, pair, forward_in, discount_in, *, near_strikes,

@@ -87,7 +87,7 @@ INPUT_SCHEMA = """input table (--input, Parquet or CSV, one row per quote):
  A bad cell (text in a number column, unknown option type, missing key) flags its row
  (quality_flags, with the input row number row_id = data row, 0-based); it never stops the
  run. Columns named like outputs (row_id, input_flags, quality_flags, usable, forward_se,
- discount_se, expiry_date, expiry_input, iv_*) are rejected."""
+ discount_se, parity_forward, expiry_date, expiry_input, iv_*) are rejected."""
 
 
 class _ConsoleFormatter(logging.Formatter):

@@ -34,7 +34,8 @@ COLUMNS = {
     "dividend_yield": ("1/year", "continuous dividend yield given in the input"),
     "quote_time": ("timestamp", "time of the quotes"),
     "input_flags": ("bit field", "problems found reading the row (bits of "
-                    "jaxvol.chains.Flag: BAD_VALUE, BAD_OPTION_TYPE, MISSING_KEY)"),
+                    "jaxvol.chains.Flag: BAD_VALUE, BAD_OPTION_TYPE, MISSING_KEY, "
+                    "INCONSISTENT_CARRY)"),
     "quality_flags": ("bit field", "every finding about the row (jaxvol.chains.Flag bits; "
                       "includes input_flags)"),
     "quality_flag_names": ("text", "names of the bits set in quality_flags, comma-separated"),
@@ -43,6 +44,12 @@ COLUMNS = {
     "discount": ("factor", "the slice's discount factor to expiry"),
     "forward_se": ("price", "standard error of the forward"),
     "discount_se": ("factor", "standard error of the discount factor"),
+    "parity_forward": ("price", "the slice's forward from put-call parity alone (the check of a "
+                       "supplied forward; NaN where parity gives none)"),
+    "forward_mismatch": ("bool", "the supplied forward and parity_forward disagree (rows "
+                         "flagged FORWARD_MISMATCH; the supplied forward is used)"),
+    "failed_stages": ("text", "stages that failed on this slice or underlying, with the "
+                      "reason (empty when none)"),
     "iv_bid": ("vol", "Black implied vol of the bid (NaN where none solves)"),
     "iv_mid": ("vol", "Black implied vol of the mid"),
     "iv_ask": ("vol", "Black implied vol of the ask"),

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from jaxvol.jobs import config as config_mod
-from jaxvol.jobs.errors import JobError, StageUnavailable
+from jaxvol.jobs.errors import JobError, SlicesFailed, StageUnavailable
 from jaxvol.jobs.source import FileSource, make_source
-from jaxvol.jobs.stages import STAGES, Chunk, JobEnv
+from jaxvol.jobs.stages import STAGES, Chunk, JobEnv, run_stage
 from jaxvol.status import domain_status
 
 __all__ = ["JobError", "OutputBusy", "SimulatedCrash", "run_nightly", "plan_chunks",
@@ -211,9 +211,11 @@ def _run_stage(name: str, chunk: Chunk, env: JobEnv, failed: dict | None = None)
                      f"({failed[blocker]})", seconds=0.0)
         return entry
     try:
-        STAGES[name](chunk, env)
+        run_stage(name, chunk, env)
     except StageUnavailable as reason:
         entry.update(status="skipped", message=str(reason))
+    except SlicesFailed as lost:  # failed on some slices only, already isolated and marked
+        entry.update(status="failed", message=str(lost), isolated=True)
     except Exception as error:  # noqa: BLE001 - a stage failure is logged, not fatal
         if env.config["job"]["fail_fast"]:
             raise
@@ -234,7 +236,7 @@ JobStatus = domain_status("JobStatus", "jobs", {
 def _process_chunk(index: int, rows: pd.DataFrame, env: JobEnv, load_seconds: float):
     """Run the stages on a chunk; if one fails, isolate the underlyings it fails on."""
     chunk, stage_log = _run_stages(index, rows, env, load_seconds)
-    if not any(e["status"] == "failed" for e in stage_log):
+    if not _needs_rerun(stage_log):
         return chunk, stage_log
     names = list(pd.unique(rows["underlying"]))
     if len(names) == 1:
@@ -251,12 +253,17 @@ def _bisect(index, rows, names, env):
     is a single underlying (a few reruns: the compiled programs are reused)."""
     group = rows[rows["underlying"].isin(names)]
     chunk, stage_log = _run_stages(index, group, env, 0.0)
-    if not any(e["status"] == "failed" for e in stage_log):
+    if not _needs_rerun(stage_log):
         return [(chunk, stage_log)]
     if len(names) == 1:
         return [(_mark_failed(chunk, stage_log), stage_log)]
     half = len(names) // 2
     return _bisect(index, rows, names[:half], env) + _bisect(index, rows, names[half:], env)
+
+
+def _needs_rerun(stage_log: list[dict]) -> bool:
+    """A stage failed on the chunk as a whole (not one already isolated to its slices)."""
+    return any(e["status"] == "failed" and not e.get("isolated") for e in stage_log)
 
 
 def _mark_failed(chunk: Chunk, stage_log: list[dict]) -> Chunk:
@@ -321,7 +328,7 @@ def _run_stages(index: int, rows: pd.DataFrame, env: JobEnv, load_seconds: float
                      " (first chunk: compiling)" if name != "analyze" else
                      " (first chunk: compiling; later chunks reuse the programs)")
         entry = _run_stage(name, chunk, env, failed)
-        if entry["status"] in ("failed", "blocked"):
+        if entry["status"] in ("failed", "blocked") and not entry.get("isolated"):
             failed[name] = entry["message"]
         stage_log.append(entry)
     return chunk, stage_log

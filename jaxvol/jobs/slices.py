@@ -55,6 +55,18 @@ def _weights(rows: pd.DataFrame) -> np.ndarray:
     return 0.01 / spread
 
 
+def _with_parity_check(table: pd.DataFrame, rows: pd.DataFrame, slice_id) -> pd.DataFrame:
+    """``parity_forward`` and ``forward_mismatch`` (the FORWARD_MISMATCH flag of the slice's
+    rows) beside the slice's forward, when the analysis gave them."""
+    from jaxvol.chains import Flag, flagged
+    if "parity_forward" in rows.columns:
+        table["parity_forward"] = rows["parity_forward"].groupby(slice_id).median().to_numpy()
+    if "quality_flags" in rows.columns:
+        mismatch = flagged(rows["quality_flags"], Flag.FORWARD_MISMATCH)
+        table["forward_mismatch"] = pd.Series(mismatch).groupby(slice_id).any().to_numpy()
+    return table
+
+
 def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     """Pack the usable OTM quotes of every slice of ``rows`` (slices with fewer than
     ``min_strikes`` quotes keep their table row but an all-False mask)."""
@@ -63,6 +75,7 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
              .agg(underlying=("underlying", "first"), expiry=("expiry", "first"),
                   forward=("forward", "median"), discount=("discount", "median"))
              .reset_index(drop=True))
+    table = _with_parity_check(table, rows, slice_id)
     keep = _usable(rows)
     usable = rows[keep].assign(slice=slice_id[keep], weight=_weights(rows[keep]),
                                price=0.5 * (rows["bid"][keep] + rows["ask"][keep]))

@@ -83,7 +83,7 @@ class InputError(ValueError):
 #: Columns the job writes into ``rows.parquet``: an input column of the same name would be
 #: silently overwritten (or taken as the job's own result), so it is rejected.
 RESERVED = ("row_id", "input_flags", "quality_flags", "quality_flag_names", "usable",
-            "forward_se", "discount_se", "expiry_date", "expiry_input")
+            "forward_se", "discount_se", "parity_forward", "expiry_date", "expiry_input")
 RESERVED_PREFIXES = ("iv_",)
 NUMERIC = ("strike", "bid", "ask", "mid", "spot", "forward", "rate", "dividend_yield",
            "discount")
