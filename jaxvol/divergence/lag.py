@@ -13,15 +13,16 @@ leader as of each tick, beta by :func:`jaxvol.divergence.dimson_beta` unless giv
 
 :func:`lag_events` fits D's OU (exact likelihood, all pairs in one padded batch; refitted with
 first-pass events masked, as the session pipeline does), standardises it, finds hysteresis
-events and labels each row: the pair's kind where the leader moved by more than ``jump_sd``
-of its local sd (robust: from the median absolute change) over the ``lookback`` seconds
-before the start, opposite in sign to D (the follower left behind), else ``other`` (the
-follower moved alone).
+events and labels each row: the pair's kind where the leader's move over ``lookback``
+seconds either side of the start accounts for more than ``share`` of D's opening over the
+same window (-beta dx / dD > share: the follower was left behind), else ``other`` (the
+follower moved alone). The test is scale-free (no estimate of the leader's noise is needed),
+and the window reaches past the start because a leader built from quotes (an ATM vol from a
+smile fit) takes a moment to complete its own move.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -66,14 +67,24 @@ def pair_residual(t_lead, lead, t_follow, follow, *, log: bool = False, beta=Non
     return d, float(beta), x_at
 
 
-def _robust_sd(t, x):
-    """Local sd per sqrt(second) of a series' changes from the median absolute change
-    (jumps do not inflate it)."""
-    dx, dt = np.diff(x), np.diff(t)
-    ok = np.isfinite(dx) & (dt > 0)
-    if ok.sum() < 10:
-        return float("nan")
-    return float(np.median(np.abs(dx[ok])) / 0.6745 / math.sqrt(np.median(dt[ok])))
+def _detrend(t, d, window):
+    """d less its centred rolling median over ``window`` seconds (NaN kept)."""
+    import pandas as pd
+
+    if window is None:
+        return d
+    index = pd.to_timedelta(np.asarray(t, np.float64), unit="s")
+    base = pd.Series(d, index=index).rolling(pd.Timedelta(seconds=window), center=True,
+                                             min_periods=1).median().to_numpy()
+    return d - base
+
+
+def _change(t, x, at, lookback):
+    """x as of ``at + lookback`` less x as of ``at - lookback`` (NaN before the first
+    tick)."""
+    i1 = np.searchsorted(t, at + lookback, side="right") - 1
+    i0 = max(np.searchsorted(t, at - lookback, side="right") - 1, 0)
+    return float(x[i1] - x[i0]) if i1 >= 0 else float("nan")
 
 
 def _quiet_fit(times, d, mask, count, enter, exit):
@@ -92,9 +103,15 @@ def _quiet_fit(times, d, mask, count, enter, exit):
 
 
 def lag_events(pairs, *, enter: float = 4.0, exit: float = 1.0, lookback: float = 2.0,
-               jump_sd: float = 6.0, bucket: int = 1024):
+               share: float = 0.5, detrend: float | None = 60.0, bucket: int = 1024):
     """Event table (:data:`jaxvol.divergence.EVENT_COLUMNS`, plus ``beta``, ``lam`` of the
-    pair's OU fit) of the residuals of several :class:`LagPair` s, fitted in one batch."""
+    pair's OU fit) of the residuals of several :class:`LagPair` s, fitted in one batch.
+
+    ``detrend`` (seconds, or None): D less its centred rolling median over that window before
+    the fit. An error in the estimated beta leaves (beta_true - beta) x the leader's level in
+    D, a slow random walk (the leader's re-marks accumulate) that inflates D's variance and
+    hides the events; a window several times the events' duration removes it and keeps
+    them."""
     import pandas as pd
 
     pairs = list(pairs)
@@ -104,6 +121,8 @@ def lag_events(pairs, *, enter: float = 4.0, exit: float = 1.0, lookback: float 
     if not pairs:
         return pd.DataFrame(columns=list(EVENT_COLUMNS) + ["beta", "lam"])
     resid = [pair_residual(p.t_lead, p.lead, p.t_follow, p.follow, log=p.log) for p in pairs]
+    resid = [(_detrend(p.t_follow, d, detrend), beta, x)
+             for p, (d, beta, x) in zip(pairs, resid)]
     keep = [np.isfinite(r[0]) for r in resid]
     times, mask = _pad([np.asarray(p.t_follow, np.float64)[k] for p, k in zip(pairs, keep)],
                        bucket=bucket)
@@ -119,14 +138,11 @@ def lag_events(pairs, *, enter: float = 4.0, exit: float = 1.0, lookback: float 
         t_lead = np.asarray(p.t_lead, np.float64)
         x = np.asarray(p.lead, np.float64)
         x = np.log(x) if p.log else x
-        sd = _robust_sd(t_lead, x)
         kinds = []
         for row in ev.itertuples():
-            i1 = np.searchsorted(t_lead, row.start, side="right") - 1
-            i0 = np.searchsorted(t_lead, row.start - lookback, side="right") - 1
-            move = x[i1] - x[max(i0, 0)] if i1 >= 0 else 0.0
-            led = (abs(move) > jump_sd * sd * math.sqrt(lookback)
-                   and np.sign(move) * np.sign(beta) == -row.sign)
+            move = _change(t_lead, x, row.start, lookback)
+            opening = _change(t, di[k], row.start, lookback)
+            led = np.isfinite(move) and opening != 0 and -beta * move / opening > share
             kinds.append(p.kind if led else "other")
         ev["kind"] = kinds
         ev["beta"], ev["lam"] = beta, lam

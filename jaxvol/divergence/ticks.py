@@ -241,7 +241,7 @@ def _black(forward, strike, expiry, vol, is_call):
 
 def synthetic_option_session(seed: int = 0, *, duration: float = 900.0, strikes: int = 9,
                              spot_rate: float = 4.0, quote_rate: float = 1.0,
-                             half_life: float = 3.0, events: int = 12, jump: float = 0.01):
+                             half_life: float = 3.0, events: int = 16, jump: float = 0.003):
     """Option quotes with a known smile, and a correlated pair that moves first.
 
     Instruments: ``EURUSD`` (spot quotes Poisson(``spot_rate``), option quotes on ``strikes``
@@ -249,7 +249,7 @@ def synthetic_option_session(seed: int = 0, *, duration: float = 900.0, strikes:
     (``quote_rate``), OTM side, price bid/ask of +-2% of the price around the true Black
     price) and ``EURJPY`` (spot only; ln S_EURUSD = 0.8 ln S_EURJPY + R with R an OU
     residual). Planted events (alternating, ``events`` in all): ``cross_pair_lag`` (EURJPY
-    jumps by 6 of R's stationary sd / 0.8, EURUSD follows as R decays), ``skew_crack`` (the
+    jumps by 10 of R's stationary sd / 0.8, EURUSD follows as R decays), ``skew_crack`` (the
     ATM vol jumps by ``jump``, the wings lag). Returns (table in the tick schema, with
     ``expiry``, ``strike``, ``is_call`` on option rows; :class:`OptionTruth`).
     """
@@ -281,20 +281,20 @@ def synthetic_option_session(seed: int = 0, *, duration: float = 900.0, strikes:
     for e in planted:
         i = int(np.searchsorted(clock, e["time"]))
         if e["kind"] == "cross_pair_lag":
-            size = 6.0 * r_sd * e["sign"]
+            size = 10.0 * r_sd * e["sign"]
             ln_lead[i:] += size / beta_pair
             r_kick[i] -= size
         else:
             atm_jump[i] += jump * e["sign"]
             wing_kick[i] -= jump * e["sign"]
-        e["kick"] = float(e["sign"] * (6.0 * r_sd if e["kind"] == "cross_pair_lag" else jump))
+        e["kick"] = float(e["sign"] * (10.0 * r_sd if e["kind"] == "cross_pair_lag" else jump))
     ln_follow = beta_pair * ln_lead + ou_path(r_sd, r_kick)
     spot = 1.1 * np.exp(ln_follow)
     atm = 0.08 + (-0.6) * ln_follow + np.cumsum(atm_jump) + ou_path(atm_sd, 0.0)
     wing = ou_path(wing_sd, wing_kick)
     expiry = 0.1
     truth = OptionTruth(clock=clock, spot=spot, leader=140.0 * np.exp(ln_lead), atm=atm,
-                        wing=wing, skew=-0.2, curvature=0.8, k_wing=0.017, expiry=expiry,
+                        wing=wing, skew=-0.2, curvature=12.0, k_wing=0.017, expiry=expiry,
                         lam=lam, beta=beta_pair, events=tuple(planted))
     rows = []
     for name, path in (("EURUSD", truth.spot), ("EURJPY", truth.leader)):
