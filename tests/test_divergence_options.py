@@ -129,3 +129,15 @@ def test_cross_pair_lags_and_skew_cracks_found(option_session):
     with pytest.raises(ValueError, match="kind"):
         divergence.lag_events([pairs[0]._replace(kind="iv_lag")])
     assert isinstance(divergence.lag_events([]), pd.DataFrame)
+
+
+def test_iv_rows_keep_their_quote_age_in_the_pipeline(option_session):
+    """IV rows built from option quotes go through the tick schema and the pipeline's series
+    builder with their quote age (not the time since the previous IV row)."""
+    table, _, _, _, _, series = option_session
+    rows = divergence.iv_rows(series["ATM"], "EURUSD", "ATM")
+    ticks = divergence.validate(pd.concat([table[table.kind == "spot"], rows],
+                                          ignore_index=True))
+    s = divergence.iv_series(ticks, "EURUSD")
+    np.testing.assert_array_equal(s["quote_age"], rows.quote_age.to_numpy())
+    np.testing.assert_allclose(s["spread"], (rows.ask - rows.bid).to_numpy(), rtol=1e-12)

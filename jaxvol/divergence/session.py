@@ -19,16 +19,22 @@ __all__ = ["analyse", "iv_series"]
 
 def iv_series(table, instrument, tenor="ATM"):
     """Spot and IV ticks of one instrument (rows flagged by ``time_flag`` excluded from the
-    arrays, counted in the result): dict of numpy arrays with mids, spreads and quote ages."""
+    arrays, counted in the result): dict of numpy arrays with mids, spreads and quote ages
+    (the table's ``quote_age`` column where it has one, as IV rows built from option quotes
+    by :func:`jaxvol.divergence.iv_rows` do; else the time since the previous IV tick)."""
     rows = table[(table["instrument"] == instrument) & (table["time_flag"] == 0)]
     spot = rows[rows["kind"] == "spot"]
     iv = rows[(rows["kind"] == "iv") & (rows["tenor"] == tenor)]
     t_iv = iv["time"].to_numpy(np.float64)
+    if "quote_age" in iv.columns and iv["quote_age"].notna().all():
+        age = iv["quote_age"].to_numpy(np.float64)  # e.g. from option_iv_series / iv_rows
+    else:
+        age = np.diff(t_iv, prepend=t_iv[:1]) if t_iv.size else t_iv
     return dict(t_spot=spot["time"].to_numpy(np.float64),
                 spot=0.5 * (spot["bid"] + spot["ask"]).to_numpy(np.float64),
                 t_iv=t_iv, iv=0.5 * (iv["bid"] + iv["ask"]).to_numpy(np.float64),
                 spread=(iv["ask"] - iv["bid"]).to_numpy(np.float64),
-                quote_age=np.diff(t_iv, prepend=t_iv[:1]) if t_iv.size else t_iv)
+                quote_age=age)
 
 
 def _pad(arrays, fill=0.0, bucket=1024, series_bucket=32):
