@@ -159,3 +159,50 @@ def test_bad_series_get_a_status_and_do_not_touch_others():
     single = ou.fit(times[0].astype(np.float32), values[0].astype(np.float32))
     assert single.lam.shape == () and single.lam.dtype == jnp.float32
     assert float(single.lam) == pytest.approx(float(clean.lam[0]), rel=1e-3)
+
+
+def test_reverse_mode_gradient_matches_finite_differences(batch):
+    """jax.grad of a function of the fitted parameters (lam, mu, eta, the interval ends and
+    lam_corrected) with respect to the data (values and tick times), through the implicit
+    derivative at the optimum (no while loop is differentiated), against central finite
+    differences along one random direction of both (for the times, random relative changes
+    of the gaps). The fixture's shape (one fit program for the
+    differences); one series is white noise (lam on its upper bound: its lam follows the
+    bound, a function of the times only) and one has a NaN (no solution: zero gradient, and
+    the other rows' gradients stay finite). Step 1e-6 in values and in times: truncation
+    ~h^2 f''' and rounding ~1e-16 |f| / h are both below 1e-7 relative; the solvers converge
+    to ~1e-13, so 1e-6 relative is the test's tolerance."""
+    times, values, _ = batch
+    values = values.copy()
+    values[1] = np.random.default_rng(4).standard_normal(values.shape[1]) * 0.05
+    values[2, 7] = np.nan
+    weights = np.random.default_rng(5).uniform(0.5, 1.5, (6, times.shape[0]))
+
+    def summary(t, x):
+        res = ou.fit(t, x)
+        parts = (res.lam, res.mu, res.eta, res.lam_low, res.lam_high, res.lam_corrected)
+        return sum(jnp.sum(jnp.where(jnp.isfinite(p), w * p, 0.0))
+                   for p, w in zip(parts, weights))
+
+    status = np.asarray(ou.fit(times, values).status)
+    assert status[1] == ou.OUStatus.AT_BOUND and status[2] == ou.OUStatus.NON_FINITE_INPUT
+    g_t, g_x = jax.grad(summary, argnums=(0, 1))(jnp.asarray(times), jnp.asarray(values))
+    assert np.all(np.isfinite(g_t)) and np.all(np.isfinite(g_x))
+    assert np.all(np.asarray(g_x[2]) == 0.0) and np.all(np.asarray(g_t[2]) == 0.0)
+    # one central difference along a joint direction of values and times (two fits instead
+    # of four); the times move each gap by a multiple of itself: a plain random shift of 1e-6
+    # would make one of the fixture's ~5 gaps below 1e-5 non-increasing (a status change,
+    # not a derivative). Both parts contribute (~1140 and ~180), so a 1e-6 error in either
+    # shows.
+    rng = np.random.default_rng(6)
+    d_x, d_t = rng.standard_normal(times.shape), rng.standard_normal(times.shape)
+    d_t[:, 0] = 0.0
+    d_t = np.cumsum(d_t * np.diff(times, prepend=times[:, :1]), axis=1)
+    h = 1e-6
+    fd = (float(summary(times + h * d_t, values + h * d_x))
+          - float(summary(times - h * d_t, values - h * d_x))) / (2 * h)
+    parts = float(np.sum(np.asarray(g_x) * d_x)), float(np.sum(np.asarray(g_t) * d_t))
+    print(f"grad . direction: values {parts[0]:.10g} + times {parts[1]:.10g}; central "
+          f"difference {fd:.10g}")
+    assert abs(parts[1]) > 10.0 and abs(parts[0]) > 10.0
+    assert sum(parts) == pytest.approx(fd, rel=1e-6)

@@ -23,8 +23,8 @@ import numpy as np
 from jaxvol._dtypes import float_dtype
 from jaxvol.status import domain_status
 
-__all__ = ["Residual", "DivergenceStatus", "MODELS", "asof", "spot_vol_beta", "residual",
-           "residuals"]
+__all__ = ["Residual", "DivergenceStatus", "MODELS", "asof", "spot_vol_beta", "dimson_beta",
+           "residual", "residuals"]
 
 MODELS = ("sticky_strike", "sticky_delta", "ssr")
 
@@ -61,22 +61,31 @@ def spot_vol_beta(t_spot, spot, t_iv, iv, *, resolution: float = 5.0, lags: int 
     sum of the coefficients (Dimson's estimator), so an IV that updates with a lag of up to
     ``lags x resolution`` seconds, or a spot jump the IV catches up with later, still counts
     fully (a plain same-interval regression reads the lag as a smaller beta)."""
-    t_spot, spot, t_iv, iv = (np.asarray(a, np.float64) for a in (t_spot, spot, t_iv, iv))
-    start = max(t_spot[0], t_iv[0])
-    grid = np.arange(start, min(t_spot[-1], t_iv[-1]), resolution)
+    t_spot, spot = np.asarray(t_spot, np.float64), np.asarray(spot, np.float64)
+    return dimson_beta(t_spot, np.log(spot), t_iv, iv, resolution=resolution, lags=lags)
+
+
+def dimson_beta(t_x, x, t_y, y, *, resolution: float = 5.0, lags: int = 3):
+    """dy / dx from asynchronous ticks of two series (levels): y's changes on a
+    ``resolution`` grid regressed on x's current and ``lags`` lagged changes, the
+    coefficients summed (Dimson), so a y that catches up with x late still counts fully.
+    NaN with too few grid points."""
+    t_x, x, t_y, y = (np.asarray(a, np.float64) for a in (t_x, x, t_y, y))
+    start = max(t_x[0], t_y[0])
+    grid = np.arange(start, min(t_x[-1], t_y[-1]), resolution)
     if grid.size < 4 * (lags + 2):
         return float("nan")
-    s = np.log(spot[np.searchsorted(t_spot, grid, side="right") - 1])
-    v = iv[np.searchsorted(t_iv, grid, side="right") - 1]
+    s = x[np.searchsorted(t_x, grid, side="right") - 1]
+    v = y[np.searchsorted(t_y, grid, side="right") - 1]
     ds, dv = np.diff(s), np.diff(v)
     n = ds.size - lags
-    x = np.stack([ds[lags - j:lags - j + n] for j in range(lags + 1)], axis=1)
-    x = np.concatenate([x, np.ones((n, 1))], axis=1)
-    y = dv[lags:]
-    ok = np.all(np.isfinite(x), axis=1) & np.isfinite(y)
+    design = np.stack([ds[lags - j:lags - j + n] for j in range(lags + 1)], axis=1)
+    design = np.concatenate([design, np.ones((n, 1))], axis=1)
+    target = dv[lags:]
+    ok = np.all(np.isfinite(design), axis=1) & np.isfinite(target)
     if ok.sum() < lags + 4:
         return float("nan")
-    coef, *_ = np.linalg.lstsq(x[ok], y[ok], rcond=None)
+    coef, *_ = np.linalg.lstsq(design[ok], target[ok], rcond=None)
     return float(np.sum(coef[:-1]))
 
 

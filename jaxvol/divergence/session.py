@@ -19,27 +19,41 @@ __all__ = ["analyse", "iv_series"]
 
 def iv_series(table, instrument, tenor="ATM"):
     """Spot and IV ticks of one instrument (rows flagged by ``time_flag`` excluded from the
-    arrays, counted in the result): dict of numpy arrays with mids, spreads and quote ages."""
+    arrays, counted in the result): dict of numpy arrays with mids, spreads and quote ages
+    (the table's ``quote_age`` column where it has one, as IV rows built from option quotes
+    by :func:`jaxvol.divergence.iv_rows` do; else the time since the previous IV tick)."""
     rows = table[(table["instrument"] == instrument) & (table["time_flag"] == 0)]
     spot = rows[rows["kind"] == "spot"]
     iv = rows[(rows["kind"] == "iv") & (rows["tenor"] == tenor)]
     t_iv = iv["time"].to_numpy(np.float64)
+    if "quote_age" in iv.columns and iv["quote_age"].notna().all():
+        age = iv["quote_age"].to_numpy(np.float64)  # e.g. from option_iv_series / iv_rows
+    else:
+        age = np.diff(t_iv, prepend=t_iv[:1]) if t_iv.size else t_iv
     return dict(t_spot=spot["time"].to_numpy(np.float64),
                 spot=0.5 * (spot["bid"] + spot["ask"]).to_numpy(np.float64),
                 t_iv=t_iv, iv=0.5 * (iv["bid"] + iv["ask"]).to_numpy(np.float64),
                 spread=(iv["ask"] - iv["bid"]).to_numpy(np.float64),
-                quote_age=np.diff(t_iv, prepend=t_iv[:1]) if t_iv.size else t_iv)
+                quote_age=age)
 
 
-def _pad(arrays, fill=0.0, bucket=1024):
-    """[series, ticks] padded to a multiple of ``bucket`` ticks (one compile per bucket)."""
+def _pad(arrays, fill=0.0, bucket=1024, series_bucket=32):
+    """[series, ticks] padded to multiples of ``bucket`` ticks and ``series_bucket`` series
+    (padded rows are all masked: TOO_FEW_POINTS lanes), so the OU fits compile once per
+    bucket and share their programs with other callers of the same bucket."""
     n = -(-max(a.size for a in arrays) // bucket) * bucket
-    out = np.full((len(arrays), n), fill)
-    mask = np.zeros((len(arrays), n), bool)
+    rows = -(-len(arrays) // series_bucket) * series_bucket
+    out = np.full((rows, n), fill)
+    mask = np.zeros((rows, n), bool)
     for i, a in enumerate(arrays):
         out[i, :a.size] = a
         mask[i, :a.size] = True
     return out, mask
+
+
+def _rows(result, count):
+    """The first ``count`` series of an OUFit (the padded rows dropped)."""
+    return jax.tree_util.tree_map(lambda a: a[:count], result)
 
 
 def _fit_table(names, result, label):
@@ -106,12 +120,13 @@ def analyse(table, *, skew: float = -0.4, enter: float = 3.0, exit: float = 1.0,
         z = np.asarray(standardise(d[i], lam, mu, eta))
         state = np.asarray(hysteresis(np.where(mask[i], z, 0.0), enter=enter, exit=exit))
         quiet[i] &= state == 0
-    exact = ou.fit(times, d, mask=quiet)
+    exact = _rows(ou.fit(times, d, mask=quiet), len(names))
     progress("OU fit on quiet ticks (events of a first pass masked)")
-    noisy = ou.fit(times, d, mask=quiet, noise_variance="estimate")
-    med = np.array([np.median(data[n]["spread"]) for n in names])[:, None]
+    noisy = _rows(ou.fit(times, d, mask=quiet, noise_variance="estimate"), len(names))
+    med = np.ones((spread.shape[0], 1))
+    med[:len(names), 0] = [np.median(data[n]["spread"]) for n in names]
     z_spread = np.log(spread / med)
-    covar = ou.fit(times, d, mask=quiet, covariates=z_spread[..., None])
+    covar = _rows(ou.fit(times, d, mask=quiet, covariates=z_spread[..., None]), len(names))
     progress("OU fits: exact, noise-aware (Kalman), spread covariate")
     fits = pd.concat([_fit_table(names, exact, "exact"), _fit_table(names, noisy, "kalman"),
                       _fit_table(names, covar, "spread_covariate")], ignore_index=True)

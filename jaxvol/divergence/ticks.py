@@ -34,7 +34,8 @@ import math
 
 import numpy as np
 
-__all__ = ["REQUIRED_COLUMNS", "SessionTruth", "synthetic_session", "validate", "to_seconds"]
+__all__ = ["REQUIRED_COLUMNS", "SessionTruth", "OptionTruth", "synthetic_session",
+           "synthetic_option_session", "validate", "to_seconds"]
 
 REQUIRED_COLUMNS = {"instrument": "string", "kind": "string", "time": "time", "bid": "float",
                     "ask": "float"}
@@ -181,4 +182,136 @@ def synthetic_session(seed: int = 0, *, duration: float = 1200.0,
     table = pd.concat(rows, ignore_index=True)
     truth = SessionTruth(lam=lam, lam_wide=lam_wide, eta=eta, beta=beta, skew=skew,
                          events=tuple(planted))
+    return table, truth
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionTruth:
+    """What :func:`synthetic_option_session` planted: the true smile on a 10 ms clock.
+
+    vol(t, k) = atm(t) + skew k + curvature k^2 + wing(t) (k / k_wing)^2, k = ln(K / F(t)),
+    F(t) = spot(t) (zero carry); ``atm`` follows the SSR fair value plus its own OU residual
+    and jumps at the planted skew cracks, where ``wing`` (an OU residual) is kicked by minus
+    the jump: the wings (|k| = k_wing) stay and catch up with half-life ``half_life``."""
+
+    clock: np.ndarray     #: seconds, 10 ms grid
+    spot: np.ndarray      #: follower spot (EURUSD) on the clock
+    leader: np.ndarray    #: leader spot (EURJPY) on the clock
+    atm: np.ndarray       #: ATM-forward vol on the clock
+    wing: np.ndarray      #: wing residual on the clock (vol)
+    skew: float
+    curvature: float
+    k_wing: float
+    expiry: float         #: years (constant over the session)
+    lam: float            #: OU speed of the lag residuals, 1/s
+    beta: float           #: d ln S_follower / d ln S_leader
+    events: tuple         #: dicts: instrument, time, kind (cross_pair_lag, skew_crack, ...)
+
+    def vol(self, t, k):
+        """True vol at times ``t`` (s, previous clock tick) and log-moneyness ``k``."""
+        i = np.clip(np.searchsorted(self.clock, t, side="right") - 1, 0, self.clock.size - 1)
+        return (self.atm[i] + self.skew * k + self.curvature * k * k
+                + self.wing[i] * (k / self.k_wing) ** 2)
+
+    def delta_log_moneyness(self, t, delta):
+        """k of the forward delta ``delta`` (call delta in (0, 1); a put delta in (-1, 0) is
+        the call delta 1 + delta) on the true smile (fixed point, 30 steps)."""
+        from statistics import NormalDist
+        d = delta + 1.0 if delta < 0 else delta
+        z = NormalDist().inv_cdf(d)
+        k = np.zeros(np.shape(t))
+        for _ in range(30):
+            s = self.vol(t, k) * math.sqrt(self.expiry)
+            k = s * (0.5 * s - z)
+        return k
+
+
+def _black(forward, strike, expiry, vol, is_call):
+    """Undiscounted Black price in numpy (the generator stays independent of the solver
+    it tests)."""
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    cdf = lambda x: 0.5 * (1.0 + erf(x / math.sqrt(2.0)))  # noqa: E731
+    s = vol * math.sqrt(expiry)
+    d1 = np.log(forward / strike) / s + 0.5 * s
+    d2 = d1 - s
+    if is_call:
+        return forward * cdf(d1) - strike * cdf(d2)
+    return strike * cdf(-d2) - forward * cdf(-d1)
+
+
+def synthetic_option_session(seed: int = 0, *, duration: float = 900.0, strikes: int = 9,
+                             spot_rate: float = 4.0, quote_rate: float = 1.0,
+                             half_life: float = 3.0, events: int = 16, jump: float = 0.003):
+    """Option quotes with a known smile, and a correlated pair that moves first.
+
+    Instruments: ``EURUSD`` (spot quotes Poisson(``spot_rate``), option quotes on ``strikes``
+    fixed strikes around the initial spot for one expiry, each strike quoted Poisson
+    (``quote_rate``), OTM side, price bid/ask of +-2% of the price around the true Black
+    price) and ``EURJPY`` (spot only; ln S_EURUSD = 0.8 ln S_EURJPY + R with R an OU
+    residual). Planted events (alternating, ``events`` in all): ``cross_pair_lag`` (EURJPY
+    jumps by 10 of R's stationary sd / 0.8, EURUSD follows as R decays), ``skew_crack`` (the
+    ATM vol jumps by ``jump``, the wings lag). Returns (table in the tick schema, with
+    ``expiry``, ``strike``, ``is_call`` on option rows; :class:`OptionTruth`).
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng([seed, 15])
+    dt = 0.01
+    clock = np.arange(0.0, duration, dt)
+    lam = math.log(2.0) / half_life
+    phi = math.exp(-lam * dt)
+    beta_pair, spot_vol = 0.8, 3e-5
+    r_sd = 2e-4                                 # stationary sd of the pair residual (log)
+    wing_sd, atm_sd = 2e-4, 2e-4                # vol
+    slots = np.sort(rng.choice(np.arange(2, int(duration // 30) - 1), min(
+        events, int(duration // 30) - 3), replace=False)) * 30.0 + rng.uniform(0, 10, 1)
+    planted = [dict(instrument="EURUSD", time=float(t), sign=float(rng.choice([-1.0, 1.0])),
+                    kind=("cross_pair_lag", "skew_crack")[i % 2]) for i, t in enumerate(slots)]
+
+    def ou_path(sd, kicks):
+        shocks = sd * math.sqrt(1 - phi * phi) * rng.standard_normal(clock.size) + kicks
+        x = np.empty(clock.size)
+        x[0] = sd * rng.standard_normal()
+        for i in range(1, clock.size):
+            x[i] = phi * x[i - 1] + shocks[i]
+        return x
+
+    ln_lead = np.cumsum(spot_vol * math.sqrt(dt) * rng.standard_normal(clock.size))
+    r_kick, wing_kick, atm_jump = (np.zeros(clock.size) for _ in range(3))
+    for e in planted:
+        i = int(np.searchsorted(clock, e["time"]))
+        if e["kind"] == "cross_pair_lag":
+            size = 10.0 * r_sd * e["sign"]
+            ln_lead[i:] += size / beta_pair
+            r_kick[i] -= size
+        else:
+            atm_jump[i] += jump * e["sign"]
+            wing_kick[i] -= jump * e["sign"]
+        e["kick"] = float(e["sign"] * (10.0 * r_sd if e["kind"] == "cross_pair_lag" else jump))
+    ln_follow = beta_pair * ln_lead + ou_path(r_sd, r_kick)
+    spot = 1.1 * np.exp(ln_follow)
+    atm = 0.08 + (-0.6) * ln_follow + np.cumsum(atm_jump) + ou_path(atm_sd, 0.0)
+    wing = ou_path(wing_sd, wing_kick)
+    expiry = 0.1
+    truth = OptionTruth(clock=clock, spot=spot, leader=140.0 * np.exp(ln_lead), atm=atm,
+                        wing=wing, skew=-0.2, curvature=12.0, k_wing=0.017, expiry=expiry,
+                        lam=lam, beta=beta_pair, events=tuple(planted))
+    rows = []
+    for name, path in (("EURUSD", truth.spot), ("EURJPY", truth.leader)):
+        t = np.sort(rng.uniform(0, duration, rng.poisson(spot_rate * duration)))
+        mid = path[np.minimum(np.searchsorted(clock, t, side="right") - 1, clock.size - 1)]
+        rows.append(pd.DataFrame(dict(instrument=name, kind="spot", tenor="", time=t,
+                                      bid=mid * (1 - 0.5e-4), ask=mid * (1 + 0.5e-4))))
+    strike_grid = 1.1 * np.exp(np.linspace(-0.035, 0.035, strikes))
+    for strike in strike_grid:
+        t = np.sort(rng.uniform(0, duration, rng.poisson(quote_rate * duration)))
+        i = np.minimum(np.searchsorted(clock, t, side="right") - 1, clock.size - 1)
+        forward = spot[i]
+        vol = truth.vol(t, np.log(strike / forward))
+        is_call = bool(strike >= 1.1)
+        price = _black(forward, strike, expiry, vol, is_call)
+        rows.append(pd.DataFrame(dict(
+            instrument="EURUSD", kind="option", tenor="", time=t, bid=price * 0.98,
+            ask=price * 1.02, expiry=expiry, strike=strike, is_call=is_call)))
+    table = pd.concat(rows, ignore_index=True)
     return table, truth

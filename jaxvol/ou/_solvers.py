@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["bracketed_root", "damped_newton_max"]
+__all__ = ["bracketed_root", "damped_newton_max", "newton_summary", "value_grad_hessian"]
 
 
 def bracketed_root(fun, lo, hi, x0, iterations, skip=False):
@@ -45,11 +45,9 @@ def damped_newton_max(fun, p0, lower, upper, iterations, max_step=2.0):
 
     Levenberg–Marquardt damping on the negative Hessian, a step is taken only when it raises
     ``fun``; at most ``iterations`` steps, stopping early (a while loop) once the Newton
-    decrement is below 1e-12 relative. Returns (p, value, gradient, hessian,
-    newton_decrement) at the final point.
+    decrement is below 1e-12 relative. Returns the final point (its value, gradient, Hessian
+    and decrement come from :func:`newton_summary`).
     """
-    grad = jax.grad(fun)
-    hess = jax.jacfwd(grad)
     eye = jnp.eye(p0.shape[0], dtype=p0.dtype)
 
     def cond(state):
@@ -58,8 +56,8 @@ def damped_newton_max(fun, p0, lower, upper, iterations, max_step=2.0):
 
     def body(state):
         i, p, value, damp, _ = state
-        g = grad(p)
-        h = hess(p)
+        _, g, h = value_grad_hessian(fun, p)
+        g, h = _project(p, g, h, lower, upper)
         # stop once the undamped Newton decrement is negligible (the converged-status test
         # of the callers is 1e-8 relative): later iterations would move p by ~1e-12 only
         full = jnp.linalg.solve(-h + 1e-300 * eye, g)
@@ -78,10 +76,38 @@ def damped_newton_max(fun, p0, lower, upper, iterations, max_step=2.0):
         return i + 1, p, value, damp, done
 
     init = (jnp.asarray(0), p0, fun(p0), jnp.asarray(1e-3, p0.dtype), jnp.asarray(False))
-    _, p, value, _, _ = jax.lax.while_loop(cond, body, init)
-    g = grad(p)
-    h = hess(p)
-    info = -h
-    step = jnp.linalg.solve(info + 1e-300 * eye, g)
-    decrement = jnp.dot(g, step)
-    return p, value, g, h, decrement
+    _, p, _, _, _ = jax.lax.while_loop(cond, body, init)
+    return p
+
+
+def _project(p, g, h, lower, upper):
+    """Freeze the coordinates on a bound whose gradient points outwards (projected Newton):
+    the others then converge to their optimum given the bound, so the decrement test and
+    the implicit derivative (score = 0 in the free coordinates) hold at a bound too."""
+    active = ((p <= lower) & (g < 0)) | ((p >= upper) & (g > 0))
+    g = jnp.where(active, 0.0, g)
+    h = jnp.where(active[:, None] | active[None, :], 0.0, h)
+    return g, h - jnp.diag(jnp.where(active, 1.0, 0.0))
+
+
+def value_grad_hessian(fun, p):
+    """(f, gradient, Hessian) of a scalar ``fun`` of a few parameters in one forward-over-
+    forward pass (P + P^2 tangents carried through the same loop; no reverse-mode tape of a
+    scan over the ticks, as jacfwd(grad) of the Kalman scan does)."""
+    basis = jnp.eye(p.shape[0], dtype=p.dtype)
+
+    def first(q):
+        value, g = jax.vmap(lambda e: jax.jvp(fun, (q,), (e,)), out_axes=(None, 0))(basis)
+        return g, (g, value)
+
+    h, (g, value) = jax.jacfwd(first, has_aux=True)(p)
+    return value, g, 0.5 * (h + h.T)
+
+
+def newton_summary(fun, p):
+    """(value, gradient, hessian, newton_decrement) of ``fun`` at ``p`` (differentiable: the
+    callers evaluate it at the implicitly differentiated optimum)."""
+    value, g, h = value_grad_hessian(fun, p)
+    eye = jnp.eye(p.shape[0], dtype=p.dtype)
+    step = jnp.linalg.solve(-h + 1e-300 * eye, g)
+    return value, g, h, jnp.dot(g, step)

@@ -18,6 +18,17 @@ every series in one compiled, vmapped program:
   mu and eta^2 profiled, beta by damped Newton with autodiff Hessian; ``beta`` and
   ``beta_stderr`` in the result, ``lam`` = exp(beta_0) (lam at z = 0).
 
+Derivatives: the searches run on stop-gradient inputs (while loops that stop at convergence)
+and their solutions are attached to the data by the implicit-function theorem at the optimum
+(:func:`jaxvol.calibrate.implicit_solve`, the rule of the calibration engine): for the exact
+fit the conditions are the ML and REML scores and the two interval equations, for the Kalman
+and covariate fits the score of the damped-Newton parameters; a component pinned to a search
+bound follows the bound (a function of the tick times). So ``jax.grad``, ``jax.jvp`` and
+``jax.jacfwd`` of anything computed from the fit (lam, mu, eta, the interval, lam_corrected,
+the covariate coefficients) with respect to ``times``, ``values``, ``noise_variance`` or
+``covariates`` work; series without a solution get zero derivatives. The bootstrap bias
+(``bias="bootstrap"``) is held constant in derivatives.
+
 Small-sample bias: lam-hat over a window T is biased upward by about 2/T (known mean) to 4/T
 (estimated mean, the case here; Marriott & Pope 1954 for AR(1), Tang & Chen 2009 and Yu 2012
 for the OU). ``lam_corrected`` removes it analytically (default; for exact fits from the REML
@@ -37,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol._dtypes import float_dtype
-from jaxvol.ou._solvers import bracketed_root, damped_newton_max
+from jaxvol.calibrate import implicit_solve
+from jaxvol.ou._solvers import bracketed_root, damped_newton_max, newton_summary
 from jaxvol.ou.likelihood import exact_profile, kalman_profile
 from jaxvol.ou.simulate import simulate
 from jaxvol.status import domain_status
@@ -170,8 +182,8 @@ def _derivatives(fun, u):
 def _exact_point(times, values, valid, config, restricted=0.0):
     """Maximiser of the (restricted) profile over log lam for one clean series.
 
-    Returns (u_hat, loglik at u_hat, at_bound, bounds)."""
-    span, median_gap, _ = _span(times, valid)
+    Returns (u_hat, loglik at u_hat, (at_low, at_high), bounds)."""
+    span, median_gap, mean_gap = _span(times, valid)
     u_lo, u_hi = _bounds(span, median_gap, config)
     profile = _profile_fn(times, values, valid, restricted)
     # start: the lag-1 autocorrelation (moment / AR(1)) estimate, phi = exp(-lam h); then a
@@ -181,7 +193,6 @@ def _exact_point(times, values, valid, config, restricted=0.0):
     mean = jnp.sum(jnp.where(valid, values, 0.0)) / n
     c = jnp.where(valid, values - mean, 0.0)
     rho = jnp.sum(c[1:] * c[:-1]) / jnp.sum(c * c)
-    _, _, mean_gap = _span(times, valid)
     u0 = jnp.log(-jnp.log(jnp.clip(rho, 1e-6, 1.0 - 1e-6)) / mean_gap)
     u0 = jnp.clip(jnp.where(jnp.isfinite(u0), u0, 0.5 * (u_lo + u_hi)), u_lo, u_hi)
     ends = jnp.stack([u_lo, u_hi])
@@ -191,11 +202,14 @@ def _exact_point(times, values, valid, config, restricted=0.0):
     root = bracketed_root(lambda u: _derivatives(profile, u)[1:], u_lo, u_hi, u0,
                           config.root_iterations, skip=at_low | at_high)
     u_hat = jnp.where(at_low, u_lo, jnp.where(at_high, u_hi, root))
-    return u_hat, profile(u_hat), at_low | at_high, (u_lo, u_hi)
+    return u_hat, profile(u_hat), (at_low, at_high), (u_lo, u_hi)
 
 
 def _profile_interval(profile, u_hat, l_hat, bounds, config):
-    """Both roots of profile(u) = max - chi2_1(level) / 2 (one vmapped solve for the sides)."""
+    """Both roots of profile(u) = max - chi2_1(level) / 2 (one vmapped solve for the sides).
+
+    Returns (low, high, low_open, high_open); an open side (the profile stays above the
+    target up to the search bound) returns the bound."""
     half, _ = _chi2_half_quantile(config.level)
     target = l_hat - half
     u_lo, u_hi = bounds
@@ -217,25 +231,75 @@ def _profile_interval(profile, u_hat, l_hat, bounds, config):
         start = jnp.where(jnp.isfinite(start) & (start > a) & (start < b), start,
                           0.5 * (a + b))
         root = bracketed_root(fun, a, b, start, config.root_iterations, skip=open_side)
-        return jnp.where(open_side, bound, root)
+        return jnp.where(open_side, bound, root), open_side
 
-    ends = jax.vmap(side)(sign, lo, hi, far)
-    return ends[0], ends[1]
+    ends, open_sides = jax.vmap(side)(sign, lo, hi, far)
+    return ends[0], ends[1], open_sides[0], open_sides[1]
 
 
-def _exact_single(times, values, valid, config):
-    both = jax.vmap(lambda r: _exact_point(times, values, valid, config, r))(
+# ------------------------------------------------------------- implicit derivatives
+def _identity_solver(solution, args, weights, flags):
+    """The solution is found outside (loops, no derivatives); flags[:, 0] marks lanes
+    without one (BAD_INPUT: zero tangents)."""
+    status = jnp.where(flags[:, 0], 1, 0).astype(jnp.int32)
+    return solution, status, jnp.zeros(status.shape, jnp.int32)
+
+
+def _at_optimum(condition, solution, args, flags):
+    """``solution`` of one lane with the implicit-function derivative of ``condition(u, args,
+    flags) = 0`` attached (jaxvol.calibrate.implicit_solve, the calibration engine's rule):
+    jax.grad and jax.jvp of anything computed from it reach ``args`` without entering the
+    solver's while loops. ``flags`` (bool vector, flags[0] = no solution) is not
+    differentiated."""
+    one = lambda a: a[None]  # noqa: E731  (the rule is batched over lanes: one lane here)
+    u, _, _ = implicit_solve(_identity_solver,
+                             lambda u, a, w, m: condition(u, a, m),
+                             jax.lax.stop_gradient(solution)[None],
+                             jax.tree_util.tree_map(one, args),
+                             jnp.zeros((1, 0), solution.dtype), flags[None])
+    return u[0]
+
+
+def _exact_condition(u, args, flags, *, config):
+    """Zero at the exact fit's (u_ML, u_REML, u_low, u_high): the two scores and the interval
+    equations; a component pinned to a search bound equals u - bound(times)."""
+    times, values, valid = args
+    _, low_ml, high_ml, low_r, high_r, open_lo, open_hi = (flags[i] for i in range(7))
+    span, median_gap, _ = _span(times, valid)
+    u_lo, u_hi = _bounds(span, median_gap, config)
+    ml = _profile_fn(times, values, valid, 0.0)
+    reml = _profile_fn(times, values, valid, 1.0)
+    half, _ = _chi2_half_quantile(config.level)
+    target = reml(u[1]) - half
+    free = jnp.stack([_derivatives(ml, u[0])[1], _derivatives(reml, u[1])[1],
+                      reml(u[2]) - target, reml(u[3]) - target])
+    pinned = jnp.stack([jnp.where(low_ml, u_lo, u_hi), jnp.where(low_r, u_lo, u_hi), u_lo,
+                        u_hi])
+    fixed = jnp.stack([low_ml | high_ml, low_r | high_r, open_lo, open_hi])
+    return jnp.where(fixed, u - pinned, free)
+
+
+def _exact_single(times, values, valid, bad, config):
+    # the search: loops on stop-gradient inputs; derivatives come from _at_optimum
+    t0, x0 = jax.lax.stop_gradient(times), jax.lax.stop_gradient(values)
+    both = jax.vmap(lambda r: _exact_point(t0, x0, valid, config, r))(
         jnp.asarray([0.0, 1.0], values.dtype))
-    u_hat, l_hat, at_bound = both[0][0], both[1][0], both[2][0]
-    u_r, l_r = both[0][1], both[1][1]
+    (u_ml, u_r), (l_ml, l_r) = both[0], both[1]
+    (low_ml, low_r), (high_ml, high_r) = both[2]
     bounds = (both[3][0][0], both[3][1][0])
+    low, high, open_lo, open_hi = _profile_interval(_profile_fn(t0, x0, valid, 1.0), u_r, l_r,
+                                                    bounds, config)
+    flags = jnp.stack([bad | ~jnp.isfinite(l_ml), low_ml, high_ml, low_r, high_r, open_lo,
+                       open_hi])
+    u = _at_optimum(functools.partial(_exact_condition, config=config),
+                    jnp.stack([u_ml, u_r, low, high]), (times, values, valid), flags)
+    u_hat, u_r, low, high = u[0], u[1], u[2], u[3]
     lam = jnp.exp(u_hat)
-    _, mu, eta2 = exact_profile(jnp.full(times.shape[0] - 1, lam), lam, times, values, valid)
-    restricted = _profile_fn(times, values, valid, 1.0)
-    low, high = _profile_interval(restricted, u_r, l_r, bounds, config)
+    l_hat, mu, eta2 = exact_profile(jnp.full(times.shape[0] - 1, lam), lam, times, values,
+                                    valid)
     curvature = _derivatives(_profile_fn(times, values, valid, 0.0), u_hat)[2]
     stderr = jnp.sqrt(jnp.where(curvature < 0, -1.0 / curvature, jnp.nan))
-    status = jnp.where(at_bound, 6, jnp.where(jnp.isfinite(l_hat), 0, 3))
+    status = jnp.where(low_ml | high_ml, 6, jnp.where(jnp.isfinite(l_hat), 0, 3))
     span, _, mean_gap = _span(times, valid)
     lam_r = jnp.exp(u_r)
     corrected = lam_r - _analytic_bias(lam_r, span, mean_gap, known_mean=True)
@@ -245,7 +309,28 @@ def _exact_single(times, values, valid, config):
                 beta_stderr=stderr[None])
 
 
-def _kalman_single(times, values, valid, noise, estimate_noise, config):
+def _newton_condition(p, args, flags, *, loglik, bounds):
+    """Zero at the damped-Newton optimum: the score, or p_0 - bound where log lam is pinned."""
+    lower, upper = bounds(args)
+    free = jax.jacfwd(lambda q: loglik(q, args))(p)  # forward mode: no tape of the scan
+    pinned = jnp.where(flags[1], lower, upper)
+    fixed = flags[1] | flags[2]
+    return jnp.where(jnp.arange(p.shape[0]) == 0, jnp.where(fixed, p - pinned, free), free)
+
+
+def _kalman_loglik(p, args, *, estimate_noise):
+    times, values, valid, noise = args
+    r = jnp.full_like(values, jnp.exp(p[2])) if estimate_noise else noise
+    return kalman_profile(jnp.exp(p[0]), jnp.exp(p[1]), r, times, values, valid)[0]
+
+
+def _kalman_bounds(args, *, config):
+    times, _, valid, _ = args
+    span, median_gap, _ = _span(times, valid)
+    return _bounds(span, median_gap, config)
+
+
+def _kalman_single(times, values, valid, noise, estimate_noise, bad, config):
     span, median_gap, _ = _span(times, valid)
     u_lo, u_hi = _bounds(span, median_gap, config)
     n = jnp.sum(valid).astype(values.dtype)
@@ -258,33 +343,35 @@ def _kalman_single(times, values, valid, noise, estimate_noise, config):
     else:
         r0 = jnp.sum(jnp.where(valid, noise, 0.0)) / n
     s0 = jnp.maximum(var - r0, 0.05 * var)
-
-    def unpack(p):
-        r = jnp.full_like(values, jnp.exp(p[2])) if estimate_noise else noise
-        return jnp.exp(p[0]), jnp.exp(p[1]), r
-
-    def loglik(p):
-        lam, s2, r = unpack(p)
-        return kalman_profile(lam, s2, r, times, values, valid)[0]
-
+    loglik = functools.partial(_kalman_loglik, estimate_noise=estimate_noise)
+    args = (times, values, valid, noise)
+    frozen = jax.lax.stop_gradient(args)
+    fun = lambda p: loglik(p, frozen)  # noqa: E731
     extra = (jnp.log(r0)[None],) if estimate_noise else ()
     grid = jnp.linspace(u_lo, u_hi, 12)
     starts = jax.vmap(lambda u: jnp.concatenate([u[None], jnp.log(s0)[None], *extra]))(grid)
-    ll = jax.vmap(loglik)(starts)
-    p0 = starts[jnp.argmax(jnp.where(jnp.isfinite(ll), ll, -jnp.inf))]
+    ll = jax.vmap(fun)(starts)
+    p0 = jax.lax.stop_gradient(starts[jnp.argmax(jnp.where(jnp.isfinite(ll), ll, -jnp.inf))])
     big = jnp.asarray(jnp.inf, values.dtype)
     lower = jnp.concatenate([u_lo[None], jnp.full(p0.shape[0] - 1, -big)])
     upper = jnp.concatenate([u_hi[None], jnp.full(p0.shape[0] - 1, big)])
-    p, value, _, h, decrement = damped_newton_max(loglik, p0, lower, upper,
-                                                  config.newton_iterations)
-    lam, s2, r = unpack(p)
+    p = damped_newton_max(fun, p0, jax.lax.stop_gradient(lower),
+                          jax.lax.stop_gradient(upper), config.newton_iterations)
+    at_lo, at_hi = p[0] <= u_lo + 1e-9, p[0] >= u_hi - 1e-9
+    flags = jnp.stack([bad | ~jnp.isfinite(fun(p)), at_lo, at_hi])
+    p = _at_optimum(functools.partial(
+        _newton_condition, loglik=loglik,
+        bounds=functools.partial(_kalman_bounds, config=config)), p, args, flags)
+    value, _, h, decrement = newton_summary(lambda q: loglik(q, args), p)
+    lam = jnp.exp(p[0])
+    s2 = jnp.exp(p[1])
+    r = jnp.full_like(values, jnp.exp(p[2])) if estimate_noise else noise
     _, mu = kalman_profile(lam, s2, r, times, values, valid)
     cov = jnp.linalg.inv(-h)
     se_u = jnp.sqrt(jnp.where(cov[0, 0] > 0, cov[0, 0], jnp.nan))
     _, z = _chi2_half_quantile(config.level)
-    at_bound = (p[0] <= u_lo + 1e-9) | (p[0] >= u_hi - 1e-9)
     converged = (decrement < 1e-8 * jnp.maximum(1.0, jnp.abs(value))) & (cov[0, 0] > 0)
-    status = jnp.where(~jnp.isfinite(value), 3, jnp.where(at_bound, 6, jnp.where(
+    status = jnp.where(~jnp.isfinite(value), 3, jnp.where(at_lo | at_hi, 6, jnp.where(
         converged, 0, 5)))
     mean_r = jnp.sum(jnp.where(valid, r, 0.0)) / n
     return dict(lam=lam, mu=mu, eta=jnp.sqrt(2.0 * lam * s2), lam_low=jnp.exp(p[0] - z * se_u),
@@ -292,23 +379,31 @@ def _kalman_single(times, values, valid, noise, estimate_noise, config):
                 noise_variance=mean_r, beta=p[:1], beta_stderr=se_u[None])
 
 
-def _covariate_single(times, values, valid, z, config):
-    u_hat, _, _, (u_lo, u_hi) = _exact_point(times, values, valid, config)
+def _covariate_loglik(b, args):
+    times, values, valid, z = args
+    lam = jnp.exp(jnp.clip(b[0] + z @ b[1:], -50.0, 50.0))
+    return exact_profile(lam[:-1], lam[0], times, values, valid)[0]
+
+
+def _no_bounds(args):
+    return -jnp.inf, jnp.inf
+
+
+def _covariate_single(times, values, valid, z, bad, config):
+    t0, x0 = jax.lax.stop_gradient(times), jax.lax.stop_gradient(values)
+    u_hat, _, _, _ = _exact_point(t0, x0, valid, config)
     k = z.shape[-1]
-
-    def lam_path(b):
-        u = jnp.clip(b[0] + z @ b[1:], -50.0, 50.0)
-        return jnp.exp(u)
-
-    def loglik(b):
-        lam = lam_path(b)
-        return exact_profile(lam[:-1], lam[0], times, values, valid)[0]
-
+    args = (times, values, valid, z)
+    frozen = jax.lax.stop_gradient(args)
+    fun = lambda b: _covariate_loglik(b, frozen)  # noqa: E731
     b0 = jnp.concatenate([u_hat[None], jnp.zeros(k, values.dtype)])
     inf = jnp.full(k + 1, jnp.inf, values.dtype)
-    b, value, _, h, decrement = damped_newton_max(loglik, b0, -inf, inf,
-                                                  config.newton_iterations, max_step=1.0)
-    lam_i = lam_path(b)
+    b = damped_newton_max(fun, b0, -inf, inf, config.newton_iterations, max_step=1.0)
+    flags = jnp.stack([bad | ~jnp.isfinite(fun(b)), jnp.asarray(False), jnp.asarray(False)])
+    b = _at_optimum(functools.partial(_newton_condition, loglik=_covariate_loglik,
+                                      bounds=_no_bounds), b, args, flags)
+    value, _, h, decrement = newton_summary(lambda q: _covariate_loglik(q, args), b)
+    lam_i = jnp.exp(jnp.clip(b[0] + z @ b[1:], -50.0, 50.0))
     _, mu, eta2 = exact_profile(lam_i[:-1], lam_i[0], times, values, valid)
     cov = jnp.linalg.inv(-h)
     diag = jnp.diag(cov)
@@ -322,9 +417,11 @@ def _covariate_single(times, values, valid, z, config):
 
 
 def _bootstrap_bias(key, times, values, valid, out, config):
-    """Parametric bootstrap of lam-hat's bias on the series' own grid."""
+    """Parametric bootstrap of lam-hat's bias on the series' own grid (a constant for
+    derivatives: the resampled fits are not differentiated)."""
     keys = jax.random.split(key, config.bootstrap_samples)
-    lam, mu, eta = out["lam"], out["mu"], out["eta"]
+    times = jax.lax.stop_gradient(times)
+    lam, mu, eta = (jax.lax.stop_gradient(out[k]) for k in ("lam", "mu", "eta"))
 
     def one(k):
         path = simulate(k, times, lam=lam, mu=mu, eta=eta)
@@ -336,12 +433,13 @@ def _bootstrap_bias(key, times, values, valid, out, config):
 
 def _single(times, values, valid, noise, z, key, *, mode, config):
     times, values, valid, status = _prepare(times, values, valid, config.min_points)
+    bad = status != 0
     if mode == "exact":
-        out = _exact_single(times, values, valid, config)
+        out = _exact_single(times, values, valid, bad, config)
     elif mode == "covariates":
-        out = _covariate_single(times, values, valid, z, config)
+        out = _covariate_single(times, values, valid, z, bad, config)
     else:
-        out = _kalman_single(times, values, valid, noise, mode == "estimate", config)
+        out = _kalman_single(times, values, valid, noise, mode == "estimate", bad, config)
     span, _, mean_gap = _span(times, valid)
     if config.bias == "bootstrap" and mode == "exact":
         bias = _bootstrap_bias(key, times, values, valid, out, config)
