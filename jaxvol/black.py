@@ -37,7 +37,7 @@ import numpy as np
 from jaxvol._dtypes import as_bool, as_float, float_dtype, two_product
 from jaxvol._edge import blockwise, edge
 from jaxvol.special import (_P, _Q, SQRT_2, SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, SQRT_PI_INV,
-                            _erfcx_nonneg, erfcx,
+                            _erfcx_nonneg, erfcx, log_positive,
                             mills_complement, mills_complement_given_ratio, norm_cdf, norm_pdf,
                             opaque, split_exp)
 
@@ -112,14 +112,18 @@ def _wing_bracket(h, t):
     """
     a = -SQRT_HALF * (h + t)
     c = SQRT_HALF * (t - h)
-    za = 1.0 / (a * a)
-    zc = 1.0 / (c * c)
+    inv_ac = 1.0 / (a * c)  # the only division by a or c: za = (c/(ac))^2, zc = (a/(ac))^2
+    inv_a = c * inv_ac
+    inv_c = a * inv_ac
+    za = inv_a * inv_a
+    zc = inv_c * inv_c
     na, nc, ndd = _cody_large_parts(za, zc, _CODY_N)
     ma, mc, mdd = _cody_large_parts(za, zc, _CODY_M)
-    delta = (ndd * mc - nc * mdd) / (ma * mc)
-    ac = a * c
-    inner = (SQRT_PI_INV - zc * nc / mc) - (-SQRT_2 * h) / (a * ac) * (na / ma + zc * delta)
-    return (1.0 / SQRT_PI_INV) * t / ac * inner  # sqrt(pi/2) (erfcx(a) - erfcx(c)), c - a = sqrt2 t
+    inv_ma = 1.0 / ma
+    inv_mc = 1.0 / mc
+    delta = (ndd * mc - nc * mdd) * (inv_ma * inv_mc)
+    inner = (SQRT_PI_INV - zc * nc * inv_mc) - (-SQRT_2 * h) * (inv_a * inv_ac) * (na * inv_ma + zc * delta)
+    return (1.0 / SQRT_PI_INV) * t * inv_ac * inner  # sqrt(pi/2) (erfcx(a) - erfcx(c)), c - a = sqrt2 t
 
 
 def _small_t_series(h, t, ratio, complement, order):
@@ -172,10 +176,11 @@ def _call_otm_parts(x, s):
     first = _erfcx_nonneg(SQRT_HALF * jnp.where(region2, -h, jnp.abs(u)))
     second = _erfcx_nonneg(SQRT_HALF * (t - h))
     # split exponentials: region 3 needs exp(-u^2/2) and exp(-(h-t)^2/2); region 4 with u > 0
-    # needs exp(-u^2/2) as exp(-y^2), y = u/sqrt2, for erfcx(-y) = 2 exp(y^2) - erfcx(y)
-    split_a = split_exp(jnp.where(region3, u, SQRT_HALF * u), jnp.where(region3, -0.5, -1.0))
+    # needs exp(y^2), y = u/sqrt2 < 0.61, for erfcx(-y) = 2 exp(y^2) - erfcx(y)
+    split_a = split_exp(jnp.where(region3, u, SQRT_HALF * jnp.maximum(u, 0.0)),
+                        jnp.where(region3, -0.5, 1.0))
     split_b = split_exp(jnp.where(region3, h - t, 0.0), -0.5)
-    erfcx_u = jnp.where(u > 0, 2.0 / split_a - first, first)
+    erfcx_u = jnp.where(u > 0, 2.0 * split_a - first, first)
     bracket_erfcx = (0.5 * SQRT_2PI) * (erfcx_u - second)
     h2 = jnp.where(region2, h, -1.0)
     t2 = jnp.where(region2, t, 0.1)
@@ -203,15 +208,18 @@ def _call_otm(x, s):
 def _normalised_black_value(x, s, theta):
     """Normalised Black value with intrinsic split off: OTM part computed directly."""
     otm_x = -jnp.abs(x)
+    finite_x = jnp.isfinite(otm_x)
     good = (s > 0) & jnp.isfinite(s)
     s_safe = jnp.where(good, s, 1.0)
-    x_safe = jnp.where(jnp.isfinite(otm_x), otm_x, -1.0)
-    time_value = jnp.where(good, _call_otm(x_safe, s_safe), 0.0)
-    time_value = jnp.where(jnp.isfinite(otm_x), time_value, 0.0)
+    x_safe = jnp.where(finite_x, otm_x, -1.0)
+    time_value = jnp.where(good & finite_x, _call_otm(x_safe, s_safe), 0.0)
     itm = theta * x > 0
-    intrinsic = jnp.where(itm, jnp.abs(jnp.exp(0.5 * x) - jnp.exp(-0.5 * x)), 0.0)
+    # exp(-|x|/2) and exp(|x|/2): the same two exponentials as inside _call_otm (merged by XLA)
+    low, high = jnp.exp(0.5 * x_safe), jnp.exp(-0.5 * x_safe)
+    intrinsic = jnp.where(itm, jnp.where(finite_x, high - low, jnp.abs(x)), 0.0)
     # s = +inf: the option is worth its maximum b_max = exp(theta*x/2)
-    at_infinity = jnp.exp(0.5 * theta * x)
+    at_infinity = jnp.where(finite_x, jnp.where(itm, high, low),
+                            jnp.where(itm, jnp.inf, jnp.where(jnp.isnan(x), jnp.nan, 0.0)))
     value = intrinsic + time_value
     return jnp.where(jnp.isposinf(s), at_infinity, value)
 
@@ -274,6 +282,30 @@ def _safe_sqrt(x):
     return jnp.where(x > 0, jnp.sqrt(safe), 0.0)
 
 
+def _black_formula(forward, strike, expiry, vol, theta, discount):
+    """Black-76 price from arrays of one dtype (``theta`` = +1 call, -1 put), elementwise."""
+    positive = (forward > 0) & (strike > 0)
+    f_safe = jnp.where(positive, forward, 1.0)
+    k_safe = jnp.where(positive, strike, 1.0)
+    x = log_positive(f_safe / k_safe)
+    s = vol * _safe_sqrt(expiry)
+    b = _normalised_black(x, s, theta)
+    price = discount * jnp.sqrt(f_safe) * jnp.sqrt(k_safe) * b
+    return jnp.where(positive, price, jnp.nan)
+
+
+@jax.custom_jvp
+def _black(forward, strike, expiry, vol, theta, discount):
+    """The price over cache-sized blocks (:func:`jaxvol._edge.blockwise`): the whole formula,
+    logarithm and square roots included, runs as one pass per block on CPU."""
+    return blockwise(_black_formula, forward, strike, expiry, vol, theta, discount)
+
+
+@_black.defjvp
+def _black_jvp(primals, tangents):  # derivatives of the formula (normalised Black's own rule)
+    return jax.jvp(_black_formula, primals, tangents)
+
+
 @edge
 def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     """Black-76 price ``D * Black(F, K, vol, T)``; broadcasts, jit/vmap/grad-safe.
@@ -284,14 +316,7 @@ def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     dtype = float_dtype(forward, strike, expiry, vol, discount)
     forward, strike, expiry, vol, discount = as_float(dtype, forward, strike, expiry, vol, discount)
     theta = jnp.where(as_bool(is_call), 1.0, -1.0).astype(dtype)
-    positive = (forward > 0) & (strike > 0)
-    f_safe = jnp.where(positive, forward, 1.0)
-    k_safe = jnp.where(positive, strike, 1.0)
-    x = jnp.log(f_safe / k_safe)
-    s = vol * _safe_sqrt(expiry)
-    b = _normalised_black(x, s, theta)
-    price = discount * jnp.sqrt(f_safe) * jnp.sqrt(k_safe) * b
-    return jnp.where(positive, price, jnp.nan)
+    return _black(forward, strike, expiry, vol, theta, discount)
 
 
 @edge
@@ -334,7 +359,7 @@ def greeks(forward, strike, expiry, vol, is_call, *, discount=1.0) -> Greeks:
     price = black_price(forward, strike, expiry, vol, is_call, discount=discount)
     sqrt_t = jnp.sqrt(expiry)
     s = vol * sqrt_t
-    d1_ = jnp.log(forward / strike) / s + 0.5 * s
+    d1_ = log_positive(forward / strike) / s + 0.5 * s
     d2_ = d1_ - s
     pdf1 = norm_pdf(d1_)
     rate = -jnp.log(discount) / expiry
