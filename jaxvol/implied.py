@@ -34,6 +34,7 @@ import numpy as np
 from jax.scipy.special import ndtri
 
 from jaxvol._dtypes import as_bool, as_float, float_dtype
+from jaxvol._edge import blockwise
 from jaxvol.black import (_call_otm_parts, _gaussian_factor, bachelier_price,
                           black_price, normalised_bachelier_otm)
 from jaxvol.special import (SQRT_2, SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg,
@@ -348,26 +349,18 @@ def _black_status(price, forward, strike, expiry, discount, theta):
     return status.astype(jnp.int32), intrinsic
 
 
-_CPU_BLOCK = 16384  # lanes per block on CPU: keeps the long elementwise chain in cache
+_CPU_BLOCK = 4096  # lanes per block on CPU: keeps the long elementwise chain in cache
 
 
 def _blockwise(kernel, *arrays):
     """Apply an elementwise kernel in cache-sized blocks on CPU (one fused pass elsewhere).
 
     XLA on CPU materialises the many intermediates of the solver as full-size arrays; running
-    it over blocks of 16,384 lanes (``lax.map`` with ``batch_size``) keeps them in cache. On
-    accelerators the whole batch goes through at once.
+    it over blocks of 4,096 lanes (:func:`jaxvol._edge.blockwise`: a loop of dynamic slices,
+    no padded copies of the inputs) keeps them in cache. On accelerators the whole batch goes
+    through at once.
     """
-    shape = arrays[0].shape
-    size = int(np.prod(shape)) if shape else 1
-    if jax.default_backend() != "cpu" or size <= _CPU_BLOCK:
-        return kernel(*arrays)
-    blocks = -(-size // _CPU_BLOCK)
-    pad = blocks * _CPU_BLOCK - size  # padded with copies of lane 0: one compiled block body
-    flat = [jnp.concatenate([a.reshape(-1), jnp.broadcast_to(a.reshape(-1)[:1], (pad,))])
-            .reshape(blocks, _CPU_BLOCK) for a in arrays]
-    out = jax.lax.map(lambda args: kernel(*args), tuple(flat))
-    return jax.tree_util.tree_map(lambda o: o.reshape(-1)[:size].reshape(shape), out)
+    return blockwise(kernel, *arrays, block=_CPU_BLOCK)
 
 
 def _implied_vol_primal(price, forward, strike, expiry, discount, theta):
@@ -476,7 +469,7 @@ def _solve_bachelier_u(ratio):
     log_ratio = log_positive(ratio)
     u_large = jnp.sqrt(jnp.maximum(-2.0 * log_ratio, 1.0))
     for _ in range(4):
-        u_large = jnp.sqrt(jnp.maximum(-2.0 * (log_ratio + 3.0 * log_positive(u_large) + log_positive(SQRT_2PI)), 1e-6))
+        u_large = jnp.sqrt(jnp.maximum(-2.0 * (log_ratio + 3.0 * log_positive(u_large) + jnp.log(SQRT_2PI)), 1e-6))
     u = jnp.where(ratio > 0.1, u_small, u_large)
 
     def householder_step(_, u):  # Householder(3) on g(u) = ln psi(u) - ln u - ln ratio

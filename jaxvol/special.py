@@ -260,9 +260,9 @@ def log_positive(x):
     flushes subnormals to zero, so ``jnp.log`` returns ``-inf`` for them too). float32 inputs
     use ``jnp.log``.
     """
+    if isinstance(x, (int, float)) or jnp.result_type(x) != jnp.float64:
+        return jnp.log(x)  # Python scalars stay weakly typed; float32 is vectorised already
     x = jnp.asarray(x)
-    if x.dtype != jnp.float64:
-        return jnp.log(x)
     normal = (x >= 2.2250738585072014e-308) & (x < jnp.inf)
     xs = jnp.where(normal, x, 1.0)
     bits = jax.lax.bitcast_convert_type(xs, jnp.int64)
