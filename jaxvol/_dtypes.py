@@ -41,13 +41,20 @@ def dekker_split_constant(dtype) -> float:
 
 
 def two_product(a, b):
-    """Error-free product: a*b = p + e exactly (Dekker's algorithm, no FMA needed)."""
+    """Error-free product ``a*b = p + e`` exactly (Dekker's algorithm, no FMA needed).
+
+    The products pass through :func:`jaxvol.special.opaque`, so that XLA's FMA contraction on
+    CPU cannot fuse them into the corrections (which would make ``e`` measure the wrong
+    rounding). Used by the double-double Gaussian factor of the normalised Black kernel.
+    """
+    from jaxvol.special import opaque  # special imports no dtype helper: no cycle
+
     c = dekker_split_constant(a.dtype)
-    p = a * b
-    ah = a * c
+    p = opaque(a * b)
+    ah = opaque(a * c)
     ah = ah - (ah - a)
     al = a - ah
-    bh = b * c
+    bh = opaque(b * c)
     bh = bh - (bh - b)
     bl = b - bh
     e = ((ah * bh - p) + ah * bl + al * bh) + al * bl

@@ -8,8 +8,9 @@ with ``x = ln(F/K)`` and ``s = vol*sqrt(T)``, so that ``price = D*sqrt(F*K)*b``.
 values are computed directly (never through put–call parity), in four regions of
 ``h = x/s``, ``t = s/2``:
 
-1. ``h < -10`` and ``h + t < -9.79``: an asymptotic expansion of ``Y(h+t) - Y(h-t)`` with
-   ``Y = Phi/phi`` (A&S 26.2.12) to 20 orders, summed in a cancellation-free form;
+1. ``h + t < -4 sqrt2`` (both erfcx arguments above 4): the difference of Cody's
+   large-argument forms of ``erfcx`` written through divided differences of his polynomials
+   (:func:`_wing_bracket`), cancellation-free for any ``t``, cheap enough for every lane;
 2. ``t < 0.21``, or ``t < 0.8`` and ``h > -1.5``: the Taylor expansion of ``Y(h+t) - Y(h-t)``
    in ``t`` (odd powers, all terms positive) to order ``t**13`` (``t**33`` on the wider part,
    where the erfcx difference of region 4 loses up to 16 eps) from the recurrence
@@ -27,16 +28,16 @@ time passes, ``-dV/dT``), rho per 1.0 of rate.
 
 from __future__ import annotations
 
-from math import comb
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvol._dtypes import as_bool, as_float, dekker_split_constant, float_dtype
-from jaxvol._edge import edge
-from jaxvol.special import (SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg, erfcx,
+from jaxvol._dtypes import as_bool, as_float, float_dtype, two_product
+from jaxvol._edge import blockwise, edge
+from jaxvol.special import (_P, _Q, SQRT_2, SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, SQRT_PI_INV,
+                            _erfcx_nonneg, erfcx, log_positive,
                             mills_complement, mills_complement_given_ratio, norm_cdf, norm_pdf,
                             opaque, split_exp)
 
@@ -45,27 +46,10 @@ __all__ = [
     "greeks", "bsm_greeks", "Greeks", "d1", "d2", "norm_cdf", "norm_pdf", "erfcx",
 ]
 
-_ASYMPTOTIC_H = -10.0
 _SMALL_T = 0.21  # Jäckel's tau = 2 * eps**(1/16)
 _CDF_REGION = 0.85
 
 
-# --------------------------------------------------------------------------------------------
-# coefficient tables (numpy, built once at import)
-# --------------------------------------------------------------------------------------------
-def _asymptotic_table(order: int) -> np.ndarray:
-    """coef[k, m] = (-1)^k (2k-1)!! C(2k+1, 2m+1): Y(h+t)-Y(h-t) = 2(t/r) sum_k q^k P_k(w)."""
-    table = np.zeros((order + 1, order + 1))
-    double_factorial = 1.0
-    for k in range(order + 1):
-        if k > 0:
-            double_factorial *= 2 * k - 1
-        for m in range(k + 1):
-            table[k, m] = (-1) ** k * double_factorial * comb(2 * k + 1, 2 * m + 1)
-    return table
-
-
-_ASYMPTOTIC = {64: _asymptotic_table(20), 32: _asymptotic_table(8)}
 # region 2 (t < 0.21) also covers t < 0.8 where h > -1.5 in float64: (t, h, series order)
 _WIDE_T = {64: (0.8, -1.5, 33), 32: (0.0, 0.0, 7)}
 
@@ -74,39 +58,17 @@ def _bits(dtype) -> int:
     return 64 if jnp.finfo(dtype).bits == 64 else 32
 
 
-def _polyval(coefs, x):
-    """Horner evaluation, coefficients from the highest degree down."""
-    out = jnp.zeros_like(x) + float(coefs[0])
-    for c in coefs[1:]:
-        out = out * x + float(c)
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # the exponential factor exp(-(h^2 + t^2)/2) with h = x/s, t = s/2, in double-double
 # --------------------------------------------------------------------------------------------
-def _two_product(a, b):
-    """Error-free product ``a*b = p + e`` (Dekker); products kept from FMA contraction."""
-    c = dekker_split_constant(a.dtype)
-    p = opaque(a * b)
-    ah = opaque(a * c)
-    ah = ah - (ah - a)
-    al = a - ah
-    bh = opaque(b * c)
-    bh = bh - (bh - b)
-    bl = b - bh
-    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
-    return p, e
-
-
 def _gaussian_factor(x, s):
     """exp(-(h^2+t^2)/2) with h = x/s exact to double-double and t = s/2."""
     h = x / s
-    p, e = _two_product(h, s)
+    p, e = two_product(h, s)
     h_lo = ((x - p) - e) / s  # x = h*s + h_lo*s to about 2 ulp**2
-    hh, hh_err = _two_product(h, h)
+    hh, hh_err = two_product(h, h)
     t = 0.5 * s
-    tt, tt_err = _two_product(t, t)
+    tt, tt_err = two_product(t, t)
     hi = hh + tt
     lo = ((hh - hi) + tt) + hh_err + tt_err + 2.0 * h * h_lo
     return opaque(jnp.exp(-0.5 * hi)) * jnp.exp(-0.5 * lo)  # not rewritten to exp(hi + lo)
@@ -115,65 +77,82 @@ def _gaussian_factor(x, s):
 # --------------------------------------------------------------------------------------------
 # the four regions of the out-of-the-money normalised call, x <= 0
 # --------------------------------------------------------------------------------------------
-def _asymptotic_bracket(h, t):
-    """Y(h+t) - Y(h-t) for h << -1 (region 1)."""
-    table = _ASYMPTOTIC[_bits(h.dtype)]
-    r = (h + t) * (h - t)
-    q = (h / r) ** 2
-    w = (t / h) ** 2
-    order = table.shape[0] - 1
-    total = jnp.zeros_like(h)
-    for k in range(order, -1, -1):  # Horner in q over k, each P_k(w) by Horner in w
-        p_k = _polyval(table[k, : k + 1][::-1], w)
-        total = total * q + p_k
-    return 2.0 * (t / r) * total
+def _cody_large_parts(za, zc, coefs):
+    """A polynomial (coefficients from the highest degree down) at ``zc`` and ``za`` and its
+    divided difference ``(p(za) - p(zc)) / (za - zc)``, by one Horner pass (no subtraction of
+    p values: the divided difference has its own recurrence ``d <- d*za + p_partial(zc)``)."""
+    pa = jnp.zeros_like(za) + coefs[0]
+    pc = jnp.zeros_like(zc) + coefs[0]
+    dd = jnp.zeros_like(zc)
+    for c in coefs[1:]:
+        dd = dd * za + pc
+        pc = pc * zc + c
+        pa = pa * za + c
+    return pa, pc, dd
+
+
+# Cody's large-argument form erfcx(y) = (1/sqrt(pi) - z N(z)/M(z)) / y with z = 1/y**2
+_CODY_N = (_P[5], _P[0], _P[1], _P[2], _P[3], _P[4])
+_CODY_M = (1.0, _Q[0], _Q[1], _Q[2], _Q[3], _Q[4])
+_WING_U = -4.0 * SQRT_2  # region 1: both erfcx arguments -(h+t)/sqrt2, (t-h)/sqrt2 above 4
+
+
+def _wing_bracket(h, t):
+    """Y(h+t) - Y(h-t) for h + t < -4 sqrt2 (region 1), any t, without cancellation.
+
+    With a = -(h+t)/sqrt2 < c = (t-h)/sqrt2 (both > 4, Cody's large-argument form) the
+    difference erfcx(a) - erfcx(c) is written through c - a = sqrt2 t, c + a = -sqrt2 h and the
+    divided differences of Cody's numerator and denominator polynomials in z = 1/y**2:
+    (c-a)/(ac) [1/sqrt(pi) - z_c rho_c - (c+a)/(a^2 c) (rho_a + z_c delta)] with rho = N/M and
+    delta = (rho_a - rho_c)/(z_a - z_c). No two nearly equal values are subtracted (the last
+    term is at most ~15% of the first), so it keeps ~3 ulp (measured against 40-digit mpmath
+    for -60 < h + t < -5.66 and 1e-6 < t < 6) where the difference of two erfcx values would
+    lose log10(|h|/t) digits. Cheap (two degree-5 Horner passes with divided differences): it
+    runs on every lane.
+    """
+    a = -SQRT_HALF * (h + t)
+    c = SQRT_HALF * (t - h)
+    inv_ac = 1.0 / (a * c)  # the only division by a or c: za = (c/(ac))^2, zc = (a/(ac))^2
+    inv_a = c * inv_ac
+    inv_c = a * inv_ac
+    za = inv_a * inv_a
+    zc = inv_c * inv_c
+    na, nc, ndd = _cody_large_parts(za, zc, _CODY_N)
+    ma, mc, mdd = _cody_large_parts(za, zc, _CODY_M)
+    inv_ma = 1.0 / ma
+    inv_mc = 1.0 / mc
+    delta = (ndd * mc - nc * mdd) * (inv_ma * inv_mc)
+    inner = (SQRT_PI_INV - zc * nc * inv_mc) - (-SQRT_2 * h) * (inv_a * inv_ac) * (na * inv_ma + zc * delta)
+    return (1.0 / SQRT_PI_INV) * t * inv_ac * inner  # sqrt(pi/2) (erfcx(a) - erfcx(c)), c - a = sqrt2 t
 
 
 def _small_t_series(h, t, ratio, complement, order):
     """Y(h+t) - Y(h-t) = 2 sum_{m odd} Y^(m)(h) t^m / m! (region 2) to ``order``, given
-    ``ratio = Y(h)`` and ``complement = Y'(h) = 1 + h Y(h)``."""
-    y_prev, y_curr = ratio, complement
-    total = y_curr * t
-    t_pow_over_fact = t
-    for n in range(1, order):
-        y_prev, y_curr = y_curr, h * y_curr + n * y_prev  # Y^(n+1)
-        t_pow_over_fact = t_pow_over_fact * t / (n + 1)
-        if (n + 1) % 2 == 1:
-            total = total + y_curr * t_pow_over_fact
-    return 2.0 * total
+    ``ratio = Y(h)`` and ``complement = Y'(h) = 1 + h Y(h)``.
 
-
-_SPARSE_MIN_SIZE = 4096  # below it every lane evaluates every region (no gather/scatter)
-_SPARSE_FRACTION = 64  # a rare region is gathered when at most size/64 lanes need it
-
-
-def _where_needed(mask, fn, args, fill):
-    """``fn(*args)`` on the lanes where ``mask`` holds (other lanes: unspecified values).
-
-    When few lanes need it (at most ``size / 64``), they are gathered into a fixed-size buffer
-    (``jnp.nonzero`` with a static size), ``fn`` runs on that buffer only and the values are
-    scattered back; otherwise ``fn`` runs on every lane (``lax.cond`` picks at run time, so a
-    board with many such lanes gets exactly the old computation). Other lanes' inputs are
-    replaced by ``fill`` first. Values are identical either way: the kernel is elementwise.
+    The recurrence runs on the Taylor coefficients ``z_m = Y^(m)(h)/m!`` themselves,
+    ``z_(m+1) = (h z_m + z_(m-1)) / (m+1)`` (from ``Y^(m+1) = h Y^(m) + m Y^(m-1)``), two orders
+    per step: ``z_(m+2) = a z_m + b z_(m-1)`` and ``z_(m+1) = c z_m + d z_(m-1)`` with
+    ``a = (h^2 + m + 1)/((m+1)(m+2))``, ``b = h/((m+1)(m+2))``, ``c = h/(m+1)``, ``d = 1/(m+1)``
+    computed off the dependency chain. The chain is then two operations deep per two orders
+    (it was four), which is what bounds this part's speed on a CPU (the kernel's loop body is
+    too long for out-of-order execution to overlap lanes); the odd terms are summed as they
+    appear, with the powers of ``t**2`` computed beside the chain.
     """
-    safe = [jnp.where(mask, a, f) for a, f in zip(args, fill)]
-    if mask.size < _SPARSE_MIN_SIZE:
-        return fn(*safe)
-    size, shape = mask.size, mask.shape
-    capacity = size // _SPARSE_FRACTION
-    flat_mask = mask.reshape(-1)
-
-    def few(flat):
-        (index,) = jnp.nonzero(flat_mask, size=capacity, fill_value=size)
-        gathered = [a.at[index].get(mode="fill", fill_value=f) for a, f in zip(flat, fill)]
-        values = fn(*gathered)
-        return jnp.zeros(size, values.dtype).at[index].set(values, mode="drop").reshape(shape)
-
-    def every(flat):
-        return fn(*flat).reshape(shape)
-
-    flat = [a.reshape(-1) for a in safe]
-    return jax.lax.cond(jnp.count_nonzero(flat_mask) <= capacity, few, every, flat)
+    h2 = h * h
+    t2 = t * t
+    z_prev, z_curr = ratio, complement  # (z_0, z_1)
+    total = complement
+    power = jnp.ones_like(t)
+    for m in range(1, order - 1, 2):  # (z_m, z_(m-1)) -> (z_(m+2), z_(m+1)), m odd
+        r1, r12 = 1.0 / (m + 1), 1.0 / ((m + 1) * (m + 2))
+        a = h2 * r12 + 1.0 / (m + 2)
+        b = h * r12
+        c = h * r1
+        z_prev, z_curr = c * z_curr + r1 * z_prev, a * z_curr + b * z_prev
+        power = power * t2
+        total = total + z_curr * power
+    return 2.0 * t * total
 
 
 def _call_otm_parts(x, s):
@@ -189,7 +168,7 @@ def _call_otm_parts(x, s):
     h = x / s
     t = 0.5 * s
     u = h + t
-    region1 = (h < _ASYMPTOTIC_H) & (u < _ASYMPTOTIC_H + _SMALL_T)
+    region1 = u < _WING_U
     wide_t, wide_h, wide_order = _WIDE_T[_bits(x.dtype)]
     region2 = (~region1) & ((t < _SMALL_T) | ((t < wide_t) & (h > wide_h)))
     region3 = (~region1) & (~region2) & (u > _CDF_REGION)
@@ -197,20 +176,19 @@ def _call_otm_parts(x, s):
     first = _erfcx_nonneg(SQRT_HALF * jnp.where(region2, -h, jnp.abs(u)))
     second = _erfcx_nonneg(SQRT_HALF * (t - h))
     # split exponentials: region 3 needs exp(-u^2/2) and exp(-(h-t)^2/2); region 4 with u > 0
-    # needs exp(-u^2/2) as exp(-y^2), y = u/sqrt2, for erfcx(-y) = 2 exp(y^2) - erfcx(y)
-    split_a = split_exp(jnp.where(region3, u, SQRT_HALF * u), jnp.where(region3, -0.5, -1.0))
+    # needs exp(y^2), y = u/sqrt2 < 0.61, for erfcx(-y) = 2 exp(y^2) - erfcx(y)
+    split_a = split_exp(jnp.where(region3, u, SQRT_HALF * jnp.maximum(u, 0.0)),
+                        jnp.where(region3, -0.5, 1.0))
     split_b = split_exp(jnp.where(region3, h - t, 0.0), -0.5)
-    erfcx_u = jnp.where(u > 0, 2.0 / split_a - first, first)
+    erfcx_u = jnp.where(u > 0, 2.0 * split_a - first, first)
     bracket_erfcx = (0.5 * SQRT_2PI) * (erfcx_u - second)
     h2 = jnp.where(region2, h, -1.0)
     t2 = jnp.where(region2, t, 0.1)
     ratio = (0.5 * SQRT_2PI) * first  # Y(h) in region 2
     bracket_small = _small_t_series(h2, t2, ratio, mills_complement_given_ratio(h2, ratio),
                                     wide_order)
-    # region 1 (the deep wings) is rare on real boards and its series the costliest part:
-    # evaluated on the lanes that need it only
-    asymptotic = _where_needed(region1, _asymptotic_bracket, (h, t), (2.0 * _ASYMPTOTIC_H, 0.0))
-    bracket = jnp.where(region1, asymptotic,
+    wing = _wing_bracket(jnp.where(region1, h, 2.0 * _WING_U), jnp.where(region1, t, 1.0))
+    bracket = jnp.where(region1, wing,
                         jnp.where(region2, bracket_small, bracket_erfcx))
     via_bracket = SQRT_2PI_INV * gauss * bracket
     b_max = jnp.exp(0.5 * x)
@@ -230,22 +208,25 @@ def _call_otm(x, s):
 def _normalised_black_value(x, s, theta):
     """Normalised Black value with intrinsic split off: OTM part computed directly."""
     otm_x = -jnp.abs(x)
+    finite_x = jnp.isfinite(otm_x)
     good = (s > 0) & jnp.isfinite(s)
     s_safe = jnp.where(good, s, 1.0)
-    x_safe = jnp.where(jnp.isfinite(otm_x), otm_x, -1.0)
-    time_value = jnp.where(good, _call_otm(x_safe, s_safe), 0.0)
-    time_value = jnp.where(jnp.isfinite(otm_x), time_value, 0.0)
+    x_safe = jnp.where(finite_x, otm_x, -1.0)
+    time_value = jnp.where(good & finite_x, _call_otm(x_safe, s_safe), 0.0)
     itm = theta * x > 0
-    intrinsic = jnp.where(itm, jnp.abs(jnp.exp(0.5 * x) - jnp.exp(-0.5 * x)), 0.0)
+    # exp(-|x|/2) and exp(|x|/2): the same two exponentials as inside _call_otm (merged by XLA)
+    low, high = jnp.exp(0.5 * x_safe), jnp.exp(-0.5 * x_safe)
+    intrinsic = jnp.where(itm, jnp.where(finite_x, high - low, jnp.abs(x)), 0.0)
     # s = +inf: the option is worth its maximum b_max = exp(theta*x/2)
-    at_infinity = jnp.exp(0.5 * theta * x)
+    at_infinity = jnp.where(finite_x, jnp.where(itm, high, low),
+                            jnp.where(itm, jnp.inf, jnp.where(jnp.isnan(x), jnp.nan, 0.0)))
     value = intrinsic + time_value
     return jnp.where(jnp.isposinf(s), at_infinity, value)
 
 
 @jax.custom_jvp
 def _normalised_black(x, s, theta):
-    return _normalised_black_value(x, s, theta)
+    return blockwise(_normalised_black_value, x, s, theta)
 
 
 @_normalised_black.defjvp
@@ -301,6 +282,30 @@ def _safe_sqrt(x):
     return jnp.where(x > 0, jnp.sqrt(safe), 0.0)
 
 
+def _black_formula(forward, strike, expiry, vol, theta, discount):
+    """Black-76 price from arrays of one dtype (``theta`` = +1 call, -1 put), elementwise."""
+    positive = (forward > 0) & (strike > 0)
+    f_safe = jnp.where(positive, forward, 1.0)
+    k_safe = jnp.where(positive, strike, 1.0)
+    x = log_positive(f_safe / k_safe)
+    s = vol * _safe_sqrt(expiry)
+    b = _normalised_black(x, s, theta)
+    price = discount * jnp.sqrt(f_safe) * jnp.sqrt(k_safe) * b
+    return jnp.where(positive, price, jnp.nan)
+
+
+@jax.custom_jvp
+def _black(forward, strike, expiry, vol, theta, discount):
+    """The price over cache-sized blocks (:func:`jaxvol._edge.blockwise`): the whole formula,
+    logarithm and square roots included, runs as one pass per block on CPU."""
+    return blockwise(_black_formula, forward, strike, expiry, vol, theta, discount)
+
+
+@_black.defjvp
+def _black_jvp(primals, tangents):  # derivatives of the formula (normalised Black's own rule)
+    return jax.jvp(_black_formula, primals, tangents)
+
+
 @edge
 def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     """Black-76 price ``D * Black(F, K, vol, T)``; broadcasts, jit/vmap/grad-safe.
@@ -311,14 +316,7 @@ def black_price(forward, strike, expiry, vol, is_call, *, discount=1.0):
     dtype = float_dtype(forward, strike, expiry, vol, discount)
     forward, strike, expiry, vol, discount = as_float(dtype, forward, strike, expiry, vol, discount)
     theta = jnp.where(as_bool(is_call), 1.0, -1.0).astype(dtype)
-    positive = (forward > 0) & (strike > 0)
-    f_safe = jnp.where(positive, forward, 1.0)
-    k_safe = jnp.where(positive, strike, 1.0)
-    x = jnp.log(f_safe / k_safe)
-    s = vol * _safe_sqrt(expiry)
-    b = _normalised_black(x, s, theta)
-    price = discount * jnp.sqrt(f_safe) * jnp.sqrt(k_safe) * b
-    return jnp.where(positive, price, jnp.nan)
+    return _black(forward, strike, expiry, vol, theta, discount)
 
 
 @edge
@@ -361,7 +359,7 @@ def greeks(forward, strike, expiry, vol, is_call, *, discount=1.0) -> Greeks:
     price = black_price(forward, strike, expiry, vol, is_call, discount=discount)
     sqrt_t = jnp.sqrt(expiry)
     s = vol * sqrt_t
-    d1_ = jnp.log(forward / strike) / s + 0.5 * s
+    d1_ = log_positive(forward / strike) / s + 0.5 * s
     d2_ = d1_ - s
     pdf1 = norm_pdf(d1_)
     rate = -jnp.log(discount) / expiry

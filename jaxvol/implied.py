@@ -34,10 +34,11 @@ import numpy as np
 from jax.scipy.special import ndtri
 
 from jaxvol._dtypes import as_bool, as_float, float_dtype
+from jaxvol._edge import blockwise
 from jaxvol.black import (_call_otm_parts, _gaussian_factor, bachelier_price,
                           black_price, normalised_bachelier_otm)
 from jaxvol.special import (SQRT_2, SQRT_2PI, SQRT_2PI_INV, SQRT_HALF, _erfcx_nonneg,
-                            norm_cdf, norm_pdf)
+                            log_positive, norm_cdf, norm_pdf)
 from jaxvol.status import domain_status
 
 __all__ = ["IVStatus", "ImpliedVol", "implied_vol", "implied_normal_vol"]
@@ -114,7 +115,7 @@ def _step(x, s, beta, b_max, region, b, complement, vega, final=False):
     b1, b2, b3 = vega, vega * g1, vega * g2
     tiny = jnp.finfo(b.dtype).tiny
     b_safe = jnp.maximum(b, tiny)
-    lb = jnp.log(b_safe)
+    lb = log_positive(b_safe)
     r1 = vega / b_safe  # l' = b'/b for l = ln b
     l1 = r1
     l2 = r1 * g1 - r1 * r1
@@ -124,17 +125,17 @@ def _step(x, s, beta, b_max, region, b, complement, vega, final=False):
     d2_high = (b2 / c) + q1 * q1
     d3_high = (b3 / c) + 3.0 * (b1 * b2) / (c * c) + 2.0 * q1 ** 3
     if final:
-        f = jnp.where(region == 2, jnp.log((b_max - beta) / c), jnp.log(b_safe / beta))
+        f = jnp.where(region == 2, log_positive((b_max - beta) / c), log_positive(b_safe / beta))
         d1 = jnp.where(region == 2, q1, l1)
         d2 = jnp.where(region == 2, d2_high, l2)
         d3 = jnp.where(region == 2, d3_high, l3)
         return s + _householder(-f / d1, d2 / d1, d3 / d1)
     # low prices: f = 1/l, derivatives by the chain rule (b itself may be ~1e-300)
-    f_low = 1.0 / lb - 1.0 / jnp.log(beta)
+    f_low = 1.0 / lb - 1.0 / log_positive(beta)
     d1_low = -l1 / (lb * lb)
     d2_low = -l2 / (lb * lb) + 2.0 * l1 * l1 / (lb * lb * lb)
     d3_low = -l3 / (lb * lb) + 6.0 * l1 * l2 / (lb * lb * lb) - 6.0 * l1 * l1 * l1 / (lb * lb * lb * lb)
-    f_high = jnp.log(b_max - beta) - jnp.log(c)
+    f_high = log_positive(b_max - beta) - log_positive(c)
     f = jnp.where(region == 0, f_low, jnp.where(region == 1, b - beta, f_high))
     d1 = jnp.where(region == 0, d1_low, jnp.where(region == 1, b1, q1))
     d2 = jnp.where(region == 0, d2_low, jnp.where(region == 1, b2, d2_high))
@@ -348,26 +349,18 @@ def _black_status(price, forward, strike, expiry, discount, theta):
     return status.astype(jnp.int32), intrinsic
 
 
-_CPU_BLOCK = 16384  # lanes per block on CPU: keeps the long elementwise chain in cache
+_CPU_BLOCK = 4096  # lanes per block on CPU: keeps the long elementwise chain in cache
 
 
 def _blockwise(kernel, *arrays):
     """Apply an elementwise kernel in cache-sized blocks on CPU (one fused pass elsewhere).
 
     XLA on CPU materialises the many intermediates of the solver as full-size arrays; running
-    it over blocks of 16,384 lanes (``lax.map`` with ``batch_size``) keeps them in cache. On
-    accelerators the whole batch goes through at once.
+    it over blocks of 4,096 lanes (:func:`jaxvol._edge.blockwise`: a loop of dynamic slices,
+    no padded copies of the inputs) keeps them in cache. On accelerators the whole batch goes
+    through at once.
     """
-    shape = arrays[0].shape
-    size = int(np.prod(shape)) if shape else 1
-    if jax.default_backend() != "cpu" or size <= _CPU_BLOCK:
-        return kernel(*arrays)
-    blocks = -(-size // _CPU_BLOCK)
-    pad = blocks * _CPU_BLOCK - size  # padded with copies of lane 0: one compiled block body
-    flat = [jnp.concatenate([a.reshape(-1), jnp.broadcast_to(a.reshape(-1)[:1], (pad,))])
-            .reshape(blocks, _CPU_BLOCK) for a in arrays]
-    out = jax.lax.map(lambda args: kernel(*args), tuple(flat))
-    return jax.tree_util.tree_map(lambda o: o.reshape(-1)[:size].reshape(shape), out)
+    return blockwise(kernel, *arrays, block=_CPU_BLOCK)
 
 
 def _implied_vol_primal(price, forward, strike, expiry, discount, theta):
@@ -381,7 +374,7 @@ def _implied_vol_kernel(price, forward, strike, expiry, discount, theta):
     k = jnp.where(ok, strike, 1.0)
     d = jnp.where(ok, discount, 1.0)
     t = jnp.where(ok, expiry, 1.0)
-    x = -jnp.abs(jnp.log(f / k))
+    x = -jnp.abs(log_positive(f / k))
     beta = (price - intrinsic) / (d * jnp.sqrt(f) * jnp.sqrt(k))
     beta = jnp.where(ok, beta, 0.5 * jnp.exp(0.5 * x))
     beta = jnp.clip(beta, jnp.finfo(beta.dtype).tiny, jnp.exp(0.5 * x))
@@ -473,10 +466,10 @@ def _solve_bachelier_u(ratio):
     # initial guess: large ratio -> u ~ 1/(sqrt(2pi) ratio + 1/2); small ratio -> asymptotic
     # psi(u)/u ~ phi(u)/u^3 solved by fixed point.
     u_small = 1.0 / (SQRT_2PI * ratio + 0.5)
-    log_ratio = jnp.log(ratio)
+    log_ratio = log_positive(ratio)
     u_large = jnp.sqrt(jnp.maximum(-2.0 * log_ratio, 1.0))
     for _ in range(4):
-        u_large = jnp.sqrt(jnp.maximum(-2.0 * (log_ratio + 3.0 * jnp.log(u_large) + jnp.log(SQRT_2PI)), 1e-6))
+        u_large = jnp.sqrt(jnp.maximum(-2.0 * (log_ratio + 3.0 * log_positive(u_large) + jnp.log(SQRT_2PI)), 1e-6))
     u = jnp.where(ratio > 0.1, u_small, u_large)
 
     def householder_step(_, u):  # Householder(3) on g(u) = ln psi(u) - ln u - ln ratio
@@ -485,7 +478,7 @@ def _solve_bachelier_u(ratio):
         tail = norm_cdf(-u)  # psi' = -Phi(-u), psi'' = phi(u)
         phi = norm_pdf(u)
         p1, p2, p3 = -tail / psi, phi / psi, -u * phi / psi
-        g = jnp.log(psi) - jnp.log(u) - log_ratio
+        g = log_positive(psi) - log_positive(u) - log_ratio
         g1 = p1 - 1.0 / u
         g2 = p2 - p1 * p1 + 1.0 / (u * u)
         g3 = p3 - 3.0 * p1 * p2 + 2.0 * p1**3 - 2.0 / (u * u * u)

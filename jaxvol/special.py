@@ -16,12 +16,13 @@ All functions return the dtype of their input (float32 or float64).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jaxvol._edge import edge
 
 __all__ = ["SQRT_2", "SQRT_2PI", "SQRT_2PI_INV", "SQRT_HALF", "SQRT_PI_INV", "erfcx",
-           "exp_minus_half_square", "exp_minus_square", "mills_complement",
+           "exp_minus_half_square", "exp_minus_square", "log_positive", "mills_complement",
            "mills_complement_given_ratio", "mills_ratio_left", "norm_cdf", "norm_pdf", "opaque",
            "split_exp"]
 
@@ -96,7 +97,7 @@ def opaque(value):
 
 
 def split_exp(z, k):
-    """exp(k z**2) for k < 0, accurate to a few ulp for large |z| (Cody's split of z**2: an
+    """exp(k z**2) (k < 0, or k > 0 below overflow), accurate to a few ulp for large |z| (Cody's split of z**2: an
     exactly squared high part and a small rest). ``k`` may be an array (one call serves lanes
     that need different k)."""
     z = jnp.abs(z)
@@ -237,3 +238,54 @@ def mills_complement_given_ratio(h, ratio):
     a_direct = 1.0 + jnp.where(direct, h, 0.0) * jnp.where(direct, ratio, 0.0)
     a_direct = jnp.where(middle, a_middle, a_direct)
     return jnp.where(large, a_large, a_direct)
+
+
+# fdlibm e_log.c (Sun Microsystems, 1993): log(1+f) = f - hfsq + s (hfsq + R(z)), s = f/(2+f)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+       2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+       1.479819860511658591e-01)
+
+
+@jax.custom_jvp
+def log_positive(x):
+    """Natural logarithm, elementwise, written in jnp operations so that XLA vectorises it.
+
+    XLA's CPU backend calls a scalar ``log`` for float64 (about 13 ns per lane where numpy's is
+    2.6 ns); this is fdlibm's algorithm (error below 1 ulp): ``x = 2^k (1 + f)`` with
+    ``sqrt(2)/2 <= 1 + f < sqrt(2)`` from the bits, then ``log(1+f)`` from a degree-14 minimax
+    polynomial in ``s = f/(2+f)``. Special inputs are selected per lane: ``+inf`` gives
+    ``+inf``, negative numbers and NaN give NaN, zero and subnormals ``-inf`` (XLA's CPU code
+    flushes subnormals to zero, so ``jnp.log`` returns ``-inf`` for them too). float32 inputs
+    use ``jnp.log``.
+    """
+    if isinstance(x, (int, float)) or jnp.result_type(x) != jnp.float64:
+        return jnp.log(x)  # Python scalars stay weakly typed; float32 is vectorised already
+    x = jnp.asarray(x)
+    normal = (x >= 2.2250738585072014e-308) & (x < jnp.inf)
+    xs = jnp.where(normal, x, 1.0)
+    bits = jax.lax.bitcast_convert_type(xs, jnp.int64)
+    # shift the mantissa range to [sqrt(2)/2, sqrt(2)): add the offset of sqrt(2)/2's bits
+    shifted = bits + (0x3FF0000000000000 - 0x3FE6A09E667F3BCD)
+    k = (shifted >> 52) - 1023
+    mant = jax.lax.bitcast_convert_type(
+        (shifted & 0x000FFFFFFFFFFFFF) + 0x3FE6A09E667F3BCD, jnp.float64)
+    f = mant - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
+    t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
+    r = t2 + t1
+    hfsq = 0.5 * f * f
+    dk = k.astype(jnp.float64)
+    value = dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)
+    special = jnp.where(x == jnp.inf, jnp.inf, jnp.where(x >= 0, -jnp.inf, jnp.nan))
+    return jnp.where(normal, value, special)
+
+
+@log_positive.defjvp
+def _log_positive_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return log_positive(x), dx / x

@@ -5,7 +5,9 @@ For each entry point, in one run:
 * first call cold: a fresh Python process with ``jaxvol.enable_compilation_cache(<empty dir>)``
   times its first call (trace + compile + run; the import is timed separately);
 * first call cached: a second fresh process on the now filled cache folder;
-* steady direct: best of ``--repeat`` direct calls, exactly as the README writes them;
+* steady direct: best of ``--repeat`` direct calls, exactly as the README writes them,
+  interleaved with the jitted call and the peer (best wall time and best process CPU time of
+  each: on a shared machine the CPU time counts only what this process ran);
 * steady under jit: the same with ``jax.jit(fn)`` of the user's own (for comparison);
 * the peer a user would otherwise use, timed in the same run: the numpy/scipy closed form
   (``scipy.special.ndtr``, one thread), py_vollib_vectorized (Let's Be Rational, numba, one
@@ -202,15 +204,18 @@ PEERS = {"black_price": ("numpy/scipy ndtr", peer_black),
 
 
 # ----------------------------------------------------------------------------- timing
-def best_of(fn, repeat):
+def best_of(fn, repeat, cpu=False):
+    """Best wall time of ``repeat`` calls (with ``cpu=True``: best wall and best process CPU time,
+    which on a shared machine counts only the time this process ran)."""
     import jax
 
-    times = []
+    times, cpus = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
-    return min(times)
+        cpus.append(time.process_time() - start_cpu)
+    return (min(times), min(cpus)) if cpu else min(times)
 
 
 def child(name, cache):
@@ -294,7 +299,8 @@ def main():
               f"{jaxvol_s - jax_s:.2f} s", flush=True)
     selected = args.only.split(",") if args.only else list(cases())
     header = ("entry point", "options", "first cold s", "first cached s", "direct ms",
-              "under jit ms", "peer", "peer ms", "direct vs peer", "agreement")
+              "under jit ms", "peer", "peer ms", "direct vs peer", "agreement",
+              "direct CPU ms", "peer CPU ms", "CPU ratio")
     print(" | ".join(header), flush=True)
     for name in selected:
         make, count = cases()[name]
@@ -302,23 +308,36 @@ def main():
         cold, cached = ((np.nan, np.nan) if args.skip_first_call
                         else first_calls(name, args.cores))
         ours = jax.block_until_ready(fn(*a, **kw))
-        direct = best_of(lambda: fn(*a, **kw), args.repeat)
         static = {k: v for k, v in kw.items() if isinstance(v, str)}
         traced = {k: v for k, v in kw.items() if k not in static}
         jitted = jax.jit(lambda a, t: fn(*a, **t, **static))
         jax.block_until_ready(jitted(a, traced))  # compile outside the timing
-        under_jit = best_of(lambda: jitted(a, traced), args.repeat)
-        row = [name, f"{count:,}", f"{cold:.2f}", f"{cached:.2f}", f"{direct * 1e3:.1f}",
-               f"{under_jit * 1e3:.1f}"]
-        if name in PEERS and not args.skip_peers:
+        has_peer = name in PEERS and not args.skip_peers
+        if has_peer:
             label, peer = PEERS[name]
             theirs = peer(*a, **kw)
-            peer_s = best_of(lambda: peer(*a, **kw), 1 if name.startswith("heston")
-                             else max(1, args.repeat // 2 + 1))
+        # interleaved: direct, under jit, peer, repeated (best of each): one load for all three
+        best = {"direct": (np.inf, np.inf), "jit": (np.inf, np.inf), "peer": (np.inf, np.inf)}
+        rounds = [("direct", lambda: fn(*a, **kw)), ("jit", lambda: jitted(a, traced))]
+        if has_peer:
+            rounds.append(("peer", lambda: peer(*a, **kw)))
+        for i in range(args.repeat):
+            for key, call in rounds:
+                if key == "peer" and name.startswith("heston") and i > 0:
+                    continue  # the QuantLib loop takes minutes: once
+                wall, cpu = best_of(call, 1, cpu=True)
+                best[key] = (min(best[key][0], wall), min(best[key][1], cpu))
+        direct, direct_cpu = best["direct"]
+        under_jit = best["jit"][0]
+        row = [name, f"{count:,}", f"{cold:.2f}", f"{cached:.2f}", f"{direct * 1e3:.1f}",
+               f"{under_jit * 1e3:.1f}"]
+        if has_peer:
+            peer_s, peer_cpu = best["peer"]
             row += [label, f"{peer_s * 1e3:.1f}", f"{peer_s / direct:.2f}x",
-                    agreement(name, ours, theirs)]
+                    agreement(name, ours, theirs), f"{direct_cpu * 1e3:.1f}",
+                    f"{peer_cpu * 1e3:.1f}", f"{peer_cpu / direct_cpu:.2f}x"]
         else:
-            row += ["", "", "", ""]
+            row += ["", "", "", "", f"{direct_cpu * 1e3:.1f}", "", ""]
         print(" | ".join(row), flush=True)
     print(f"# load average at the end {os.getloadavg()[0]:.2f} (1 min)")
 
