@@ -12,7 +12,6 @@ A.69a); Obloj (2008), "Fine-tune your smile: correction to Hagan et al.".
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from jaxvol._edge import edge

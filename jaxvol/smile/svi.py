@@ -30,7 +30,7 @@ from jaxvol.calibrate import (FitResult, FitStatus, LMConfig, distinct_count, dr
                               rmse_of)
 from jaxvol.calibrate.chunks import compacted
 from jaxvol.calibrate.levenberg_marquardt import batched_loop, weighted_residual_fn
-from jaxvol.calibrate.transforms import make_bounds, to_bounded, to_unbounded
+from jaxvol.calibrate.transforms import make_bounds, to_unbounded
 from jaxvol.smile._svi_projection import (feasible_raw, k_range, theta_box,
                                           variable_projection)
 
