@@ -77,9 +77,10 @@ class LMConfig:
 
 
 class FitResult(NamedTuple):
-    """Batched result of :func:`least_squares` / :func:`minimize` (leading axis: lanes).
-
-    The fields every jaxvol fit result starts with (docs/conventions.md): ``params`` [lanes, P]
+    """Batched result of :func:`least_squares` / :func:`minimize` (leading axis: lanes), and the
+    one result shape of every jaxvol fit: the domains' types (``SVIFit``, ``SABRFit``,
+    ``SSVIFit``, ``HestonFit``) are subclasses with these fields, the domain's extras as
+    properties (docs/conventions.md). ``params`` [lanes, P]
     (NaN where :func:`has_solution` is False); ``status`` [lanes] int32 :class:`FitStatus`;
     ``loss`` [lanes] = 0.5 * sum over unmasked points of (weight * residual)^2 (the scipy
     "cost"); ``iterations`` [lanes] int32 (iterations taken before the lane froze); ``rmse``

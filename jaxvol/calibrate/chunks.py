@@ -1,4 +1,5 @@
-"""Run a lane-batched function over fixed-size chunks of lanes (``lax.map`` over chunks).
+"""Run a lane-batched function over fixed-size chunks of lanes (``lax.map`` over chunks), or
+again over the lanes still pending (:func:`compacted`).
 
 Two reasons to chunk a big batch: each chunk's working set stays in cache, and a solver with a
 batch-level early exit stops each chunk when *its* slowest lane is done rather than the whole
@@ -9,11 +10,12 @@ rounding. The blocking (and its padding rule) is the batching edge's
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from jaxvol.batching import map_blocks
 
-__all__ = ["map_chunks"]
-
-__all__ = ["map_chunks"]
+__all__ = ["compacted", "map_chunks"]
 
 
 def map_chunks(fn, chunk_size: int | None, *arrays):
@@ -23,3 +25,24 @@ def map_chunks(fn, chunk_size: int | None, *arrays):
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
     return map_blocks(fn, chunk_size, *arrays)
+
+
+def compacted(pending, lanes, fn, arrays, outputs):
+    """Re-run ``fn`` on the pending lanes only, gathered ``lanes`` at a time from the batch (the
+    slow tail of a batch, after a first pass over every lane).
+
+    ``fn(valid, *gathered_arrays) -> gathered outputs``; each round scatters its results into
+    ``outputs`` (a tuple of [batch, ...] arrays) and clears those lanes from ``pending``."""
+    size = pending.shape[0]
+
+    def one_round(carry):
+        pending, outputs = carry
+        index = jnp.nonzero(pending, size=lanes, fill_value=0)[0]
+        valid = jnp.arange(lanes) < jnp.sum(pending.astype(jnp.int32))
+        new = fn(valid, *(x[index] for x in arrays))
+        target = jnp.where(valid, index, size)  # out of range: dropped
+        return (pending.at[target].set(False, mode="drop"),
+                tuple(o.at[target].set(n, mode="drop") for o, n in zip(outputs, new)))
+
+    return jax.lax.while_loop(lambda carry: jnp.any(carry[0]), one_round,
+                              (pending, outputs))[1]

@@ -3,8 +3,8 @@
 For research objectives that are not least squares (regularised, penalised, robust losses):
 ``minimize(loss_fn, params0, *args, optimizer="adam" | "lbfgs" | an optax transformation,
 steps=...)`` runs a fixed number of steps per lane (``lax.scan`` inside ``vmap``), with the same
-bound transforms, per-lane status and implicit differentiation of the result as
-:func:`jaxvol.calibrate.least_squares`.
+bound transforms, per-lane status, implicit differentiation and post-processing of the result
+as :func:`jaxvol.calibrate.least_squares` (:func:`jaxvol.calibrate.driver.solve`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxvol.calibrate import _implicit
-from jaxvol.calibrate._types import FitResult, FitStatus, has_solution
-from jaxvol.calibrate.levenberg_marquardt import _check_lanes
+from jaxvol.calibrate import driver
+from jaxvol.calibrate._types import FitResult, FitStatus
+from jaxvol.calibrate.levenberg_marquardt import check_lanes
 from jaxvol.calibrate.transforms import make_bounds, to_bounded, to_unbounded
 
 __all__ = ["make_optimizer", "minimize"]
@@ -94,7 +94,7 @@ def minimize(loss_fn, params0, *args, optimizer="adam", steps: int = 500,
                          f"{params0.dtype}")
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
-    _check_lanes(args, params0.shape[0])
+    check_lanes(args, params0.shape[0])
     bounds = make_bounds(lower, upper, params0.shape[1])
     optimizer = make_optimizer(optimizer, learning_rate)
     return _minimize(loss_fn, optimizer, int(steps), float(gtol), bounds, params0, tuple(args))
@@ -113,12 +113,6 @@ def _minimize(loss_fn, optimizer, steps, gtol, bounds, params0, args):
         return u, status, jnp.full(status.shape, steps, jnp.int32)
 
     gradient_fn = lambda u, a, w, m: jax.grad(objective)(u, a)  # noqa: E731
-    u, status, iterations = _implicit.solve(batched_solver, gradient_fn, u0, args, empty,
-                                            empty.astype(bool))
-    failed = ~has_solution(status)
-    u_safe = jnp.where(failed[:, None], 0, u)
-    params = jax.vmap(lambda v: to_bounded(v, bounds))(u_safe)
-    loss = jax.vmap(lambda p, a: loss_fn(p, *a))(params, args).astype(params.dtype)
-    return FitResult(jnp.where(failed[:, None], jnp.nan, params), status,
-                     jnp.where(failed, jnp.nan, loss), iterations,
-                     jnp.full(status.shape, jnp.nan, params.dtype), empty)
+    loss = lambda params, args: jax.vmap(lambda p, a: loss_fn(p, *a))(params, args)  # noqa
+    return driver.solve(batched_solver, gradient_fn, u0, args, empty, empty.astype(bool),
+                        bounds=bounds, loss=loss)

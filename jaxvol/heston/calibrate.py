@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvol import black, implied
-from jaxvol.calibrate import (LMConfig, distinct_count, least_squares, near_bounds,
-                              refine_status, rmse_of)
+from jaxvol.calibrate import (FitResult, LMConfig, distinct_count, least_squares,
+                              near_bounds, refine_status, rmse_of)
 from jaxvol.heston import analytic
 
 __all__ = ["calibrate", "default_start", "HestonFit", "implied_vol_rmse", "LOWER", "model_surface",
@@ -140,20 +140,15 @@ def default_start(surface: Surface):
     return jnp.broadcast_to(row, (lanes, 5))
 
 
-class HestonFit(NamedTuple):
-    """Per-underlying result of :func:`calibrate`, the shared fit-result fields first:
-    ``params`` [U, 5] (:data:`PARAM_NAMES` order), ``status``
-    (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``, ``rmse`` [U] of the
-    objective's residuals over the usable quotes (in vol for ``objective="vol"``: the
+class HestonFit(FitResult):
+    """Per-underlying result of :func:`calibrate`: the one fit-result shape
+    (:class:`jaxvol.calibrate.FitResult`): ``params`` [U, 5] (:data:`PARAM_NAMES` order),
+    ``status`` (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``, ``rmse`` [U] of
+    the objective's residuals over the usable quotes (in vol for ``objective="vol"``: the
     vega-weighted price error is the first-order implied-vol error; in price units for
-    ``"price"``), then ``residuals`` [U, E * K + 1] (the last one is the Feller penalty row)."""
+    ``"price"``), ``residuals`` [U, E * K + 1] (the last one is the Feller penalty row)."""
 
-    params: jax.Array
-    status: jax.Array
-    loss: jax.Array
-    iterations: jax.Array
-    rmse: jax.Array
-    residuals: jax.Array
+    __slots__ = ()
 
 
 def calibrate(surface: Surface, initial=None, *, objective="vol", feller_weight=0.0,

@@ -4,8 +4,9 @@ De Marco & Martini / Zeliade: for fixed (m, sigma) raw SVI is linear in (a, d, c
 sigma, b sigma), so the fit reduces to two parameters; this module holds the model side of that
 reduction (the weighted sums, the constrained linear solve, Kaufman's projected Jacobian and the
 reduced Gauss–Newton matrix, the (m, sigma) box and the grid start). The iterations themselves
-(damping, tolerances, freezing, projection on the box) are the controller of
-:mod:`jaxvol.calibrate.projected`; the small solves are :mod:`jaxvol.calibrate.linalg`.
+(damping, tolerances, freezing) are the driver of :mod:`jaxvol.calibrate.driver` with the
+box-projected step of :mod:`jaxvol.calibrate.projected`; the small solves are
+:mod:`jaxvol.calibrate.linalg`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 from jaxvol.calibrate import LMConfig
 from jaxvol.calibrate.linalg import (backward2, backward3, cholesky2, cholesky3, forward2,
                                      forward3)
-from jaxvol.calibrate.projected import reduced_solve, start_state
+from jaxvol.calibrate.projected import ProjectedStep, reduced_solve, start_state
 
 __all__ = ["PARAM_COUNT", "feasible_raw", "k_range", "theta_box", "variable_projection"]
 
@@ -194,7 +195,7 @@ def _project(sigma, linear: _Linear, sums, delta, xm, xt):
 
 
 def _evaluate(data, m, log_sigma, faces):
-    """The reduced model at (m, log sigma): the callback of the calibrate controller."""
+    """The reduced model at (m, log sigma): the model of the driver's projected step."""
     sigma = jnp.exp(log_sigma)
     return _reduced_model(data, m, sigma, _constrained_fit(data, m, sigma, faces))
 
@@ -250,16 +251,16 @@ def variable_projection(k, w, weights, usable, start, config: LMConfig, faces: b
     ok = enough & jnp.isfinite(m) & jnp.isfinite(sigma) & (sigma > 0)
     m = jnp.clip(jnp.where(ok, m, 0.0), box[0], box[1])
     log_sigma = jnp.clip(jnp.log(jnp.where(ok, sigma, 1.0)), box[2], box[3])
-    evaluate = functools.partial(_evaluate, data, faces=faces)
-    state = start_state(evaluate, m, log_sigma, ok, config)
-    state, status = reduced_solve(evaluate, box, span, _MAX_STEP, config, state)
-    sigma = jnp.exp(state.log_sigma)
-    a, d, c = state.coefficients
+    step = ProjectedStep(functools.partial(_evaluate, data, faces=faces), box, span, _MAX_STEP)
+    state, status = reduced_solve(step, config, start_state(step, m, log_sigma, ok, config))
+    m, log_sigma = state.point
+    sigma = jnp.exp(log_sigma)
+    a, d, c = state.model[0]
     a = jnp.where(jnp.isfinite(a), a, data.sw / data.s1)  # the flat fit at the apex
     rho = d / c
     if faces:  # the refinement step may cross a face by rounding
         rho = jnp.clip(rho, -1.0, 1.0)
-    params = jnp.concatenate([a, c / sigma, rho, state.m, sigma], axis=1)
+    params = jnp.concatenate([a, c / sigma, rho, m, sigma], axis=1)
     return params, status[:, 0].astype(jnp.int32), state.iterations[:, 0]
 
 

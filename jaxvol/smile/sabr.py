@@ -12,14 +12,11 @@ A.69a); Obloj (2008), "Fine-tune your smile: correction to Hagan et al.".
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 
 from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import (LMConfig, distinct_count, multistart, near_bounds,
+from jaxvol.calibrate import (FitResult, LMConfig, distinct_count, multistart, near_bounds,
                               refine_status)
 
 __all__ = ["fit", "FIT_CONFIG", "hagan_residuals", "implied_vol", "LOWER", "normal_vol",
@@ -127,18 +124,13 @@ _WARM_FALLBACK = 2  # the (rho 0, nu 0.3) start of the grid
 _NU2T_LIMIT = 25.0  # nu^2 T beyond it: a degenerate fit (Hagan's expansion is in nu^2 T)
 
 
-class SABRFit(NamedTuple):
-    """Per-slice result of :func:`fit`, the shared fit-result fields first: ``params``
-    [slices, 3] (alpha, rho, nu), ``status`` (:class:`jaxvol.calibrate.FitStatus`), ``loss``,
-    ``iterations``, ``rmse`` of the implied vols over usable points, then ``residuals``
-    [slices, strikes] (model minus market vol)."""
+class SABRFit(FitResult):
+    """Per-slice result of :func:`fit`: the one fit-result shape
+    (:class:`jaxvol.calibrate.FitResult`): ``params`` [slices, 3] (alpha, rho, nu), ``status``
+    (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``, ``rmse`` of the implied
+    vols over usable points, ``residuals`` [slices, strikes] (model minus market vol)."""
 
-    params: jax.Array
-    status: jax.Array
-    loss: jax.Array
-    iterations: jax.Array
-    rmse: jax.Array
-    residuals: jax.Array
+    __slots__ = ()
 
 
 def hagan_residuals(params, forward, strike, expiry, vol, beta):

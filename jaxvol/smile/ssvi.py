@@ -14,14 +14,14 @@ cumulative sum of positive increments, and lambda / eta are mapped into their al
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import LMConfig, distinct_count, multistart, refine_status
+from jaxvol.calibrate import (FitResult, LMConfig, distinct_count, multistart,
+                              refine_status)
 
 __all__ = ["butterfly_free", "calendar_free", "fit", "FIT_CONFIG", "heston_phi",
            "heston_residuals", "PHI_FORMS", "power_law_phi", "power_law_residuals", "RHO_LIMIT",
@@ -98,23 +98,28 @@ def calendar_free(theta, rho, phi_fn):
 
 
 # --------------------------------------------------------------------------- fit
-class SSVIFit(NamedTuple):
-    """Per-underlying result of :func:`fit`, the shared fit-result fields first: ``params``
-    [U, 1 + F + E] = (rho, the F phi parameters, theta_1 .. theta_E) (the layout ``initial=``
-    takes), ``status`` (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``,
-    ``rmse`` [U] total-variance error over usable points; then the same parameters by name:
-    ``theta`` [U, E] ATM total variances (non-decreasing), ``rho`` [U], ``phi_params`` [U, 1]
-    (lambda) or [U, 2] (eta, gamma); ``residuals`` [U, E, N]."""
+class SSVIFit(FitResult):
+    """Per-underlying result of :func:`fit`: the one fit-result shape
+    (:class:`jaxvol.calibrate.FitResult`): ``params`` [U, 1 + F + E] = (rho, the F phi
+    parameters, theta_1 .. theta_E) (the layout ``initial=`` takes), ``status``
+    (:class:`jaxvol.calibrate.FitStatus`), ``loss``, ``iterations``, ``rmse`` [U]
+    total-variance error over usable points, ``residuals`` [U, E, N]; and the same parameters
+    by name (views of ``params``): ``theta`` [U, E] ATM total variances (non-decreasing),
+    ``rho`` [U], ``phi_params`` [U, 1] (lambda) or [U, 2] (eta, gamma)."""
 
-    params: jax.Array
-    status: jax.Array
-    loss: jax.Array
-    iterations: jax.Array
-    rmse: jax.Array
-    theta: jax.Array
-    rho: jax.Array
-    phi_params: jax.Array
-    residuals: jax.Array
+    __slots__ = ()
+
+    @property
+    def theta(self):
+        return self.params[..., self.params.shape[-1] - self.residuals.shape[-2]:]
+
+    @property
+    def rho(self):
+        return self.params[..., 0]
+
+    @property
+    def phi_params(self):
+        return self.params[..., 1:self.params.shape[-1] - self.residuals.shape[-2]]
 
 
 def _smooth_abs(rho):
@@ -280,8 +285,7 @@ def fit(k, total_variance, *, weights=None, mask=None, phi="heston", initial=Non
         unidentified=jnp.all(distinct_count(k, usable) < 2, axis=1),
         at_bound=_at_bound(phi, rho, phi_params))
     params = jnp.concatenate([rho[:, None], phi_params, theta], axis=1)
-    return SSVIFit(params, status, result.loss, result.iterations, result.rmse, theta, rho,
-                   phi_params, residuals)
+    return SSVIFit(params, status, result.loss, result.iterations, result.rmse, residuals)
 
 
 def _at_bound(form, rho, phi_params, tolerance=1e-6):

@@ -25,12 +25,12 @@ import numpy as np
 
 from jaxvol._edge import edge
 from jaxvol._dtypes import float_dtype
-from jaxvol.calibrate import (FitStatus, LMConfig, distinct_count, has_solution,
-                              implicit_solve, least_squares, least_squares_gradient,
-                              map_chunks, refine_status, rmse_of)
+from jaxvol.calibrate import (FitResult, FitStatus, LMConfig, distinct_count, driver,
+                              least_squares, least_squares_gradient, map_chunks, refine_status,
+                              rmse_of)
+from jaxvol.calibrate.chunks import compacted
 from jaxvol.calibrate.levenberg_marquardt import batched_loop, weighted_residual_fn
-from jaxvol.calibrate.projected import compacted
-from jaxvol.calibrate.transforms import make_bounds, to_bounded, to_unbounded
+from jaxvol.calibrate.transforms import make_bounds, to_unbounded
 from jaxvol.smile._svi_projection import (feasible_raw, k_range, theta_box,
                                           variable_projection)
 
@@ -264,22 +264,15 @@ def _clean(k, w, weights, mask):
 
 
 # --------------------------------------------------------------------------- calibration
-class SVIFit(NamedTuple):
-    """Per-slice result of :func:`fit`.
-
-    The shared fit-result fields first (docs/conventions.md): ``params`` [slices, 5] (a, b, rho,
-    m, sigma); ``status`` [slices] int32 :class:`jaxvol.calibrate.FitStatus`; ``loss``,
+class SVIFit(FitResult):
+    """Per-slice result of :func:`fit`: the one fit-result shape
+    (:class:`jaxvol.calibrate.FitResult`, docs/conventions.md): ``params`` [slices, 5] (a, b,
+    rho, m, sigma); ``status`` [slices] int32 :class:`jaxvol.calibrate.FitStatus`; ``loss``,
     ``iterations`` as in the engine; ``rmse`` [slices] root-mean-square total-variance error
-    over the usable points (unweighted); then ``residuals`` [slices, strikes] model minus market
-    total variance (0 where unusable).
-    """
+    over the usable points (unweighted); ``residuals`` [slices, strikes] model minus market
+    total variance (0 where unusable)."""
 
-    params: jax.Array
-    status: jax.Array
-    loss: jax.Array
-    iterations: jax.Array
-    rmse: jax.Array
-    residuals: jax.Array
+    __slots__ = ()
 
 
 def slice_residuals(params, k, w):
@@ -586,19 +579,15 @@ def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
     u0 = initial if warm else jnp.zeros((k.shape[0], len(PARAMS)), k.dtype)
     solver = functools.partial(_separable_solver, fn=fn, warm=warm, config=config,
                                chunk_size=chunk_size)
-    u, status, iterations = implicit_solve(solver, _optimality(fn), u0, (k, w), weights,
-                                            usable)
-    failed = ~has_solution(status)
-    u_safe = jnp.where(failed[:, None], 0, u)  # double where, as in the engine
-    params = to_bounded(u_safe.T, _BOUNDS).T
-    residuals = jnp.where(usable & ~failed[:, None],
-                          total_variance(k, *[params[:, i:i + 1] for i in range(5)]) - w, 0)
-    weighted = weights * residuals
-    loss = 0.5 * jnp.sum(weighted * weighted, axis=1)
-    nan_if_failed = lambda x: jnp.where(  # noqa: E731
-        failed.reshape(failed.shape + (1,) * (x.ndim - 1)), jnp.nan, x)
-    return (nan_if_failed(params), status, nan_if_failed(loss), iterations,
-            nan_if_failed(residuals))
+    result = driver.solve(solver, _optimality(fn), u0, (k, w), weights, usable, bounds=_BOUNDS,
+                          residuals=_batch_residuals)
+    return result.params, result.status, result.loss, result.iterations, result.residuals
+
+
+def _batch_residuals(params, args):
+    """Model minus market total variance of every slice ([slices, 5] params, args (k, w))."""
+    k, w = args
+    return total_variance(k, *[params[:, i:i + 1] for i in range(5)]) - w
 
 
 _VP_FIRST_ROUND = 6  # iterations every chunk runs; slower lanes go on in compacted rounds
