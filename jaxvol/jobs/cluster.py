@@ -137,16 +137,15 @@ def run_chunks(client, config: dict, out: pathlib.Path, source, chunks: list[tup
     queue = as_completed([submit(pending[0])] if pending else [])
     try:
         for position, future in enumerate(queue, start=1):
-            if rest:  # the first chunk has filled the compilation cache: fan out the rest
-                for index in rest:
-                    queue.add(submit(index))
-                rest = []
             summary = _result(future)
             tasks.append(summary)
             _progress(position, len(pending), summary, source, chunks,
                       time.perf_counter() - started)
             if crash_after is not None and int(crash_after) == summary["chunk"]:
                 raise pipeline.SimulatedCrash(f"simulated crash after chunk {summary['chunk']}")
+            for index in rest:  # the first chunk has filled the compilation cache: fan out
+                queue.add(submit(index))
+            rest = []
     except BaseException:
         client.cancel(submitted)  # a task already running finishes (and checkpoints) anyway
         raise
@@ -265,10 +264,12 @@ def run_chunk(config: dict, index: int, span: tuple[int, int], spec: dict, out: 
     _hold(index)
     started = time.perf_counter()
     before = dict(batching.COUNTS)
-    rows = _rows(spec, index, tuple(span))
-    env = _env(config, warm_start)
-    chunk, stage_log = pipeline._process_chunk(index, rows, env, time.perf_counter() - started)
-    status = _save(out, chunk, stage_log)
+    with _run_log(out, summary["worker"]):
+        rows = _rows(spec, index, tuple(span))
+        env = _env(config, warm_start)
+        chunk, stage_log = pipeline._process_chunk(index, rows, env,
+                                                   time.perf_counter() - started)
+        status = _save(out, chunk, stage_log)
     summary.update(
         status=status, seconds=time.perf_counter() - started, rows=len(rows),
         stages={e["stage"]: float(e.get("seconds", 0.0)) for e in stage_log},
@@ -276,6 +277,32 @@ def run_chunk(config: dict, index: int, span: tuple[int, int], spec: dict, out: 
         compiled=batching.COUNTS["compiled"] - before.get("compiled", 0),
         loaded=batching.COUNTS["loaded"] - before.get("loaded", 0))
     return summary
+
+
+class _run_log:
+    """The task's jaxvol log records (stage failures with their tracebacks) appended to the
+    run's ``run.log``, tagged with the worker, for the duration of the task."""
+
+    def __init__(self, out: pathlib.Path, worker: str):
+        self.out, self.worker, self.handler = out, worker, None
+
+    def __enter__(self):
+        logger = logging.getLogger("jaxvol")
+        self.handler = logging.FileHandler(self.out / "run.log")  # appends (O_APPEND)
+        self.handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s [{self.worker} pid {os.getpid()}]: "
+            "%(message)s"))
+        logger.addHandler(self.handler)
+        self.level = logger.level
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        return self
+
+    def __exit__(self, *exc):
+        logger = logging.getLogger("jaxvol")
+        logger.removeHandler(self.handler)
+        logger.setLevel(self.level)
+        self.handler.close()
+        return False
 
 
 def _save(out: pathlib.Path, chunk, stage_log) -> str:
