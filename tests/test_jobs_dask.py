@@ -1,6 +1,9 @@
 """The nightly job on a Dask cluster: the same tables as in-process, a worker killed mid-chunk,
 a client restarted after a crash, a second client on the same output folder.
 
+Cost: the in-process reference, one cluster run, and one faulted run shared by the kill and
+resume tests (the client dies after chunk 0; the rerun has a worker killed in chunk 1).
+
 One LocalCluster of 2 worker processes (one thread each) serves the module; the workers take
 over this process's JAX settings (x64, strict promotion, the test compilation cache), so they
 load the programs the in-process reference run compiled. Every comparison is exact (pandas
@@ -77,44 +80,55 @@ def test_cluster_tables_equal_the_in_process_run(reference, client, tmp_path):
     assert "dashboard" in log and f"{CHUNKS}/{CHUNKS} chunks" in log and "stages s:" in log
 
 
-def test_a_worker_killed_mid_chunk_loses_nothing(reference, client, hold_dir, tmp_path):
+@pytest.fixture(scope="module")
+def faulted(client, hold_dir, tmp_path_factory):
+    """One output folder through both faults (one run's compute for two tests): the client
+    dies once chunk 0 is checkpointed; the restarted client's run has the worker that holds
+    chunk 1 killed (SIGKILL, by its pid) in the middle of the chunk."""
+    out = tmp_path_factory.mktemp("faulted")
+    os.environ[pipeline.CRASH_ENV] = "0"
+    try:
+        with pytest.raises(pipeline.SimulatedCrash):
+            run_nightly(quick(), out=out, client=client)
+    finally:
+        del os.environ[pipeline.CRASH_ENV]
+    written = sorted(p.name for p in (out / "chunks").iterdir() if not p.name.startswith("."))
+    stamp = (out / "chunks" / "chunk-00000" / "stages.json").stat().st_mtime_ns
     workers = set(client.run(os.getpid).values())
     (hold_dir / "hold-chunk-1").write_text("")  # the first attempt of chunk 1 waits
     result = {}
     thread = threading.Thread(target=lambda: result.update(
-        summary=run_nightly(quick(), out=tmp_path, client=client)), daemon=True)
+        summary=run_nightly(quick(), out=out, client=client)), daemon=True)
     thread.start()
     held = hold_dir / "held-chunk-1"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while not (held.exists() and held.read_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
     pid = int(held.read_text())
-    assert pid in workers
     os.kill(pid, signal.SIGKILL)
-    thread.join(timeout=300)
+    thread.join(timeout=900)
     assert not thread.is_alive() and "summary" in result
-    assert_same_outputs(tmp_path, reference)
-    rows = pd.read_parquet(tmp_path / "rows.parquet")
+    return {"out": out, "written": written, "stamp": stamp, "workers": workers, "pid": pid,
+            "summary": result["summary"], "workers_after": set(client.run(os.getpid).values())}
+
+
+def test_a_worker_killed_mid_chunk_loses_nothing(reference, faulted):
+    assert faulted["pid"] in faulted["workers"]  # the killed process was a worker
+    assert faulted["workers_after"] != faulted["workers"]  # the nanny started a new one
+    assert_same_outputs(faulted["out"], reference)
+    rows = pd.read_parquet(faulted["out"] / "rows.parquet")
     np.testing.assert_array_equal(rows["row_id"], np.arange(len(rows)))  # once each, in order
-    tasks = {t["chunk"]: t for t in result["summary"]["cluster"]["tasks"]}
-    assert sorted(tasks) == list(range(CHUNKS)) and tasks[1]["pid"] != pid
-    assert set(client.run(os.getpid).values()) != workers  # the nanny started a new worker
+    tasks = {t["chunk"]: t for t in faulted["summary"]["cluster"]["tasks"]}
+    assert sorted(tasks) == list(range(1, CHUNKS)) and tasks[1]["pid"] != faulted["pid"]
 
 
-def test_a_restarted_client_resumes_from_the_checkpoints(reference, client, tmp_path,
-                                                         monkeypatch):
-    monkeypatch.setenv(pipeline.CRASH_ENV, "0")  # the client dies once chunk 0 is written
-    with pytest.raises(pipeline.SimulatedCrash):
-        run_nightly(quick(), out=tmp_path, client=client)
-    monkeypatch.delenv(pipeline.CRASH_ENV)
-    written = sorted(p.name for p in (tmp_path / "chunks").iterdir())
-    assert written == ["chunk-00000"]  # the first chunk runs alone: nothing else started
-    stamp = (tmp_path / "chunks" / "chunk-00000" / "stages.json").stat().st_mtime_ns
-    summary = run_nightly(quick(), out=tmp_path, client=client)
-    assert summary["cluster"]["reused"] == [0]
-    assert summary["cluster"]["computed"] == list(range(1, CHUNKS))
-    assert (tmp_path / "chunks" / "chunk-00000" / "stages.json").stat().st_mtime_ns == stamp
-    assert_same_outputs(tmp_path, reference)
+def test_a_restarted_client_resumes_from_the_checkpoints(reference, faulted):
+    assert faulted["written"] == ["chunk-00000"]  # the first chunk runs alone: nothing else
+    info = faulted["summary"]["cluster"]
+    assert info["reused"] == [0] and info["computed"] == list(range(1, CHUNKS))
+    stages = faulted["out"] / "chunks" / "chunk-00000" / "stages.json"
+    assert stages.stat().st_mtime_ns == faulted["stamp"]  # not written again
+    assert_same_outputs(faulted["out"], reference)
 
 
 def test_a_second_client_on_the_same_folder_refuses(client, tmp_path):

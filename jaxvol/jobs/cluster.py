@@ -200,6 +200,8 @@ def _apply_runtime(runtime: dict) -> None:
             jax.config.update(name, value)
         except (AttributeError, ValueError) as error:  # pragma: no cover - another JAX
             log.warning("cannot apply %s=%r on this worker: %s", name, value, error)
+    from jax.experimental.compilation_cache import compilation_cache
+    compilation_cache.reset_cache()  # JAX reads the cache settings again at the next compile
     _WORKER["runtime"] = dict(runtime)
 
 
