@@ -149,7 +149,8 @@ def run_chunks(client, config: dict, out: pathlib.Path, source, chunks: list[tup
     except BaseException:
         client.cancel(submitted)  # a task already running finishes (and checkpoints) anyway
         raise
-    return {"workers": workers, "dashboard": dashboard, "reused": reused,
+    found = [t["chunk"] for t in tasks if t["status"] != "computed"]  # written meanwhile
+    return {"workers": workers, "dashboard": dashboard, "reused": sorted(reused + found),
             "computed": sorted(t["chunk"] for t in tasks if t["status"] == "computed"),
             "tasks": sorted(tasks, key=lambda t: t["chunk"])}
 
