@@ -29,6 +29,13 @@ def add_commands(subparsers) -> None:
     nightly.add_argument("--distributed", action="store_true",
                          help="take process count and id from jax.distributed.initialize() "
                          "(environment discovery on a cluster)")
+    where = nightly.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N",
+                       help="run the chunks as Dask tasks on a LocalCluster of N worker "
+                       "processes started here (needs jaxvol[dask])")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the chunks as Dask tasks on a running cluster, e.g. "
+                       "tcp://head:8786 (workers must reach --out and --input)")
     nightly.add_argument("--fresh", action="store_true",
                          help="discard checkpoints in --out instead of resuming")
     nightly.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -145,6 +152,39 @@ def exit_code(summary: dict) -> int:
     return EXIT_STAGE_FAILED if failed else EXIT_OK
 
 
+def _dask_client(args: argparse.Namespace):
+    """A context manager giving the Dask client of ``--cluster``/``--scheduler`` (or None)."""
+    import contextlib
+    from jaxvol.jobs.config import ConfigError
+    if not (args.cluster or args.scheduler):
+        return contextlib.nullcontext(None)
+    if args.num_processes != 1 or args.distributed:
+        raise ConfigError("--cluster/--scheduler run every chunk of the job; they do not go "
+                          "with --num-processes/--process-id/--distributed")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError("--cluster/--scheduler need Dask: pip install 'jaxvol[dask]'"
+                          ) from None
+    if args.scheduler:
+        from jaxvol.jobs.errors import JobError
+        try:
+            return Client(args.scheduler, timeout="30s")
+        except OSError as error:
+            raise JobError(f"--scheduler {args.scheduler}: cannot connect ({error})") from None
+    kind, _, count = args.cluster.partition(":")
+    if kind != "local" or not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"--cluster {args.cluster!r} must look like local:N (N >= 1 worker "
+                          "processes); for a cluster you run, use --scheduler ADDRESS")
+    from jaxvol.jobs.cluster import start_local_cluster
+
+    @contextlib.contextmanager
+    def local():
+        with start_local_cluster(int(count)) as cluster, Client(cluster) as client:
+            yield client
+    return local()
+
+
 @_console
 def nightly_main(args: argparse.Namespace) -> int:
     import jaxvol
@@ -162,9 +202,10 @@ def nightly_main(args: argparse.Namespace) -> int:
             import jax
             jax.distributed.initialize()
             num_processes, process_id = jax.process_count(), jax.process_index()
-        summary = run_nightly(config, out=args.out, input_path=args.input,
-                              warm_start=args.warm_start, num_processes=num_processes,
-                              process_id=process_id, fresh=args.fresh)
+        with _dask_client(args) as client:
+            summary = run_nightly(config, out=args.out, input_path=args.input,
+                                  warm_start=args.warm_start, num_processes=num_processes,
+                                  process_id=process_id, fresh=args.fresh, client=client)
     except OutputBusy as error:
         _error("nightly", error)
         return EXIT_BUSY

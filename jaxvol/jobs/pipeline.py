@@ -366,13 +366,24 @@ def _setup_logging(out: pathlib.Path, process_id: int, num_processes: int) -> lo
 
 def run_nightly(config: dict, *, out: str | os.PathLike, input_path: str | None = None,
                 warm_start: str | None = None, num_processes: int = 1, process_id: int = 0,
-                fresh: bool = False) -> dict:
+                fresh: bool = False, client=None) -> dict:
     """Run (or resume) this process's chunks; merge when it is the only process.
 
-    Returns the run summary (also written to ``out/run.json`` by the merge).
+    With ``client`` (a ``dask.distributed.Client``) every chunk not yet checkpointed is one
+    task on the cluster (:mod:`jaxvol.jobs.cluster`): the workers read their own rows and write
+    the checkpoints, this process only plans, logs progress and merges; the tables are those of
+    an in-process run, bit for bit. ``out`` must then be a folder the workers can write (a
+    shared file system on a multi-machine cluster).
+
+    Returns the run summary (also written to ``out/run.json`` by the merge; with a client it
+    has a ``cluster`` entry: workers, dashboard link, chunks computed and reused, per-task
+    summaries).
     """
     if not 0 <= process_id < num_processes:
         raise JobError(f"--process-id {process_id} must be in 0..{num_processes - 1}")
+    if client is not None and num_processes != 1:
+        raise JobError("a Dask client runs every chunk of the job: use it without "
+                       "--num-processes/--process-id")
     out = pathlib.Path(out)
     config = config_mod.validate_config(config)  # a copy, checked
     if input_path:
@@ -382,13 +393,13 @@ def run_nightly(config: dict, *, out: str | os.PathLike, input_path: str | None 
     with output_lock(out, f"process-{process_id}-of-{num_processes}"):
         handler = _setup_logging(out, process_id, num_processes)
         try:
-            return _run(config, out, warm_start, num_processes, process_id, fresh)
+            return _run(config, out, warm_start, num_processes, process_id, fresh, client)
         finally:
             logging.getLogger("jaxvol").removeHandler(handler)
             handler.close()
 
 
-def _run(config, out, warm_start, num_processes, process_id, fresh):
+def _run(config, out, warm_start, num_processes, process_id, fresh, client=None):
     started = time.perf_counter()
     work = out / "work" / f"process-{process_id}"
     source = make_source(config["input"]["path"], config["market"], work,
@@ -403,6 +414,8 @@ def _run(config, out, warm_start, num_processes, process_id, fresh):
     if isinstance(source, FileSource):
         chunk_of = {name: c for c, (a, b) in enumerate(chunks) for name in source.names[a:b]}
         source.split(chunk_of, set(mine))
+    if client is not None:
+        return _run_on_cluster(client, config, out, source, chunks, warm_start, started)
     env = _make_env(config, warm_start)
     env.first_chunk = next((c for c in mine if not _chunk_dir(out, c).exists()), -1)
     log.info("process %d/%d: %d of %d chunks, %d underlyings, %d device(s), warm start: %s",
@@ -419,6 +432,27 @@ def _run(config, out, warm_start, num_processes, process_id, fresh):
     log.info("process %d done; run `jaxvol merge --out %s` once every process has finished",
              process_id, out)
     return partition
+
+
+def _run_on_cluster(client, config, out, source, chunks, warm_start, started):
+    """Every chunk as a Dask task (:func:`jaxvol.jobs.cluster.run_chunks`), then the merge."""
+    from jaxvol.jobs import cluster
+    from jaxvol.jobs.merge import merge
+    log.info("dask: %d chunks, %d underlyings, warm start: %s", len(chunks),
+             len(source.names), warm_start or "no")
+    info = cluster.run_chunks(client, config, out, source, chunks, warm_start, started)
+    partition = {"process_id": 0, "num_processes": 1, "chunks": list(range(len(chunks))),
+                 "seconds": time.perf_counter() - started, "cluster": info}
+    (out / "partitions").mkdir(exist_ok=True)
+    _write_json(out / "partitions" / "process-0-of-1.json", partition)
+    summary = merge(out)
+    summary["cluster"] = {k: v for k, v in info.items() if k != "tasks"}
+    summary["cluster"]["seconds"] = time.perf_counter() - started
+    summary["cluster"]["tasks"] = [{k: t[k] for k in ("chunk", "status", "seconds", "worker",
+                                                      "pid", "compiled", "loaded")}
+                                   for t in info["tasks"]]
+    _write_json(out / "run.json", summary)
+    return summary
 
 
 def _run_chunks(config, out, source, chunks, mine, env, started):

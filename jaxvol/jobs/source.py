@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 from jaxvol import synthetic
 
-__all__ = ["SyntheticSource", "FileSource", "InputError", "make_source", "normalize_rows",
-           "RESERVED", "DAY_COUNTS"]
+__all__ = ["SyntheticSource", "FileSource", "InputError", "chunk_input_path", "make_source",
+           "normalize_rows", "RESERVED", "DAY_COUNTS"]
 
 log = logging.getLogger("jaxvol.jobs")
 
@@ -316,10 +316,16 @@ class FileSource:
         os.replace(tmp, done)
 
     def _chunk_path(self, index: int) -> pathlib.Path:
-        return self.work_dir / f"input-{index:05d}.parquet"
+        return chunk_input_path(self.work_dir, index)
 
     def chunk_rows(self, index: int) -> pd.DataFrame:
         return pd.read_parquet(self._chunk_path(index))
+
+
+def chunk_input_path(work_dir: pathlib.Path, index: int) -> pathlib.Path:
+    """The Parquet file holding chunk ``index``'s rows once :meth:`FileSource.split` has run
+    (what a Dask worker reads: its own slice, never the whole table)."""
+    return pathlib.Path(work_dir) / f"input-{index:05d}.parquet"
 
 
 def make_source(input_path: str, market: dict, work_dir: pathlib.Path,
