@@ -117,6 +117,26 @@ def test_second_run_on_a_locked_folder_refuses_and_touches_nothing(tmp_path):
         pass
 
 
+def test_runs_of_different_layouts_exclude_each_other(tmp_path):
+    # The processes of one --num-processes 2 run share the folder (each its own role lock);
+    # an in-process run, a 3-process run or `jaxvol merge` started meanwhile refuses and
+    # writes nothing; once the 2-process run is over the others take the folder. (flock locks
+    # belong to an open file, so one test process holding both roles is a real conflict.)
+    out = tmp_path / "out"
+    with output_lock(out, "process-0-of-2"), output_lock(out, "process-1-of-2"):
+        for role in ("process-0-of-1", "process-2-of-3", "merge"):
+            with pytest.raises(OutputBusy, match="layout '2'"):
+                with output_lock(out, role):
+                    pass
+            assert not (out / f".lock-{role}").exists()  # refused before its own lock file
+    with output_lock(out, "merge"):
+        with pytest.raises(OutputBusy, match="jaxvol merge"):
+            with output_lock(out, "process-0-of-2"):
+                pass
+    with output_lock(out, "process-0-of-1"):
+        pass
+
+
 def test_lock_is_held_across_processes_and_dies_with_its_holder(tmp_path):
     # The lock is an flock, not the file's existence: a lock held by another process refuses
     # us (the holder's line in the message); once the holder is killed (-9) the stale file

@@ -62,15 +62,49 @@ class output_lock:
     """An exclusive lock on ``out`` for one process of a run (``fcntl.flock`` on
     ``out/.lock-<role>``): a second run with the same role refuses with :class:`OutputBusy`
     before writing anything. The kernel drops the lock when the holder exits, however it
-    exits (kill -9 included), so a rerun after a crash needs no manual repair."""
+    exits (kill -9 included), so a rerun after a crash needs no manual repair.
+
+    Runs with different layouts exclude each other too: every holder also keeps a shared lock
+    on ``out/.lock-layout-<N>`` (N the number of processes of its run, or ``merge``), taken
+    under a short admission lock after checking that no other layout's file is held. So the
+    processes of one ``--num-processes N`` run share the folder, while a run with another N,
+    an in-process run or ``jaxvol merge`` started during them refuses."""
 
     def __init__(self, out: pathlib.Path, role: str):
         self.path = pathlib.Path(out) / f".lock-{role}"
-        self.handle = None
+        _, _, count = role.rpartition("-of-")
+        self.layout = count if role.startswith("process-") and count.isdigit() else role
+        self.handle = self.layout_handle = None
+
+    def _busy(self, holder: str) -> OutputBusy:
+        return OutputBusy(f"{self.path.parent} is in use by another jaxvol run ({holder}); "
+                          "nothing was written. Wait for it to finish or use another --out")
+
+    def _admit(self, fcntl) -> None:
+        """Take the shared layout lock, refusing when a run of another layout holds one."""
+        folder = self.path.parent
+        mine = folder / f".lock-layout-{self.layout}"
+        with open(folder / ".lock-admission", "a+") as gate:
+            fcntl.flock(gate, fcntl.LOCK_EX)  # held for a few file operations only
+            for other in sorted(folder.glob(".lock-layout-*")):
+                if other == mine:
+                    continue
+                with open(other, "a+") as probe:
+                    try:
+                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        layout = other.name[len(".lock-layout-"):]
+                        raise self._busy(f"a run of layout {layout!r}: "
+                                         + ("jaxvol merge" if layout == "merge" else
+                                            f"{layout} process(es)")) from None
+                    fcntl.flock(probe, fcntl.LOCK_UN)
+            self.layout_handle = open(mine, "a+")
+            fcntl.flock(self.layout_handle, fcntl.LOCK_SH)
 
     def __enter__(self):
         import fcntl
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._admit(fcntl)
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,9 +112,8 @@ class output_lock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise OutputBusy(f"{self.path.parent} is in use by another jaxvol run ({holder}); "
-                             "nothing was written. Wait for it to finish or use another "
-                             "--out") from None
+            self._release(fcntl)
+            raise self._busy(holder) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -88,12 +121,17 @@ class output_lock:
         self.handle = handle
         return self
 
+    def _release(self, fcntl) -> None:
+        for name in ("handle", "layout_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+                setattr(self, name, None)
+
     def __exit__(self, *exc):
         import fcntl
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
+        self._release(fcntl)
         return False
 
 
