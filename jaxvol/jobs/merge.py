@@ -264,9 +264,11 @@ def format_summary(summary: dict) -> str:
         if info.get("first_error"):
             lines.append(f"{'':<24}first error: {info['first_error']}")
     lines.append("")
-    for column, counts in summary.get("status_counts", {}).items():
+    columns = summary.get("status_counts", {})
+    width = max([24] + [len(column) + 2 for column in columns])  # names never run into values
+    for column, counts in columns.items():
         if counts:
-            lines.append(f"{column:<24}" + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            lines.append(f"{column:<{width}}" + ", ".join(f"{k} {v}" for k, v in counts.items()))
     failed = summary.get("failed_stages")
     if failed:
         lines.append("FAILED: " + ", ".join(f"{k} on {v} chunk(s)" for k, v in failed.items())
