@@ -11,6 +11,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
 
+from jaxvol._runtime import adopt_unlocked_entries  # noqa: E402
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 try:  # newer JAX spells the device count as a config option
@@ -18,16 +20,19 @@ try:  # newer JAX spells the device count as a config option
 except AttributeError:  # pragma: no cover - older JAX relies on XLA_FLAGS above
     pass
 
-# One cache folder per pytest-xdist worker: concurrent writers to one JAX cache folder can
-# leave an entry that another process reads half-written (seen here as a segfault in
-# compilation_cache.get_executable_and_time).
+# One cache folder for all pytest-xdist workers, so that a test file finds its programs whichever
+# worker it lands on (with --dist loadfile the file-to-worker assignment changes from run to run;
+# per-worker folders made a second run only half warm). A size cap turns on JAX's file lock
+# around cache reads and writes (jaxvol.enable_compilation_cache does the same): without it a
+# worker could read an entry another is still writing.
 # The cache lives outside the checkout (override with JAXVOL_TEST_CACHE) so that a fresh clone
 # on the same machine, as CI makes, reuses earlier compilations.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-_ROOT = pathlib.Path(os.environ.get(
+_CACHE = pathlib.Path(os.environ.get(
     "JAXVOL_TEST_CACHE", pathlib.Path.home() / ".cache" / "jaxvol" / "jax-tests"))
-_CACHE = _ROOT / _WORKER
+_CACHE.mkdir(parents=True, exist_ok=True)
+adopt_unlocked_entries(_CACHE)
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_compilation_cache_max_size", 8 * 2**30)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -212,7 +212,7 @@ def test_python_scalars_do_not_retrace_per_value():
     out, traces, compiles = _counted(lambda: call(101.0, 90.0, 0.75, 0.3, False, 0.95))
     assert (traces, compiles) == (0, 0)
     # value check against the closed form (scipy-free: erfc from math), 1e-14 relative
-    from math import erf, exp, log, sqrt
+    from math import erf, log, sqrt
     s = 0.3 * sqrt(0.75)
     d1 = log(101.0 / 90.0) / s + 0.5 * s
     cdf = lambda z: 0.5 * (1.0 + erf(z / sqrt(2.0)))  # noqa: E731
@@ -291,10 +291,15 @@ def test_import_is_light_and_changes_no_config():
 
 
 def test_enable_compilation_cache(tmp_path):
+    # an entry left by an unlocked (uncapped) run gets its access-time file, so the size-capped
+    # (file-locked) cache can evict without tripping over it
+    (tmp_path / "oldkey-cache").write_bytes(b"x")
     probe = (f"import jax, jaxvol; p = jaxvol.enable_compilation_cache({str(tmp_path)!r}); "
              "print(p, jax.config.jax_compilation_cache_dir, "
-             "jax.config.jax_enable_x64)")
+             "jax.config.jax_enable_x64, jax.config.jax_compilation_cache_max_size)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
     assert out[0] == str(tmp_path) and out[1] == str(tmp_path)
     assert out[2] == "False"  # only the cache: x64 stays the user's choice
+    assert int(out[3]) > 0  # capped: JAX locks the folder, processes may share it
+    assert (tmp_path / "oldkey-atime").exists()

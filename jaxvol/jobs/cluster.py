@@ -50,9 +50,10 @@ its tasks go to other workers, up to ``distributed.scheduler.allowed-failures`` 
 
 RUNTIME_OPTIONS = ("jax_enable_x64", "jax_numpy_dtype_promotion", "jax_default_matmul_precision",
                    "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                   "jax_persistent_cache_min_entry_size_bytes")
+                   "jax_persistent_cache_min_entry_size_bytes", "jax_compilation_cache_max_size")
 """JAX settings the client passes to its workers (the job's results depend on the first two;
-the cache settings make the workers share the client's persistent compilation cache)."""
+the cache settings make the workers share the client's persistent compilation cache, under
+JAX's file lock when a size cap is set: see :func:`jaxvol.enable_compilation_cache`)."""
 
 HOLD_ENV = "JAXVOL_TEST_HOLD_DIR"
 """Test hook (set in the workers' environment): when ``$JAXVOL_TEST_HOLD_DIR/hold-chunk-K``
