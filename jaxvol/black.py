@@ -32,7 +32,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxvol._dtypes import as_bool, as_float, float_dtype, two_product
 from jaxvol._edge import blockwise, edge

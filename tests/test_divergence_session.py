@@ -2,7 +2,6 @@
 synthetic session's planted events recovered by the pipeline (recall, precision, kinds,
 half-close times against the planted lambda), plus the report."""
 
-import argparse
 import math
 
 import jax
