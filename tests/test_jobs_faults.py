@@ -406,8 +406,8 @@ def test_report_renders_in_a_browser(runs, tmp_path):
               else None for n in TABLES}
     write_report(out, config, summaries["bad"], tables, None)
     page = (out / "report.html").read_text()
-    for heading in ("Fit quality by status", "Fits not converged", "Fitted smiles",
-                    "SVI parameters", "Quality flags"):
+    for heading in ("Fit quality by status", "Failed, at-bound and degenerate fits",
+                    "Fitted smiles", "SVI parameters", "Quality flags"):
         assert heading in page
     assert "MAX_ITERATIONS" in page or "CONVERGED" in page
     if browser is None:
