@@ -22,7 +22,10 @@ from jaxvol.jobs.source import FileSource, InputError, normalize_rows
 
 SMALL = {"job.name": "faults", "job.chunk_underlyings": 2, "sabr.enabled": False,
          "ssvi.enabled": False, "heston.enabled": False, "indices.enabled": False,
-         "report.enabled": False, "chains.arbitrage": False}
+         "report.enabled": False, "chains.arbitrage": False,
+         # the plain SVI fit: these tests are about faults, not fit modes, and the default
+         # repair's penalised refit would add its compile to every run here
+         "svi.no_arbitrage": "off"}
 
 
 @pytest.fixture(scope="module")
