@@ -343,7 +343,7 @@ def test_report_of_every_stage_shows_the_four_models_and_the_failures(full):
     assert "ATM vol against expiry" in page
     tables = read_outputs(out)
     failed = _html_table(page, "failed-fits")
-    listed = {(row[0], row[3]) for row in failed}  # model, status
+    listed = {(row[0], row[1]) for row in failed}  # model, status, underlying, expiry, ...
     for table, model in (("slices", "svi"), ("slices", "sabr"), ("underlyings", "ssvi"),
                          ("underlyings", "heston")):
         statuses = set(tables[table][f"{model}_status_name"]) - {"CONVERGED"}
@@ -353,8 +353,8 @@ def test_report_of_every_stage_shows_the_four_models_and_the_failures(full):
     bounded = slices[slices["svi_status_name"].isin(["AT_BOUND", "DEGENERATE"])]
     assert len(bounded)  # the small market has some (its short expiries pin rho at -1)
     worst = bounded.sort_values("svi_rmse", ascending=False).iloc[0]
-    assert any(row[:2] == ["svi", worst["underlying"]] and row[3] == worst["svi_status_name"]
-               for row in failed), worst
+    assert ["svi", worst["svi_status_name"], worst["underlying"],
+            f"{worst['expiry']:.4g}"] in [row[:4] for row in failed], worst
     iv = _html_table(page, "iv-status")
     assert any(row[0].startswith("OK (0)") for row in iv)
 

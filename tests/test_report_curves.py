@@ -108,11 +108,28 @@ def test_fit_reasons_name_the_condition():
     svi = fit_reasons(slices, "svi").tolist()
     assert "Lee's wing bound: b(1+|rho|) = 10 > 2" in svi[0] and "rho = -1" in svi[0]
     assert svi[1] == "rho = -1 (on the face)"
-    assert svi[2].startswith("sigma = 0.0001")
+    assert svi[2] == "sigma = 0.0001 or m = nan on its box"  # no quoted range: either
     assert "Durrleman g < 0" in svi[3]
     sabr = fit_reasons(slices, "sabr").tolist()
     assert sabr[0] == "|rho| = 1" and sabr[1] == "nu^2 T = 40.5 > 25"
     assert "max_iterations" in sabr[2] and sabr[3] == "too few usable quotes to fit"
+
+
+def test_fit_reasons_name_the_bound_with_the_quoted_range():
+    # svi.fit's box from the quoted k range [k_lo, k_lo + R]: sigma in [R/100, 10 R], m in
+    # [k_lo - R, k_lo + 2 R]; Heston's box is jaxvol.heston.LOWER / UPPER.
+    slices = pd.DataFrame({"svi_b": [0.1, 0.1], "svi_rho": [-0.3, 0.2],
+                           "svi_sigma": [0.004, 0.1], "svi_m": [0.0, -0.6],
+                           "svi_status_name": ["AT_BOUND", "AT_BOUND"],
+                           "k_lo": [-0.2, -0.2], "k_span": [0.4, 0.4]})
+    svi = fit_reasons(slices, "svi").tolist()
+    assert svi[0].startswith("sigma = 0.004 on its floor R/100 (R = 0.4")
+    assert svi[1] == "m = -0.6 on the edge of [k_lo - R, k_lo + 2R] = [-0.6, 0.6]"
+    under = pd.DataFrame({"heston_v0": [0.04], "heston_kappa": [30.0], "heston_theta": [0.05],
+                          "heston_sigma": [5.0], "heston_rho": [-0.5],
+                          "heston_status_name": ["AT_BOUND"]})
+    assert fit_reasons(under, "heston")[0] == ("kappa = 30 at its upper bound 30; sigma = 5 at "
+                                               "its upper bound 5")
 
 
 def test_histograms_clip_outliers_and_count_them():

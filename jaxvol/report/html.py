@@ -103,8 +103,7 @@ _GENERIC_REASONS = {
 
 
 def _svi_reason(row) -> str:
-    b, rho, sigma = row.get("svi_b", np.nan), row.get("svi_rho", np.nan), row.get(
-        "svi_sigma", np.nan)
+    b, rho = row.get("svi_b", np.nan), row.get("svi_rho", np.nan)
     parts = []
     if np.isfinite(b) and np.isfinite(rho):
         if b * (1.0 + abs(rho)) > 2.0:
@@ -116,8 +115,29 @@ def _svi_reason(row) -> str:
     if row.get("svi_status_name") == "ARBITRAGE":
         parts.append("Durrleman g < 0 or negative variance over the checked range")
     if not parts and row.get("svi_status_name") in ("AT_BOUND", "DEGENERATE"):
-        parts.append(f"sigma = {sigma:.3g} or m on its box")
+        parts.append(_svi_box_reason(row))
     return "; ".join(parts)
+
+
+def _svi_box_reason(row) -> str:
+    """Which of sigma and m is on its box (svi.fit's box from the fitted quotes' k range
+    [k_lo, k_lo + R]: sigma in [R / 100, 10 R], m in [k_lo - R, k_lo + 2 R]; on it within
+    1e-6 relative, as in the fit's check), when the row carries ``k_lo`` and ``k_span``."""
+    sigma, m = row.get("svi_sigma", np.nan), row.get("svi_m", np.nan)
+    k_lo, span = row.get("k_lo", np.nan), row.get("k_span", np.nan)
+    if not (np.isfinite(k_lo) and np.isfinite(span)):
+        return f"sigma = {sigma:.3g} or m = {m:.3g} on its box"
+    span = max(span, 1e-3)
+    found = []
+    if sigma <= span / 100 * (1 + 1e-6):
+        found.append(f"sigma = {sigma:.3g} on its floor R/100 (R = {span:.3g}, the quoted "
+                     "k range)")
+    if sigma >= 10 * span * (1 - 1e-6):
+        found.append(f"sigma = {sigma:.3g} on its cap 10 R (R = {span:.3g})")
+    if m <= k_lo - span + 1e-6 * span or m >= k_lo + 2 * span - 1e-6 * span:
+        found.append(f"m = {m:.3g} on the edge of [k_lo - R, k_lo + 2R] = "
+                     f"[{k_lo - span:.3g}, {k_lo + 2 * span:.3g}]")
+    return "; ".join(found) or f"sigma = {sigma:.3g} or m = {m:.3g} on its box"
 
 
 def _sabr_reason(row) -> str:
@@ -141,11 +161,18 @@ def _ssvi_reason(row) -> str:
 
 
 def _heston_reason(row) -> str:
+    """The Heston parameters within 1e-6 (relative) of jaxvol.heston's box (the job fits in
+    the default box)."""
     if row.get("heston_status_name") != "AT_BOUND":
         return ""
-    names = ("v0", "kappa", "theta", "sigma", "rho")
-    return "a parameter on its box: " + ", ".join(
-        f"{n} {row.get('heston_' + n, np.nan):.4g}" for n in names)
+    from jaxvol.heston import LOWER, UPPER, PARAM_NAMES
+    found = []
+    for name, low, high in zip(PARAM_NAMES, LOWER, UPPER):
+        value = row.get(f"heston_{name}", np.nan)
+        for bound, side in ((low, "lower"), (high, "upper")):
+            if abs(value - bound) <= 1e-6 * max(abs(bound), 1e-3):
+                found.append(f"{name} = {value:.4g} at its {side} bound {bound:g}")
+    return "; ".join(found) or "a parameter on its box"
 
 
 _REASONS = {"svi": _svi_reason, "sabr": _sabr_reason, "ssvi": _ssvi_reason,
@@ -186,9 +213,26 @@ def _quality_frame(tables) -> pd.DataFrame:
     return frame
 
 
-def _failed_frame(tables) -> pd.DataFrame:
+def _fitted_ranges(out: pathlib.Path, slices: pd.DataFrame) -> pd.DataFrame:
+    """``slices`` with ``k_lo`` and ``k_span``: the k range of the quotes each SVI fit used
+    (usable, out of the money, finite mid IV), read from rows.parquet for these slices."""
+    if not len(slices) or not (out / "rows.parquet").exists():
+        return slices
+    rows = _rows_of(out, sorted(set(slices["underlying"])))
+    if not len(rows):
+        return slices
+    ranges = []
+    for _, s in slices.iterrows():
+        k, q, good = plots._otm_quotes(rows, s["underlying"], s["expiry"])
+        k = k[good & np.isfinite(q["iv_mid"].to_numpy(np.float64))]
+        ranges.append((k.min(), k.max() - k.min()) if len(k) else (np.nan, np.nan))
+    k_lo, span = zip(*ranges)
+    return slices.assign(k_lo=k_lo, k_span=span)
+
+
+def _failed_frame(out: pathlib.Path, tables) -> pd.DataFrame:
     """Up to FAILED_PER_STATUS fits per (model, non-CONVERGED status), the largest RMSE first,
-    with the reason of each."""
+    with the reason of each; fits of whole underlyings (SSVI, Heston) show "all" expiries."""
     frames = []
     for table_name, model in FIT_MODELS:
         table = tables.get(table_name)
@@ -201,12 +245,18 @@ def _failed_frame(tables) -> pd.DataFrame:
                                   na_position="last")
         bad = bad.groupby(column, sort=False, group_keys=False).head(FAILED_PER_STATUS)
         bad = bad.sort_values(column, kind="stable")
+        if model == "svi":
+            bad = _fitted_ranges(out, bad)
         keys = [c for c in ("underlying", "expiry", "expiry_date") if c in bad]
         extra = [c for c in (f"{model}_rmse", "n_quotes") if c in bad]
-        frame = bad[keys + [column] + extra].rename(columns={column: "status",
+        frame = bad[[column] + keys + extra].rename(columns={column: "status",
                                                              f"{model}_rmse": "rmse (vol)"})
         frame.insert(0, "model", model)
         frame["reason"] = fit_reasons(bad, model).to_numpy()
+        if "expiry" in frame:
+            frame["expiry"] = [f"{t:.4g}" for t in frame["expiry"]]
+        else:
+            frame.insert(3, "expiry", "all")  # a fit of the whole underlying
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -262,7 +312,7 @@ def _status_sections(out, tables) -> list[str]:
                               _img(plots.status_quality(quality), "fits per status and "
                                    "median RMSE by status, per model")
                               + _table_html(quality, table_id="fit-quality")))
-    failed = _failed_frame(tables)
+    failed = _failed_frame(out, tables)
     if len(failed) or len(quality):
         body = (f"<p>up to {FAILED_PER_STATUS} fits per model and status, the largest RMSE "
                 "first; the counts are in the table above</p>"
