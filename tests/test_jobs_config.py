@@ -38,6 +38,8 @@ def _write(tmp_path, text):
     ("[job]\nchunk_underlyings = true\n", "job.chunk_underlyings must be int, got a boolean"),
     ("[indices]\nterm_days = [30, -1]\n", "indices.term_days"),
     ("[fx]\nmodel = \"cubic\"\n", "fx.model = 'cubic' is out of range"),
+    ("[svi]\nno_arbitrage = \"sometimes\"\n",
+     "svi.no_arbitrage = 'sometimes' is out of range (must be off, repair or penalty)"),
     ("svi = 3\n", "svi must be a table"),
     ("[svi\n", "is not valid TOML"),
 ])
@@ -54,6 +56,16 @@ def test_partial_file_keeps_defaults_and_ints_become_floats(tmp_path):
     config = cfg.load_config(_write(tmp_path, "[sabr]\nbeta = 1\n"))
     assert config["sabr"]["beta"] == 1.0 and isinstance(config["sabr"]["beta"], float)
     assert config["svi"] == cfg.default_config()["svi"]
+
+
+def test_svi_no_arbitrage_takes_the_mode_and_the_old_booleans(tmp_path):
+    # The job's default is the repair (docs/benchmarks.md, issue 20); configs written when the
+    # key was a boolean keep their meaning (false = the plain fit, true = the penalty).
+    assert cfg.default_config()["svi"]["no_arbitrage"] == "repair"
+    for text, mode in (("false", "off"), ("true", "penalty"), ('"off"', "off"),
+                       ('"penalty"', "penalty")):
+        config = cfg.load_config(_write(tmp_path, f"[svi]\nno_arbitrage = {text}\n"))
+        assert config["svi"]["no_arbitrage"] == mode
 
 
 def test_dump_round_trips(tmp_path):

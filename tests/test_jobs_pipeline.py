@@ -15,6 +15,7 @@ compiled once for all chunks, the SPX chunk and every run of the module.
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,9 @@ SMALL = {
     "svi.max_iterations": 30, "sabr.max_iterations": 30,
     "heston.enabled": False, "ssvi.enabled": False,
     "indices.term_days": [9, 30, 60], "report.enabled": False,
+    # the plain SVI fit: the run-to-run comparisons hold for any mode, and the default repair's
+    # penalised refit compiles once more per program; the `full` fixture runs the default
+    "svi.no_arbitrage": "off",
 }
 
 
@@ -286,7 +290,7 @@ def full(tmp_path_factory):
         "job.devices": 1, "market.include_spx": True, "heston.enabled": True,
         "ssvi.enabled": True, "heston.strikes_per_expiry": 4, "heston.max_iterations": 10,
         "report.enabled": True, "report.sample_slices": 3, "report.worst_slices": 3,
-        "fx.quotes": str(quotes)})
+        "svi.no_arbitrage": default_config()["svi"]["no_arbitrage"], "fx.quotes": str(quotes)})
     summary = run_nightly(config, out=out / "run")
     return out / "run", summary
 
@@ -307,6 +311,52 @@ def test_every_stage_end_to_end(full):
                     "Quality flags", "Stages", "Resolved configuration"):
         assert section in html
     assert html.count("data:image/png;base64,") >= 8
+
+
+def _html_table(page: str, table_id: str) -> list[list[str]]:
+    """The body rows of the report's table ``table_id`` as lists of cell texts."""
+    match = re.search(rf'<table[^>]*id="{table_id}"[^>]*>(.*?)</table>', page, re.S)
+    assert match, f"no table {table_id} in the report"
+    body = match.group(1).split("<tbody>")[-1]
+    return [re.findall(r"<td>(.*?)</td>", row, re.S)
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+
+
+def test_report_of_every_stage_shows_the_four_models_and_the_failures(full):
+    """The report (issue 20): SSVI, SABR and Heston curves beside SVI on the sample smiles
+    (the figure's alt text lists the curves drawn), ATM term structures, fit quality per
+    status, IV failures per status, arbitrage offenders, and a failed-fits table that lists
+    every non-CONVERGED status of every model with a reason (the largest-RMSE SVI slice at a
+    bound or degenerate among them). Before, the report drew SVI only and listed the first 40
+    failures per model (one status could hide the others)."""
+    out, _ = full
+    page = (out / "report.html").read_text()
+    for section in ("Fit quality by status", "Failed, at-bound and degenerate fits",
+                    "Implied-vol failures by status", "Worst static-arbitrage offenders",
+                    "ATM vol term structures"):
+        assert section in page, section
+    smiles = [a for a in re.findall(r'alt="([^"]*)"', page)
+              if a.startswith("bid-ask, mids and the")]
+    assert len(smiles) == 2  # the sample and the worst fits
+    for alt in smiles:
+        assert "Heston, SABR, SSVI, SVI curves" in alt, alt
+    assert "ATM vol against expiry" in page
+    tables = read_outputs(out)
+    failed = _html_table(page, "failed-fits")
+    listed = {(row[0], row[1]) for row in failed}  # model, status, underlying, expiry, ...
+    for table, model in (("slices", "svi"), ("slices", "sabr"), ("underlyings", "ssvi"),
+                         ("underlyings", "heston")):
+        statuses = set(tables[table][f"{model}_status_name"]) - {"CONVERGED"}
+        assert {(model, s) for s in statuses} <= listed, (model, statuses)
+    assert all(row[-1] for row in failed)  # every listed fit carries a reason
+    slices = tables["slices"]
+    bounded = slices[slices["svi_status_name"].isin(["AT_BOUND", "DEGENERATE"])]
+    assert len(bounded)  # the small market has some (its short expiries pin rho at -1)
+    worst = bounded.sort_values("svi_rmse", ascending=False).iloc[0]
+    assert ["svi", worst["svi_status_name"], worst["underlying"],
+            f"{worst['expiry']:.4g}"] in [row[:4] for row in failed], worst
+    iv = _html_table(page, "iv-status")
+    assert any(row[0].startswith("OK (0)") for row in iv)
 
 
 def test_spx_board_gives_the_published_vix(full):

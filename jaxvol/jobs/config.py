@@ -30,6 +30,20 @@ class Key:
     help: str
     check: Callable[[Any], bool] | None = None
     rule: str = ""
+    coerce: Callable[[Any], Any] | None = None
+    """Maps a legacy spelling to the key's type before the checks (e.g. a boolean
+    ``svi.no_arbitrage`` to its mode string)."""
+
+
+SVI_NO_ARBITRAGE_MODES = ("off", "repair", "penalty")
+
+
+def _svi_mode(value):
+    """``svi.no_arbitrage`` as a mode string: the booleans of old configs keep their meaning
+    (``false`` = "off", ``true`` = "penalty", as in :func:`jaxvol.svi.fit`)."""
+    if isinstance(value, bool):
+        return "penalty" if value else "off"
+    return value
 
 
 def _positive(value) -> bool:
@@ -90,8 +104,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "svi": {
         "enabled": Key(bool, True, "fit raw SVI per slice"),
         "max_iterations": Key(int, 60, "Levenberg-Marquardt iterations", _positive, "> 0"),
-        "no_arbitrage": Key(bool, False, "penalise butterfly arbitrage (Durrleman g >= 0) and "
-                            "Lee's wing bound in the fit"),
+        "no_arbitrage": Key(str, "repair", "static arbitrage in the SVI fit (svi.fit's "
+                            "no_arbitrage): repair = the plain fit, then the slices violating "
+                            "Lee's bound or Durrleman g >= 0 refitted with them as penalties "
+                            "(the default), off = the plain fit only, penalty = every slice "
+                            "penalised; true/false of older configs mean penalty/off",
+                            lambda v: v in SVI_NO_ARBITRAGE_MODES, "off, repair or penalty",
+                            coerce=_svi_mode),
         "warm_start": Key(bool, False, "on a warm night start from yesterday's SVI parameters "
                           "(off: svi.fit's own start fitted small noisy slices better)"),
     },
@@ -151,6 +170,8 @@ def _check_value(section: str, name: str, value: Any, source: str) -> Any:
     key = SCHEMA[section][name]
     where = f"{section}.{name}"
     origin = f" (in {source})" if source else ""
+    if key.coerce is not None:
+        value = key.coerce(value)
     if key.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) and key.kind is not bool:

@@ -349,9 +349,11 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
         those slices pay for it); ``"penalty"`` (or True): every slice is fitted with the
         penalty rows (:func:`arbitrage_penalties`, times ``penalty_weight``) keeping g >= 0 (at
         25 points and at g's polished minimum over the checked range), Lee's bound and a
-        non-negative minimum variance (stiffer: ~100+ iterations). The repair is not the
-        default because it compiles a penalised engine fit into every program (minutes of
-        compile on a loaded 2-core machine) and is differentiable in forward mode only.
+        non-negative minimum variance (stiffer: ~100+ iterations). The repair is not this
+        function's default because it compiles a penalised engine fit into every program
+        (minutes of compile on a loaded 2-core machine) and is differentiable in forward mode
+        only; the nightly job, which compiles once per night into a persistent cache, runs it
+        by default (``svi.no_arbitrage``; docs/benchmarks.md, issue 20).
       config: :class:`LMConfig`; default ``FIT_CONFIG`` (60 iterations), or
         ``NO_ARBITRAGE_CONFIG`` (300) with ``"penalty"`` (the repair always runs
         ``NO_ARBITRAGE_CONFIG``). Its tolerances and ``max_iterations`` govern the
