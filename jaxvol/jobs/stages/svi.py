@@ -91,4 +91,6 @@ def _row_model_vol(chunk: Chunk, params: np.ndarray) -> None:
     k = np.log(rows["strike"].to_numpy() / np.where(ok, forward, 1.0))
     w = svi_total_variance(np.where(ok, k, 0.0), np.where(ok[:, None], p, 0.1))
     expiry = rows["expiry"].to_numpy()
-    rows["iv_svi"] = np.where(ok & (w > 0), np.sqrt(np.maximum(w, 0.0) / expiry), np.nan)
+    ok &= np.isfinite(expiry) & (expiry > 0)  # a bad expiry cell: NaN, not a sqrt warning
+    variance = np.maximum(w, 0.0) / np.where(ok, expiry, 1.0)
+    rows["iv_svi"] = np.where(ok & (w > 0), np.sqrt(variance), np.nan)
