@@ -90,6 +90,8 @@ def test_cluster_tables_equal_the_in_process_run(reference, client, tmp_path):
     assert info["reused"] == [] and "dashboard" in info
     # the programs came from the persistent cache the in-process run filled: nothing compiled
     assert sum(task["compiled"] for task in info["tasks"]) == 0
+    # rows in (as the tasks read them) = rows out, in run.json's per-task summaries too
+    assert sum(task["rows"] for task in info["tasks"]) == summary["rows"]
     log = (tmp_path / "run.log").read_text()
     assert "dashboard" in log and f"{CHUNKS}/{CHUNKS} chunks" in log and "stages s:" in log
 
@@ -143,6 +145,28 @@ def test_a_restarted_client_resumes_from_the_checkpoints(reference, faulted):
     stages = faulted["out"] / "chunks" / "chunk-00000" / "stages.json"
     assert stages.stat().st_mtime_ns == faulted["stamp"]  # not written again
     assert_same_outputs(faulted["out"], reference)
+
+
+def test_local_workers_run_without_dask_malloc_trim(client):
+    # Dask's MALLOC_TRIM_THRESHOLD_=65536 made the SSVI stage ~3x slower on the workers
+    assert set(client.run(os.environ.get, cluster_mod.MALLOC_ENV).values()) == {None}
+
+
+def test_a_worker_with_dask_malloc_trim_warns_in_the_run_log(tmp_path, monkeypatch):
+    # run_chunk in this process, stopped right after the check (no chunk is computed)
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop
+
+    monkeypatch.setenv(cluster_mod.MALLOC_ENV, "65536")
+    monkeypatch.setitem(cluster_mod._WORKER, "runtime", {})  # settings already applied
+    monkeypatch.delitem(cluster_mod._WORKER, "malloc_warned", raising=False)
+    monkeypatch.setattr(cluster_mod, "_rows", stop)
+    with pytest.raises(Stop):
+        cluster_mod.run_chunk({}, 0, (0, 1), {}, str(tmp_path), None, {})
+    assert "MALLOC_TRIM_THRESHOLD_=65536" in (tmp_path / "run.log").read_text()
 
 
 def test_a_second_client_on_the_same_folder_refuses(client, tmp_path):

@@ -486,9 +486,9 @@ def _run_on_cluster(client, config, out, source, chunks, warm_start, started):
     summary = merge(out)
     summary["cluster"] = {k: v for k, v in info.items() if k != "tasks"}
     summary["cluster"]["seconds"] = time.perf_counter() - started
-    summary["cluster"]["tasks"] = [{k: t[k] for k in ("chunk", "status", "seconds", "worker",
-                                                      "pid", "compiled", "loaded")}
-                                   for t in info["tasks"]]
+    summary["cluster"]["tasks"] = [{k: t[k] for k in ("chunk", "status", "seconds", "rows",
+                                                      "worker", "pid", "compiled", "loaded")
+                                    if k in t} for t in info["tasks"]]
     _write_json(out / "run.json", summary)
     return summary
 
