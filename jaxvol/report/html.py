@@ -190,13 +190,18 @@ def fit_reasons(table: pd.DataFrame, model: str) -> pd.Series:
     return pd.Series(reasons, index=table.index, dtype=object)
 
 
-def _quality_frame(tables) -> pd.DataFrame:
-    quality = []
+def _status_tables(tables):
+    """(model, table, status-name column) of every fitted model whose table has its statuses."""
     for table_name, model in FIT_MODELS:
         table = tables.get(table_name)
         column = f"{model}_status_name"
-        if table is None or column not in table:
-            continue
+        if table is not None and column in table:
+            yield model, table, column
+
+
+def _quality_frame(tables) -> pd.DataFrame:
+    quality = []
+    for model, table, column in _status_tables(tables):
         rmse = table[f"{model}_rmse"] if f"{model}_rmse" in table else pd.Series(np.nan,
                                                                                  table.index)
         for name, group in table.groupby(column, sort=False):
@@ -234,11 +239,7 @@ def _failed_frame(out: pathlib.Path, tables) -> pd.DataFrame:
     """Up to FAILED_PER_STATUS fits per (model, non-CONVERGED status), the largest RMSE first,
     with the reason of each; fits of whole underlyings (SSVI, Heston) show "all" expiries."""
     frames = []
-    for table_name, model in FIT_MODELS:
-        table = tables.get(table_name)
-        column = f"{model}_status_name"
-        if table is None or column not in table:
-            continue
+    for model, table, column in _status_tables(tables):
         bad = table[table[f"{model}_status"] != 0]
         if f"{model}_rmse" in bad:
             bad = bad.sort_values(f"{model}_rmse", ascending=False, kind="stable",
