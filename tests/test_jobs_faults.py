@@ -304,6 +304,27 @@ def test_a_stage_failing_on_one_underlying_costs_only_that_underlying(runs, tmp_
     assert len(pd.read_parquet(tmp_path / "one" / "rows.parquet")) == 288
 
 
+def test_carry_tolerances_are_job_settings(runs, tmp_path):
+    # one row's spot 1e-4 (relative) off its slice's: flagged INCONSISTENT_CARRY under the
+    # default chains.carry_tolerance (1e-6), accepted under 1e-3; nothing else changes
+    root, _ = runs
+    frame = pd.read_csv(root / "clean.csv")
+    frame.loc[40, "spot"] *= 1.0 + 1e-4
+    frame.to_csv(tmp_path / "spot.csv", index=False)
+    bit = int(Flag.INCONSISTENT_CARRY)
+    flags = {}
+    for name, tolerance in (("strict", None), ("loose", 1e-3)):
+        extra = {} if tolerance is None else {"chains.carry_tolerance": tolerance}
+        config = merge_overrides(load_config(None), {**SMALL, **extra})
+        run_nightly(config, out=tmp_path / name, input_path=str(tmp_path / "spot.csv"))
+        rows = pd.read_parquet(tmp_path / name / "rows.parquet").set_index("row_id")
+        flags[name] = rows["quality_flags"].to_numpy() & bit
+    assert flags["strict"][40] and np.flatnonzero(flags["strict"]).tolist() == [40]
+    assert not flags["loose"].any()
+    with pytest.raises(ValueError, match="carry_tolerance"):
+        merge_overrides(load_config(None), {"chains.carry_tolerance": 0.0})
+
+
 def test_a_stage_failing_on_one_slice_costs_only_that_slice(runs, tmp_path, monkeypatch):
     # SVI fits each slice on its own quotes: a failure is narrowed down to the slice (reruns
     # on halves of the chunk's slices, same compiled programs); every other slice, of the same

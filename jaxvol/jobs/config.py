@@ -100,6 +100,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                    "(0 = the chains layer's default)", _non_negative, ">= 0"),
         "min_strikes": Key(int, 5, "usable strikes a slice needs to be fitted", _positive, "> 0"),
         "arbitrage": Key(bool, True, "run the static no-arbitrage report"),
+        "carry_tolerance": Key(float, 1e-6, "relative gap between a row's forward or discount "
+                               "and its slice's median beyond which the row is flagged "
+                               "INCONSISTENT_CARRY and left out of the fits",
+                               lambda v: v > 0, "> 0"),
+        "forward_tolerance": Key(float, 1e-3, "relative gap between a supplied forward and the "
+                                 "put-call parity forward beyond which (and beyond 4 parity "
+                                 "standard errors) the slice is flagged FORWARD_MISMATCH "
+                                 "(informational: the supplied forward is still used)",
+                                 lambda v: v > 0, "> 0"),
     },
     "svi": {
         "enabled": Key(bool, True, "fit raw SVI per slice"),

@@ -13,7 +13,9 @@ __all__ = ["analyze", "arbitrage", "pack"]
 
 
 def _chain_options(env: JobEnv) -> dict:
-    options = {"min_strikes": env.config["chains"]["min_strikes"]}
+    section = env.config["chains"]
+    options = {key: section[key] for key in ("min_strikes", "carry_tolerance",
+                                             "forward_tolerance")}
     if env.config["chains"]["max_relative_spread"] > 0:
         options["max_relative_spread"] = env.config["chains"]["max_relative_spread"]
     return options
