@@ -5,6 +5,11 @@ them (``svi.fit(initial=...)``), the others from svi.fit's own quasi-explicit st
 every slice starts from svi.fit's own start (measured better: warm starts converged on 27% of
 small noisy slices vs 55% cold, median RMSE 12% worse) and yesterday's parameters serve only as
 the fallback of failed slices.
+
+With ``svi.prior = "ssvi"`` (the default) every slice is regularised towards its SSVI smile (the
+SSVI stage runs first): ``svi.fit(prior=...)`` (measured on the synthetic market, issue 20 in
+docs/benchmarks.md: 88% CONVERGED against 37%, closer to the truth inside and beyond the
+quotes in every expiry bucket).
 """
 
 from __future__ import annotations
@@ -16,10 +21,9 @@ from jaxvol.jobs import slices as slices_mod
 from jaxvol.jobs.errors import StageUnavailable
 from jaxvol.jobs.stages.common import (Chunk, JobEnv, ensure_batch, fallback, previous_slices,
                                        rmse, sharded, warm_rows)
-from jaxvol.smile import ssvi as ssvi_model
 from jaxvol.smile import svi as svi_model
 
-__all__ = ["SVI_PARAMS", "svi", "svi_total_variance"]
+__all__ = ["SVI_PARAMS", "ssvi_prior", "svi", "svi_total_variance"]
 
 SVI_PARAMS = ["svi_a", "svi_b", "svi_rho", "svi_m", "svi_sigma"]
 
