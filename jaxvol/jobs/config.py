@@ -36,6 +36,7 @@ class Key:
 
 
 SVI_NO_ARBITRAGE_MODES = ("off", "repair", "penalty")
+SVI_PRIORS = ("none", "ssvi")
 
 
 def _svi_mode(value):
@@ -120,6 +121,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "penalised; true/false of older configs mean penalty/off",
                             lambda v: v in SVI_NO_ARBITRAGE_MODES, "off, repair or penalty",
                             coerce=_svi_mode),
+        "prior": Key(str, "ssvi", "weak prior of the SVI fit (svi.fit's prior): ssvi = "
+                     "pseudo-quotes of the slice's SSVI smile (the SSVI stage, which runs "
+                     "first, at that expiry) over the quoted range, half its width beyond and "
+                     "two points further out, so that short noisy slices do not run to rho = "
+                     "+-1 or the sigma floor (the default: closer to the synthetic truth in "
+                     "every bucket, docs/benchmarks.md issue 20); none = the plain fit. Slices "
+                     "without an SSVI smile (stage off or failed) get the plain fit",
+                     lambda v: v in SVI_PRIORS, "none or ssvi"),
+        "prior_weight": Key(float, 0.5, "weight of each of the prior's 13 pseudo-quotes, "
+                            "relative to the root-mean-square weight (1 / vol spread) of the "
+                            "slice's quotes", _non_negative, ">= 0"),
         "warm_start": Key(bool, False, "on a warm night start from yesterday's SVI parameters "
                           "(off: svi.fit's own start fitted small noisy slices better)"),
     },

@@ -23,7 +23,8 @@ from jaxvol.calibrate.linalg import (backward2, backward3, cholesky2, cholesky3,
                                      forward3)
 from jaxvol.calibrate.projected import ProjectedStep, reduced_solve, start_state
 
-__all__ = ["PARAM_COUNT", "feasible_raw", "k_range", "theta_box", "variable_projection"]
+__all__ = ["PARAM_COUNT", "feasible_raw", "k_range", "quote_columns", "theta_box",
+           "variable_projection"]
 
 PARAM_COUNT = 5  # (a, b, rho, m, sigma)
 
@@ -217,10 +218,11 @@ def theta_box(k, usable):
                    log_span + math.log(_SIGMA_RANGE[0]), log_span + math.log(_SIGMA_RANGE[1])))
 
 
-def _grid_start(data: _Data, usable):
-    """Best (m, sigma) of a small grid scaled to each lane's quoted k range, ranked by the
-    reduced sum of squares on every ``_GRID_STRIDE``-th quote (all grid points in one pass)."""
-    k_lo, span = k_range(data.k, usable)
+def _grid_start(data: _Data, k_quotes, usable):
+    """Best (m, sigma) of a small grid scaled to each lane's quoted k range (of ``k_quotes``
+    where ``usable``), ranked by the reduced sum of squares on every ``_GRID_STRIDE``-th point
+    of ``data`` (all grid points in one pass)."""
+    k_lo, span = k_range(k_quotes, usable)
     fm, fs = (x.reshape(-1) for x in jnp.meshgrid(
         jnp.asarray(_M_FRACTIONS, span.dtype), jnp.asarray(_SIGMA_FRACTIONS, span.dtype)))
     m, sigma = k_lo + fm * span, fs * span  # [lanes, grid]
@@ -232,20 +234,30 @@ def _grid_start(data: _Data, usable):
     return (jnp.take_along_axis(m, best, axis=-1), jnp.take_along_axis(sigma, best, axis=-1))
 
 
-def variable_projection(k, w, weights, usable, start, config: LMConfig, faces: bool = False):
+def quote_columns(k, usable, quotes: int | None):
+    """(k, usable) of the quotes: the first ``quotes`` columns (None: all). Columns after them
+    are a prior's pseudo-quotes (:func:`jaxvol.smile.svi.fit`'s ``prior``): they enter the sums
+    of the fit, never the box, the start grid's range or the count of usable points."""
+    return (k, usable) if quotes is None else (k[..., :quotes], usable[..., :quotes])
+
+
+def variable_projection(k, w, weights, usable, start, config: LMConfig, faces: bool = False,
+                        quotes: int | None = None):
     """Reduced Levenberg–Marquardt fit of one chunk ([lanes, strikes] cleaned inputs).
 
     start: None (grid start) or [lanes, 2] (m, sigma), moved into the box of (m, sigma).
     faces: False solves the linear coefficients without constraint (b and rho may leave their
     box); True keeps them in the cone b >= 0, |rho| <= 1 (rho exactly +-1 on a face).
+    quotes: the number of leading columns that are quotes (:func:`quote_columns`; None: all).
     Returns (raw params [lanes, 5], status [lanes], iterations [lanes]).
     """
     weight = weights * weights
-    span, box = theta_box(k, usable)
+    k_quotes, usable = quote_columns(k, usable, quotes)
+    span, box = theta_box(k_quotes, usable)
     data = _Data(k, w, weight, *_sums(weight, weight * w, weight * w * w), span, box)
     enough = jnp.sum(usable.astype(jnp.int32), axis=-1, keepdims=True) >= PARAM_COUNT
     if start is None:
-        m, sigma = _grid_start(data, usable)
+        m, sigma = _grid_start(data, k_quotes, usable)
     else:
         m, sigma = start[:, 0:1], start[:, 1:2]
     ok = enough & jnp.isfinite(m) & jnp.isfinite(sigma) & (sigma > 0)

@@ -31,12 +31,13 @@ from jaxvol.calibrate import (FitResult, FitStatus, LMConfig, distinct_count, dr
 from jaxvol.calibrate.chunks import compacted
 from jaxvol.calibrate.levenberg_marquardt import batched_loop, weighted_residual_fn
 from jaxvol.calibrate.transforms import make_bounds, to_unbounded
-from jaxvol.smile._svi_projection import (feasible_raw, k_range, theta_box,
+from jaxvol.smile._svi_projection import (feasible_raw, k_range, quote_columns, theta_box,
                                           variable_projection)
 
 __all__ = ["arbitrage_penalties", "durrleman_g", "fit", "FIT_CONFIG", "g_minimum", "implied_vol",
            "initial_guess", "jump_wings_to_raw", "JumpWings", "lee_wing_slopes", "LOWER",
-           "NO_ARBITRAGE_CONFIG", "PARAMS", "penalised_residuals", "raw_to_jump_wings",
+           "NO_ARBITRAGE_CONFIG", "PARAMS", "penalised_residuals", "PRIOR_WEIGHT", "prior_share",
+           "raw_to_jump_wings",
            "satisfies_lee_bound", "slice_residuals", "SVIFit", "total_variance",
            "total_variance_derivatives", "UPPER"]
 
@@ -208,8 +209,9 @@ def _initial_guess(k, w, weights, mask, *, dtype):
     return map_chunks(lambda *a: _guess(*_clean(*a)), CHUNK_SIZE, k, w, weights, mask)
 
 
-def _guess(k, w, weights, usable):
-    params, status, _ = variable_projection(k, w, weights, usable, None, GUESS_CONFIG)
+def _guess(k, w, weights, usable, quotes=None):
+    params, status, _ = variable_projection(k, w, weights, usable, None, GUESS_CONFIG,
+                                            quotes=quotes)
     return jnp.where((status == FitStatus.BAD_INPUT)[:, None], jnp.nan, feasible_raw(params))
 
 
@@ -315,6 +317,7 @@ def penalised_residuals(params, k, w, k_grid):
 
 
 def _penalty_grid(k, usable):
+    """[lanes, 25] k points of the penalty rows over the quoted range and half a span beyond."""
     k_lo = jnp.min(jnp.where(usable, k, jnp.inf), axis=1, keepdims=True)
     k_hi = jnp.max(jnp.where(usable, k, -jnp.inf), axis=1, keepdims=True)
     span = jnp.where(jnp.isfinite(k_hi - k_lo), jnp.maximum(k_hi - k_lo, 0.1), 1.0)
@@ -324,10 +327,12 @@ def _penalty_grid(k, usable):
 
 
 NO_ARBITRAGE_MODES = ("off", "repair", "penalty")
+PRIOR_WEIGHT = 0.5  #: default weight of each prior pseudo-quote (see :func:`fit`)
 
 
-def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrage="off",
-        penalty_weight=10.0, config: LMConfig | None = None,
+def fit(k, total_variance, *, weights=None, mask=None, initial=None, prior=None,
+        prior_weight=PRIOR_WEIGHT, no_arbitrage="off", penalty_weight=10.0,
+        config: LMConfig | None = None,
         chunk_size: int | None = CHUNK_SIZE) -> SVIFit:
     """Fit raw SVI to every slice of [slices, strikes] arrays in one batch.
 
@@ -339,6 +344,20 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
         quotes) or a non-positive weight are dropped too; a slice with fewer than 5 usable
         points gets status TOO_FEW_POINTS and NaN params, and never affects the other slices.
       initial: warm-start params [slices, 5]; default the quasi-explicit :func:`initial_guess`.
+      prior: None (default: the plain fit) or [slices, 5] raw SVI params of a reference smile
+        per slice (e.g. the slice's SSVI smile, :func:`jaxvol.ssvi.to_raw_svi`; a non-finite row
+        fits that slice without a prior). A weak Tikhonov regularisation in function space: the
+        prior's total variance enters the least squares as 13 pseudo-quotes, 11 evenly over the
+        checked range (the quoted k range and half its width beyond on each side) and one on
+        each side two checked widths further out, so slices whose quotes cannot identify the
+        wings (short, noisy expiries) take the prior's wings instead of running to rho = +-1 or
+        the sigma floor; where the quotes are informative they dominate. The pseudo-quotes never
+        widen the box of m and sigma, count as points, or enter ``rmse`` and ``residuals``
+        (``loss`` is the regularised objective). Measured on the synthetic market
+        (docs/benchmarks.md, issue 20): closer to the true smile inside and beyond the quotes
+        than the plain fit in every expiry bucket.
+      prior_weight: weight of each pseudo-quote relative to the root-mean-square weight of the
+        slice's quotes (default ``PRIOR_WEIGHT`` = 0.5, chosen on the synthetic market).
       no_arbitrage: ``"off"`` (default, or False): the plain fit; a slice whose fit has static
         arbitrage over the checked range gets ARBITRAGE (or DEGENERATE beyond Lee's bound), so
         a CONVERGED slice is arbitrage-free either way. ``"repair"``: the plain fit, then the
@@ -373,7 +392,11 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
     free); DEGENERATE beyond Lee's wing bound b (1 + |rho|) <= 2 (which also caps b) or with
     rho = +-1 and sigma on its floor; AT_BOUND with rho = +-1, sigma on its floor or cap, m on
     the edge of its box or b = 0; ARBITRAGE where g < 0 (below -1e-9) or the minimum variance
-    is negative over the checked range. CONVERGED is a usable fit: none of these holds.
+    is negative over the checked range. With a prior, UNIDENTIFIED also where the prior
+    determines more than 4 of the 5 parameters (:func:`prior_share`: the quotes determine less
+    than one); on the synthetic market a typical regularised slice has a share of ~3 (the
+    wings come from the prior, the level, skew and curvature inside the quotes from the data).
+    CONVERGED is a usable fit: none of these holds.
     """
     mode = _no_arbitrage_mode(no_arbitrage)
     if config is None:
@@ -381,8 +404,13 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, no_arbitrag
     *arrays, dtype = _validate(k, total_variance, weights, mask)
     if initial is not None and not isinstance(initial, (jax.Array, np.ndarray)):
         initial = np.asarray(initial)
-    return _fit(*arrays, initial, penalty_weight, dtype=dtype, no_arbitrage=mode,
-                config=config, chunk_size=chunk_size)
+    if prior is not None:
+        prior = prior if isinstance(prior, (jax.Array, np.ndarray)) else np.asarray(prior)
+        if prior.shape != (arrays[0].shape[0], len(PARAMS)):
+            raise ValueError(f"prior must be [slices, 5] = {(arrays[0].shape[0], len(PARAMS))} "
+                             f"raw SVI params, got shape {prior.shape}")
+    return _fit(*arrays, initial, prior, prior_weight, penalty_weight, dtype=dtype,
+                no_arbitrage=mode, config=config, chunk_size=chunk_size)
 
 
 def _no_arbitrage_mode(value) -> str:
@@ -398,51 +426,92 @@ def _no_arbitrage_mode(value) -> str:
 
 @functools.partial(jax.jit,
                    static_argnames=("dtype", "no_arbitrage", "config", "chunk_size"))
-def _fit(k, w, weights, mask, initial, penalty_weight, *, dtype, no_arbitrage, config,
-         chunk_size):
+def _fit(k, w, weights, mask, initial, prior, prior_weight, penalty_weight, *, dtype,
+         no_arbitrage, config, chunk_size):
     k, w, weights, usable = _clean(*_prepared(k, w, weights, mask, dtype))
     penalty_weight = jnp.asarray(penalty_weight, dtype)
     if initial is not None:
         initial = initial.astype(dtype)
+    # the fit's arrays: the quotes, then the prior's pseudo-quotes (columns quotes:)
+    arrays, quotes = (k, w, weights, usable), None
+    if prior is not None:
+        arrays = _with_prior(k, w, weights, usable, prior.astype(dtype),
+                             jnp.asarray(prior_weight, dtype))
+        quotes = k.shape[1]
     if no_arbitrage == "penalty":
-        body = lambda *a: _penalised_chunk(*a, penalty_weight, config)  # noqa: E731
+        body = lambda *a: _penalised_chunk(*a, penalty_weight, config, quotes)  # noqa: E731
         if initial is None:
-            outputs = map_chunks(lambda *a: body(*a, None), chunk_size, k, w, weights, usable)
+            outputs = map_chunks(lambda *a: body(*a, None), chunk_size, *arrays)
         else:
-            outputs = map_chunks(body, chunk_size, k, w, weights, usable, initial)
+            outputs = map_chunks(body, chunk_size, *arrays, initial)
     else:
-        outputs = _separable_fit(k, w, weights, usable, initial, config, chunk_size)
+        outputs = _separable_fit(*arrays, initial, config, chunk_size, quotes)
     params, status, loss, iterations, residuals = outputs
-    status = refine_status(status, **_quality(params, k, w, usable))
+    residuals = residuals[:, :k.shape[1]]
+    status = refine_status(status, **_quality(params, arrays, quotes))
     if no_arbitrage == "repair":
         params, status, loss, iterations, residuals = _repair(
-            (params, status, loss, iterations, residuals), k, w, weights, usable,
-            penalty_weight)
+            (params, status, loss, iterations, residuals), arrays, quotes, penalty_weight)
     return SVIFit(params, status, loss, iterations, rmse_of(residuals, usable), residuals)
+
+
+_PRIOR_POINTS = 11  # pseudo-quotes of the prior evenly over the checked range, ...
+_PRIOR_FAR = 1.0  # ... and one on each side this many checked-range widths beyond it
+
+
+def _with_prior(k, w, weights, usable, prior, prior_weight):
+    """The cleaned quotes followed by 13 pseudo-quotes of the prior smile (``prior`` [lanes, 5]
+    raw SVI): ``_PRIOR_POINTS`` evenly over the checked range (:func:`_check_range`) and one on
+    each side ``_PRIOR_FAR`` of its widths beyond (they hold the wing slopes, hence rho, to the
+    prior's), each weighted ``prior_weight`` times the root-mean-square weight of the slice's
+    quotes. Lanes
+    whose prior is not finite, or with fewer than 5 usable quotes, get no usable pseudo-quote
+    (the plain fit; thin slices stay TOO_FEW_POINTS)."""
+    lo, hi = _check_range(k, usable)
+    count = jnp.sum(usable, axis=1)
+    ok = (jnp.isfinite(lo) & jnp.isfinite(hi) & jnp.all(jnp.isfinite(prior), axis=1)
+          & (count >= len(PARAMS)))
+    lo, hi = jnp.where(ok, lo, -1.0), jnp.where(ok, hi, 1.0)
+    safe = jnp.where(ok[:, None], prior, jnp.asarray([0.01, 0.1, 0.0, 0.0, 0.1], k.dtype))
+    unit = jnp.concatenate([jnp.linspace(0.0, 1.0, _PRIOR_POINTS, dtype=k.dtype),
+                            jnp.asarray([-_PRIOR_FAR, 1.0 + _PRIOR_FAR], k.dtype)])
+    k_prior = lo[:, None] + (hi - lo)[:, None] * unit
+    w_prior = total_variance(k_prior, *(safe[:, i:i + 1] for i in range(5)))
+    ok = ok[:, None] & jnp.isfinite(w_prior) & (w_prior > 0)
+    rms = jnp.sqrt(jnp.sum(weights * weights, axis=1) / jnp.maximum(count, 1).astype(k.dtype))
+    weight_prior = jnp.where(ok, prior_weight * rms[:, None], 0.0)
+    return (jnp.concatenate([k, jnp.where(ok, k_prior, 0.0)], axis=1),
+            jnp.concatenate([w, jnp.where(ok, w_prior, 0.0)], axis=1),
+            jnp.concatenate([weights, weight_prior], axis=1),
+            jnp.concatenate([usable, ok], axis=1))
 
 
 _REPAIR_LANES = 32  # lanes per penalised refit of the slices that need a repair
 
 
-def _repair(outputs, k, w, weights, usable, penalty_weight):
+def _repair(outputs, arrays, quotes, penalty_weight):
     """Refit the slices whose plain fit has static arbitrage (ARBITRAGE, or DEGENERATE beyond
     Lee's bound) with the penalty rows, from their plain fit projected into the box; a slice
     takes the refit where it is usable (CONVERGED after the checks), else keeps the plain fit
-    and its status."""
+    and its status. ``arrays``: the fit's (k, w, weights, usable), the prior's pseudo-quotes
+    after the first ``quotes`` columns (None: no prior)."""
     params, status, loss, iterations, residuals = outputs
+    k, w, weights, usable = arrays
+    width = residuals.shape[1]
     lee = ~satisfies_lee_bound(params[:, 1], params[:, 2])
     pending = (status == FitStatus.ARBITRAGE) | ((status == FitStatus.DEGENERATE) & lee)
 
     def refit(valid, k, w, weights, usable, start, status, *old):
         start = _lee_feasible(feasible_raw(start))
         new = _penalised_chunk(k, w, weights, usable & valid[:, None], start, penalty_weight,
-                               NO_ARBITRAGE_CONFIG)
-        new_status = refine_status(new[1], **_quality(new[0], k, w, usable))
+                               NO_ARBITRAGE_CONFIG, quotes)
+        new_status = refine_status(new[1], **_quality(
+            new[0], (k, w, weights, usable), quotes))
         take = new_status == FitStatus.CONVERGED
         pick = lambda n, o: jnp.where(  # noqa: E731
             take.reshape(take.shape + (1,) * (o.ndim - 1)), n, o)
         return (pick(new[0], old[0]), jnp.where(take, new_status, status), pick(new[2], old[1]),
-                old[2] + new[3], pick(new[4], old[3]))  # iterations: plain plus refit
+                old[2] + new[3], pick(new[4][:, :width], old[3]))  # iterations: plain + refit
 
     size = k.shape[0]
     return compacted(pending, min(_REPAIR_LANES, size), refit,
@@ -465,9 +534,16 @@ _CHECK_POINTS = 121  # grid of the butterfly check over the checked range (plus 
 CHECK_MARGIN = 0.5  #: the no-arbitrage checks cover the quoted k range and this many widths
 
 
-def _quality(params, k, w, usable):
+def _quality(params, arrays, quotes=None):
     """The usability checks of a fitted slice (the arguments of
-    :func:`jaxvol.calibrate.refine_status`); see :func:`fit` for what each one means."""
+    :func:`jaxvol.calibrate.refine_status`) from the fit's (k, w, weights, usable), whose
+    columns from ``quotes`` on are a prior's pseudo-quotes; see :func:`fit` for what each
+    check means."""
+    k, w, weights, usable = arrays
+    leans_on_prior = False
+    if quotes is not None:
+        leans_on_prior = prior_share(params, *arrays, quotes) > _PRIOR_SHARE
+        k, w, weights, usable = (x[:, :quotes] for x in arrays)
     a, b, rho, m, sigma = (params[:, i] for i in range(5))
     span, m_lo, m_hi, t_lo, t_hi = (x[:, 0] for x in jax.tree.leaves(theta_box(k, usable)))
     w_hi = jnp.max(jnp.where(usable, w, -jnp.inf), axis=1)
@@ -478,9 +554,41 @@ def _quality(params, k, w, usable):
                 | (m <= m_lo + _EDGE * span) | (m >= m_hi - _EDGE * span) | ~(b > 0))
     return dict(
         too_few=jnp.sum(usable, axis=1) < len(PARAMS),
-        unidentified=(distinct_count(k, usable) < len(PARAMS)) | (w_hi - w_lo <= _FLAT * w_hi),
+        unidentified=((distinct_count(k, usable) < len(PARAMS)) | (w_hi - w_lo <= _FLAT * w_hi)
+                      | leans_on_prior),
         degenerate=~satisfies_lee_bound(b, rho) | (on_face & sigma_floor),
         at_bound=at_bound, arbitrage=~_arbitrage_free(params, k, usable))
+
+
+_PRIOR_SHARE = 4.0  # of the 5 parameters: the quotes determine less than one
+
+
+def _information(params, k, weights, usable):
+    """[lanes, 5, 5] Gauss-Newton information J^T W J of the points (k, weights) where usable."""
+    a, b, rho, m, sigma = (params[:, i:i + 1] for i in range(5))
+    x = k - m
+    root = jnp.sqrt(x * x + sigma * sigma)
+    jacobian = jnp.stack([jnp.ones_like(x), rho * x + root, b * x, -b * (rho + x / root),
+                          b * sigma / root], axis=-1)
+    weight = jnp.where(usable, weights * weights, 0.0)
+    return jnp.einsum("lni,ln,lnj->lij", jacobian, weight, jacobian)
+
+
+def prior_share(params, k, w, weights, usable, quotes):
+    """[lanes] how many of the 5 parameters the prior's pseudo-quotes (columns ``quotes:``)
+    determine rather than the quotes: tr((H_q + H_p)^-1 H_p) of the Gauss-Newton information
+    of the quotes (H_q) and of the pseudo-quotes (H_p) at ``params`` (0: the data alone; 5: the
+    prior alone; the effective number of parameters of a ridge regression, Hastie et al.)."""
+    del w
+    finite = jnp.all(jnp.isfinite(params), axis=1)
+    safe = jnp.where(finite[:, None], params, jnp.asarray([0.01, 0.1, 0.0, 0.0, 0.1],
+                                                          params.dtype))
+    h_quotes, h_prior = (_information(safe, k[:, cols], weights[:, cols], usable[:, cols])
+                         for cols in (slice(None, quotes), slice(quotes, None)))
+    total = h_quotes + h_prior
+    ridge = 1e-12 * jnp.trace(total, axis1=1, axis2=2)[:, None, None] * jnp.eye(5)
+    share = jnp.trace(jnp.linalg.solve(total + ridge, h_prior), axis1=1, axis2=2)
+    return jnp.where(finite, share, 0.0)
 
 
 def _check_range(k, usable):
@@ -509,16 +617,18 @@ def _arbitrage_free(params, k, usable):
     return (jnp.min(g, axis=1) >= -_G_TOLERANCE) & (floor >= 0)
 
 
-def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config):
+def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config, quotes=None):
     """The arbitrage-aware fit of one chunk of cleaned slices: the engine on the penalised
-    residuals, from the quasi-explicit guess (or ``initial``)."""
-    enough = jnp.sum(usable.astype(jnp.int32), axis=1) >= len(PARAMS)
-    start = _guess(k, w, weights, usable) if initial is None else initial
+    residuals, from the quasi-explicit guess (or ``initial``). Columns from ``quotes`` on are
+    a prior's pseudo-quotes (:func:`quote_columns`)."""
+    k_quotes, usable_quotes = quote_columns(k, usable, quotes)
+    enough = jnp.sum(usable_quotes.astype(jnp.int32), axis=1) >= len(PARAMS)
+    start = _guess(k, w, weights, usable, quotes) if initial is None else initial
     start = jnp.where(enough[:, None], start, jnp.nan)  # BAD_INPUT for thin slices
     rows = _PENALTY_POINTS + 3
     extra = jnp.broadcast_to(penalty_weight, (k.shape[0], rows))
     result = least_squares(
-        penalised_residuals, start, k, w, _penalty_grid(k, usable),
+        penalised_residuals, start, k, w, _penalty_grid(k_quotes, usable_quotes),
         weights=jnp.concatenate([weights, extra], axis=1),
         mask=jnp.concatenate([usable, jnp.ones(extra.shape, bool)], axis=1),
         lower=LOWER, upper=UPPER, config=config)
@@ -539,7 +649,7 @@ def _to_engine(params):
     return u.at[:, 2].set(jnp.where(rho <= -1, -_FACE_U, jnp.where(rho >= 1, _FACE_U, u[:, 2])))
 
 
-def _optimality(fn):
+def _optimality(fn, quotes=None):
     """One lane's optimality condition for the implicit derivatives: the engine's J^T r in
     the free coordinates, and ``coordinate - bound`` for each active bound (rho = +-1, m or
     log sigma on the edge of their box), so a constrained optimum moves along its bound."""
@@ -547,7 +657,7 @@ def _optimality(fn):
 
     def condition(u, args, weights, mask):
         g = gradient(u, args, weights, mask)
-        _, (m_lo, m_hi, t_lo, t_hi) = theta_box(args[0], mask)
+        _, (m_lo, m_hi, t_lo, t_hi) = theta_box(*quote_columns(args[0], mask, quotes))
         face = jax.lax.stop_gradient(jnp.sign(u[2])) * _FACE_U
         g = g.at[2].set(jnp.where(jnp.abs(u[2]) >= _FACE_U, u[2] - face, g[2]))
         for i, lo, hi in ((3, m_lo[0], m_hi[0]), (4, t_lo[0], t_hi[0])):
@@ -560,7 +670,7 @@ def _optimality(fn):
 _FALLBACK_LANES = 16  # lanes per engine call of the fallback (gathered from the whole batch)
 
 
-def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
+def _separable_fit(k, w, weights, usable, initial, config, chunk_size, quotes=None):
     """The plain fit: variable projection, then the engine for the lanes it cannot finish.
 
     1. The reduced fit with unconstrained linear coefficients (cheap; most slices end here):
@@ -580,8 +690,8 @@ def _separable_fit(k, w, weights, usable, initial, config, chunk_size):
     warm = initial is not None
     u0 = initial if warm else jnp.zeros((k.shape[0], len(PARAMS)), k.dtype)
     solver = functools.partial(_separable_solver, fn=fn, warm=warm, config=config,
-                               chunk_size=chunk_size)
-    result = driver.solve(solver, _optimality(fn), u0, (k, w), weights, usable, bounds=_BOUNDS,
+                               chunk_size=chunk_size, quotes=quotes)
+    result = driver.solve(solver, _optimality(fn, quotes), u0, (k, w), weights, usable, bounds=_BOUNDS,
                           residuals=_batch_residuals)
     return result.params, result.status, result.loss, result.iterations, result.residuals
 
@@ -602,14 +712,15 @@ def _in_cone(params):
             & jnp.all(jnp.isfinite(params), axis=1))
 
 
-def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_size):
+def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_size,
+                      quotes=None):
     """(u [lanes, 5] in the engine's unbounded coordinates, status, iterations)."""
     k, w = args
     size = k.shape[0]
 
     def vp(lane_config, warm):
         return lambda k, w, weights, mask, start: variable_projection(  # noqa: E731
-            k, w, weights, mask, start if warm else None, lane_config)
+            k, w, weights, mask, start if warm else None, lane_config, quotes=quotes)
 
     first = dataclasses.replace(config, max_iterations=min(config.max_iterations,
                                                            _VP_FIRST_ROUND))
@@ -637,7 +748,7 @@ def _separable_solver(params0, args, weights, mask, *, fn, warm, config, chunk_s
                 valid & (status == FitStatus.MAX_ITERATIONS) & _in_cone(params), vp(rest, True),
                 params, status, iterations)
         return run(valid & ~finished(params, status),
-                   lambda *a: variable_projection(*a, config, faces=True),
+                   lambda *a: variable_projection(*a, config, faces=True, quotes=quotes),
                    params, status, iterations)
 
     # one compacted loop for both (each loop copies the batch's arrays once)

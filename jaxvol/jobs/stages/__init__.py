@@ -6,9 +6,9 @@ has been computed from them) and calls one domain's public API; the job fits not
 ``analyze``    jaxvol.chains.compute: quality flags, forwards, bid/mid/ask implied vols
 ``arbitrage``  jaxvol.chains.report: static no-arbitrage violations per slice
 ``pack``       the per-slice out-of-the-money arrays (jaxvol.jobs.slices)
-``svi``        jaxvol.svi.fit per slice
-``sabr``       jaxvol.sabr.fit per slice (``initial=`` yesterday's parameters when warm)
 ``ssvi``       jaxvol.ssvi.fit per underlying (all expiries at once)
+``svi``        jaxvol.svi.fit per slice (``prior=`` the slice's SSVI smile with ``svi.prior``)
+``sabr``       jaxvol.sabr.fit per slice (``initial=`` yesterday's parameters when warm)
 ``heston``     jaxvol.heston.calibrate per underlying (``initial=`` yesterday's when warm)
 ``indices``    jaxvol.indices: Cboe-method 30-day index and VXJ-method term structure
 
@@ -37,8 +37,8 @@ __all__ = ["Chunk", "HESTON_PARAMS", "JobEnv", "SABR_PARAMS", "SLICE_STAGES", "S
            "SVI_PARAMS", "StageUnavailable", "run_stage"]
 
 STAGES: dict[str, Callable[[Chunk, JobEnv], None]] = {
-    "analyze": analyze, "arbitrage": arbitrage, "pack": pack, "svi": svi, "sabr": sabr,
-    "ssvi": ssvi, "heston": heston, "indices": indices,
+    "analyze": analyze, "arbitrage": arbitrage, "pack": pack, "ssvi": ssvi, "svi": svi,
+    "sabr": sabr, "heston": heston, "indices": indices,
 }
 
 

@@ -5,6 +5,11 @@ them (``svi.fit(initial=...)``), the others from svi.fit's own quasi-explicit st
 every slice starts from svi.fit's own start (measured better: warm starts converged on 27% of
 small noisy slices vs 55% cold, median RMSE 12% worse) and yesterday's parameters serve only as
 the fallback of failed slices.
+
+With ``svi.prior = "ssvi"`` (the default) every slice is regularised towards its SSVI smile (the
+SSVI stage runs first): ``svi.fit(prior=...)`` (measured on the synthetic market, issue 20 in
+docs/benchmarks.md: 88% CONVERGED against 37%, closer to the truth inside and beyond the
+quotes in every expiry bucket).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from jaxvol.jobs.stages.common import (Chunk, JobEnv, ensure_batch, fallback, pr
                                        rmse, sharded, warm_rows)
 from jaxvol.smile import svi as svi_model
 
-__all__ = ["SVI_PARAMS", "svi", "svi_total_variance"]
+__all__ = ["SVI_PARAMS", "ssvi_prior", "svi", "svi_total_variance"]
 
 SVI_PARAMS = ["svi_a", "svi_b", "svi_rho", "svi_m", "svi_sigma"]
 
@@ -31,32 +36,74 @@ def svi_total_variance(k: np.ndarray, params: np.ndarray) -> np.ndarray:
     return a + b * (rho * x + np.sqrt(x * x + sigma * sigma))
 
 
-def _fit(env: JobEnv, arrays: list, initial: np.ndarray | None):
-    """svi.fit over the lanes of ``arrays`` (from ``initial`` when given), sharded."""
+def ssvi_prior(chunk: Chunk, env: JobEnv) -> np.ndarray | None:
+    """[slices, 5] raw SVI parameters of each slice's SSVI smile (the SSVI stage's surface of
+    its underlying at its expiry: ``ssvi_theta`` with the underlying's rho and phi), NaN where
+    the SSVI stage gave none; None when ``svi.prior`` is "none" or the SSVI stage did not run
+    (then every slice gets the plain fit)."""
+    if env.config["svi"]["prior"] == "none":
+        return None
+    table, under = chunk.slices, chunk.underlyings
+    if "ssvi_theta" not in table or under is None or "ssvi_rho" not in under:
+        return None
+    u = under.set_index("underlying").reindex(table["underlying"])
+    theta = table["ssvi_theta"].to_numpy(float)
+    phi_params = [u[c].to_numpy(float) for c in sorted(c for c in u.columns
+                                                       if c.startswith("ssvi_phi_"))]
+    rho = u["ssvi_rho"].to_numpy(float)
+    with np.errstate(all="ignore"):
+        if env.config["ssvi"]["phi"] == "power_law":
+            eta, gamma = phi_params
+            phi = eta / (theta ** gamma * (1.0 + theta) ** (1.0 - gamma))
+        else:
+            x = phi_params[0] * theta
+            phi = (x - 1.0 + np.exp(-x)) / (x * x)  # ssvi.heston_phi (no series: a prior)
+        raw = np.stack([theta / 2 * (1 - rho ** 2), theta * phi / 2, rho, -rho / phi,
+                        np.sqrt(1 - rho ** 2) / phi], axis=1)
+    return np.where(np.all(np.isfinite(raw), axis=1, keepdims=True) & (theta > 0)[:, None],
+                    raw, np.nan)
+
+
+def _fit(env: JobEnv, arrays: list, initial: np.ndarray | None, prior: np.ndarray | None):
+    """svi.fit over the lanes of ``arrays`` (from ``initial`` when given, regularised towards
+    ``prior`` when given), sharded."""
     settings = env.config["svi"]
-    config = LMConfig(max_iterations=settings["max_iterations"])
-    no_arbitrage = settings["no_arbitrage"]
-    if initial is None:
-        return sharded(env, lambda k, w, weight, mask: svi_model.fit(
-            k, w, weights=weight, mask=mask, no_arbitrage=no_arbitrage, config=config),
-            arrays, key="svi-cold", sections=("svi",))
-    return sharded(env, lambda k, w, weight, mask, start: svi_model.fit(
-        k, w, weights=weight, mask=mask, initial=start, no_arbitrage=no_arbitrage,
-        config=config), arrays + [initial], key="svi-warm", sections=("svi",))
+    options = dict(no_arbitrage=settings["no_arbitrage"],
+                   config=LMConfig(max_iterations=settings["max_iterations"]))
+    if prior is not None:
+        options["prior_weight"] = settings["prior_weight"]
+    key = "svi-cold" if prior is None else "svi-prior"
+    if initial is None and prior is None:
+        fn = lambda k, w, weight, mask: svi_model.fit(  # noqa: E731
+            k, w, weights=weight, mask=mask, **options)
+    elif initial is None:
+        fn = lambda k, w, weight, mask, prior: svi_model.fit(  # noqa: E731
+            k, w, weights=weight, mask=mask, prior=prior, **options)
+        arrays = arrays + [prior]
+    elif prior is None:
+        fn = lambda k, w, weight, mask, start: svi_model.fit(  # noqa: E731
+            k, w, weights=weight, mask=mask, initial=start, **options)
+        arrays, key = arrays + [initial], "svi-warm"
+    else:
+        fn = lambda k, w, weight, mask, start, prior: svi_model.fit(  # noqa: E731
+            k, w, weights=weight, mask=mask, initial=start, prior=prior, **options)
+        arrays, key = arrays + [initial, prior], "svi-warm-prior"
+    return sharded(env, fn, arrays, key=key, sections=("svi",))
 
 
-def _fits(env: JobEnv, arrays: list, previous: np.ndarray | None):
+def _fits(env: JobEnv, arrays: list, previous: np.ndarray | None, prior: np.ndarray | None):
     """(params, status, iterations) per slice: cold fits, and warm ones where enabled."""
     warm = warm_rows(previous) if env.config["svi"]["warm_start"] else None
     if warm is None or not warm.any():
-        fit = _fit(env, arrays, None)
+        fit = _fit(env, arrays, None, prior)
         return np.asarray(fit.params), np.asarray(fit.status), np.asarray(fit.iterations)
     params = np.full((len(warm), len(SVI_PARAMS)), np.nan)
     status = np.zeros(len(warm), np.int32)
     iterations = np.zeros(len(warm), np.int32)
     for lanes, initial in ((~warm, None), (warm, previous[warm])):
         if lanes.any():
-            fit = _fit(env, [a[lanes] for a in arrays], initial)
+            fit = _fit(env, [a[lanes] for a in arrays], initial,
+                       None if prior is None else prior[lanes])
             params[lanes], status[lanes] = fit.params, fit.status
             iterations[lanes] = fit.iterations
     return params, status, iterations
@@ -68,7 +115,7 @@ def svi(chunk: Chunk, env: JobEnv) -> None:
     batch = ensure_batch(chunk, env)
     previous = previous_slices(env, batch.table, SVI_PARAMS)
     arrays = [batch.log_moneyness, batch.total_variance, batch.weight, batch.mask]
-    params, status, iterations = _fits(env, arrays, previous)
+    params, status, iterations = _fits(env, arrays, previous, ssvi_prior(chunk, env))
     params, used_previous = fallback(status, params, previous)
     expiry = batch.table["expiry"].to_numpy()[:, None]
     model = svi_total_variance(batch.log_moneyness, params[:, None, :])
