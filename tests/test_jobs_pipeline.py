@@ -480,7 +480,8 @@ def test_a_second_chunk_traces_nothing(tmp_path, monkeypatch):
                if name != "fx"), summary["stages"]
     assert [i for i, _, _ in traced] == [0, 1, 2]
     first = traced[0][2]
-    for program in ("job-svi-cold", "job-sabr-cold", "job-ssvi", "job-heston", "job-cboe",
+    # SSVI runs, so the SVI stage fits with each slice's SSVI smile as its prior (svi.prior)
+    for program in ("job-svi-prior", "job-sabr-cold", "job-ssvi", "job-heston", "job-cboe",
                     "job-vxj", "job-vxj-term", "job-host-black", "job-host-vxj-term-structure"):
         assert first.get(program) == 1, (program, first)
     for index, traces, new in traced[1:]:
