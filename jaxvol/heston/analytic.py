@@ -249,7 +249,8 @@ def _saddle(log_moneyness, variance, strip, params):
     psi is convex in a; the search runs in y = log|a - pole| (a = 1 + e^y for calls, -e^y for
     puts), where the pole at 0 or 1 no longer dominates the curvature: SADDLE_STEPS Newton steps
     on dpsi/dy from the Gaussian guess 1/2 + k/s^2, each falling back to bisection of the bracket
-    when it would leave it. A saddle beyond the strip is clipped to its edge."""
+    when it would leave it (a step onto a bracket end is kept: that end is the current y once
+    the iteration has converged). A saddle beyond the strip is clipped to its edge."""
     lo, hi = strip
     call = log_moneyness >= 0
     pole = jnp.where(call, 1.0, 0.0)
@@ -269,7 +270,9 @@ def _saddle(log_moneyness, variance, strip, params):
         slope, curvature = slope_a * da, (second + pole2) * da * da + slope_a * da
         lower, upper = jnp.where(slope < 0, y, lower), jnp.where(slope > 0, y, upper)
         newton = y - slope / jnp.where(curvature > 0, curvature, jnp.inf)
-        inside = (newton > lower) & (newton < upper) & (curvature > 0)
+        # a bracket end may be the current y itself: a converged step (newton == y) whose slope
+        # rounded to the wrong sign must stay there, not fall back to bisecting the bracket
+        inside = (newton >= lower) & (newton <= upper) & (curvature > 0)
         return jnp.where(inside, newton, 0.5 * (lower + upper)), lower, upper
 
     y, _, _ = jax.lax.fori_loop(0, SADDLE_STEPS, step, (y, y_lower, y_upper))
