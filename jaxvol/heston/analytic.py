@@ -20,12 +20,15 @@ subtraction, so deep wings keep their relative accuracy.
 Contour (per smile, fixed work): ``a`` is the saddle point of
 psi(a) = (1 - a) k + log M(a) - log(a^2 - a) (Lord & Kahl 2007), found by SADDLE_STEPS
 safeguarded Newton steps inside STRIP_FRACTION of the moment strip (Andersen & Piterbarg 2007
-explosion times, BISECTION_STEPS bisections); the integrand is then a non-oscillating bump at
-u = 0. The ray is tilted by TILT = pi/12 (tau = +-tan(pi/12), Andersen & Lake 2018, as
-QuantLib's AngledContour) towards the side where the large-u phase k + rho V / sigma turns into
-decay, V = v0 + kappa theta T. A smile with more than ``contours`` strikes shares ``contours``
-contours (half per side), evenly spaced in ``a`` between the saddles of its innermost and
-outermost strikes; each strike uses the contour whose own saddle strike is nearest to it.
+explosion times, one bisection of BISECTION_STEPS steps for both ends); the integrand is then
+a non-oscillating bump at u = 0. The geometry needs log M and its derivatives only at real
+arguments inside the strip, where they are evaluated in real arithmetic (``_log_mgf_real``),
+and each smile runs one saddle search (for its strikes, or for the four end strikes below).
+The ray is tilted by TILT = pi/12 (tau = +-tan(pi/12), Andersen & Lake 2018, as QuantLib's
+AngledContour) towards the side where the large-u phase k + rho V / sigma turns into decay,
+V = v0 + kappa theta T. A smile with more than ``contours`` strikes shares ``contours`` contours
+(half per side), evenly spaced in ``a`` between the saddles of its innermost and outermost
+strikes; each strike uses the contour whose own saddle strike is nearest to it.
 
 Quadrature (fixed shape, vmaps): the double-exponential map u = lam exp(t - e^{-t})
 (Ooura & Mori) on N = NODES equally spaced t in [T_LO, t_hi] with trapezoidal weights.
@@ -120,11 +123,14 @@ def _explosion_time(w, kappa, sigma, rho):
     return jnp.where(delta < 0, complex_case, real_case)
 
 
-def _critical_moment(expiry, kappa, sigma, rho, upper):
-    """Smallest w > 1 (upper) or largest w < 0 (lower) whose moment explodes before ``expiry``.
+def _critical_moments(expiry, kappa, sigma, rho):
+    """(largest w < 0, smallest w > 1) whose moment explodes before ``expiry``.
 
-    Bisection on y with w = 1 + e^y (or w = -e^y), y in [-12, 14]: fixed work per lane.
+    One bisection for both ends, on y with w = -e^y (lower) and w = 1 + e^y (upper), y in
+    [-12, 14]: BISECTION_STEPS fixed steps per lane.
     """
+    upper = jnp.asarray([False, True])
+
     def moment(y):
         return jnp.where(upper, 1.0 + jnp.exp(y), -jnp.exp(y))
 
@@ -134,10 +140,11 @@ def _critical_moment(expiry, kappa, sigma, rho, upper):
         finite = _explosion_time(moment(mid), kappa, sigma, rho) > expiry
         return jnp.where(finite, mid, lo), jnp.where(finite, hi, mid)
 
-    lo = jnp.full_like(expiry, -12.0)
-    hi = jnp.full_like(expiry, 14.0)
+    lo = jnp.full(upper.shape, -12.0, jnp.result_type(expiry))
+    hi = jnp.full(upper.shape, 14.0, jnp.result_type(expiry))
     lo, _ = jax.lax.fori_loop(0, BISECTION_STEPS, step, (lo, hi))
-    return moment(lo)
+    w = moment(lo)
+    return w[0], w[1]
 
 
 def integrated_variance(expiry, v0, kappa, theta):
@@ -156,8 +163,7 @@ def fair_variance(expiry, v0, kappa, theta):
 
 def _strip(expiry, kappa, sigma, rho):
     """Contour range (lo < 0, hi > 1): STRIP_FRACTION of the way to the critical moments."""
-    w_lo = _critical_moment(expiry, kappa, sigma, rho, False)
-    w_hi = _critical_moment(expiry, kappa, sigma, rho, True)
+    w_lo, w_hi = _critical_moments(expiry, kappa, sigma, rho)
     return STRIP_FRACTION * w_lo, 1.0 + STRIP_FRACTION * (w_hi - 1.0)
 
 
@@ -168,10 +174,61 @@ def _nodes(n):
     return frac, trap
 
 
+# Taylor coefficients in z = (dT/2)^2 of (C - 1) / z = sum z^(n-1) / (2n)! and of
+# S / (T/2) = sum z^n / (2n + 1)!, lowest power first
+_SERIES_C = tuple(1.0 / math.factorial(2 * n) for n in range(1, 7))
+_SERIES_S = tuple(1.0 / math.factorial(2 * n + 1) for n in range(0, 7))
+
+
+def _log_mgf_real(w, expiry, v0, kappa, theta, sigma, rho):
+    """log E[exp(w X)] at real w inside the moment strip, in real arithmetic.
+
+    The contour geometry (saddle points, bump widths) needs log M only at real arguments, where
+    it is real: with xi = kappa - sigma rho w, D = xi^2 - sigma^2 (w^2 - w), C = cosh(d T/2),
+    S = sinh(d T/2) / d (both even in d = sqrt(D), so real for either sign of D) and L = C +
+    xi S > 0 (L reaches 0 where the moment explodes),
+
+        log M = kappa theta / sigma^2 (xi T - 2 log L) + v0 (w^2 - w) S / L,
+
+    the real part of the complex formula of :func:`log_mgf_parts` at w + 0i. Three branches:
+    D > 0 in the little-trap form of :func:`log_mgf_parts` (e^{-dT}: no overflow for large
+    dT); D < 0 with d = i q, C - 1 = -2 sin^2(qT/4), S = sin(qT/2) / q; and |z| < 0.1,
+    z = (dT/2)^2 = D T^2 / 4 (either sign, D = 0 included), from the Taylor series of C and S
+    in z (to z^6, truncation < 2e-18 relative), where the closed forms would divide by a
+    vanishing d and their derivatives in w lose ~eps / z^2 to cancellation."""
+    s2 = sigma * sigma
+    xi = kappa - sigma * rho * w
+    ww = w * w - w
+    disc = xi * xi - s2 * ww
+    z = 0.25 * disc * expiry * expiry
+    small = jnp.abs(z) < 0.1
+    hyperbolic = (disc > 0) & ~small
+    factor = kappa * theta / s2
+    # D > 0: the little-trap form (as log_mgf_parts)
+    d = jnp.sqrt(jnp.where(hyperbolic, disc, 1.0))
+    em1 = jnp.expm1(-d * expiry)  # e^{-dT} - 1
+    xi_plus_d = xi + d
+    xi_minus_d = s2 * ww / xi_plus_d  # = xi - d, without cancellation
+    log_ratio = jnp.log1p(-em1 * xi_minus_d / (2.0 * d))
+    trap = (factor * (xi_minus_d * expiry - 2.0 * log_ratio)
+            + v0 * ww * -em1 / (xi_plus_d - xi_minus_d * (1.0 + em1)))
+    # D < 0 (d = i q) or |z| small: C - 1 and S, then log L = log1p(C - 1 + xi S)
+    q = jnp.sqrt(jnp.where(hyperbolic | small, 1.0, -disc))
+    sin, cos = cm.sincos(0.25 * q * expiry)
+    series_c = z * cm._horner(z, _SERIES_C)
+    series_s = 0.5 * expiry * cm._horner(z, _SERIES_S)
+    c_minus_1 = jnp.where(small, series_c, -2.0 * sin * sin)
+    s = jnp.where(small, series_s, 2.0 * sin * cos / q)
+    l_minus_1 = c_minus_1 + xi * s
+    trig = factor * (xi * expiry - 2.0 * jnp.log1p(l_minus_1)) + v0 * ww * s / (1.0 + l_minus_1)
+    return jnp.where(hyperbolic, trap, trig)
+
+
 def _log_m_derivatives(a, expiry, v0, kappa, theta, sigma, rho):
-    """First and second derivatives of log M at real a (nested forward mode)."""
+    """First and second derivatives of log M at real a (nested forward mode of the real
+    log-MGF, :func:`_log_mgf_real`)."""
     def log_m(x):
-        return log_mgf_parts(x, jnp.zeros_like(x), expiry, v0, kappa, theta, sigma, rho)[0]
+        return _log_mgf_real(x, expiry, v0, kappa, theta, sigma, rho)
 
     def slope(x):
         return jax.jvp(log_m, (x,), (jnp.ones_like(x),))[1]
@@ -192,7 +249,8 @@ def _saddle(log_moneyness, variance, strip, params):
     psi is convex in a; the search runs in y = log|a - pole| (a = 1 + e^y for calls, -e^y for
     puts), where the pole at 0 or 1 no longer dominates the curvature: SADDLE_STEPS Newton steps
     on dpsi/dy from the Gaussian guess 1/2 + k/s^2, each falling back to bisection of the bracket
-    when it would leave it. A saddle beyond the strip is clipped to its edge."""
+    when it would leave it (a step onto a bracket end is kept: that end is the current y once
+    the iteration has converged). A saddle beyond the strip is clipped to its edge."""
     lo, hi = strip
     call = log_moneyness >= 0
     pole = jnp.where(call, 1.0, 0.0)
@@ -212,7 +270,9 @@ def _saddle(log_moneyness, variance, strip, params):
         slope, curvature = slope_a * da, (second + pole2) * da * da + slope_a * da
         lower, upper = jnp.where(slope < 0, y, lower), jnp.where(slope > 0, y, upper)
         newton = y - slope / jnp.where(curvature > 0, curvature, jnp.inf)
-        inside = (newton > lower) & (newton < upper) & (curvature > 0)
+        # a bracket end may be the current y itself: a converged step (newton == y) whose slope
+        # rounded to the wrong sign must stay there, not fall back to bisecting the bracket
+        inside = (newton >= lower) & (newton <= upper) & (curvature > 0)
         return jnp.where(inside, newton, 0.5 * (lower + upper)), lower, upper
 
     y, _, _ = jax.lax.fori_loop(0, SADDLE_STEPS, step, (y, y_lower, y_upper))
@@ -239,10 +299,9 @@ def _tilt(k_low, k_high, expiry, v0, kappa, theta, sigma, rho):
     return tilt, _tail_rate(expiry, v0, kappa, theta, sigma, rho) + gain
 
 
-def _contour_scale(a, decay, expiry, v0, kappa, theta, sigma, rho):
-    """Width lam and upper end t_hi of the double-exponential nodes of the contour through a
-    (module docstring)."""
-    gaussian = _log_m_derivatives(a, expiry, v0, kappa, theta, sigma, rho)[1]
+def _contour_scale(a, gaussian, decay):
+    """Width lam and upper end t_hi of the double-exponential nodes of the contour through a,
+    given gaussian = (log M)''(a) (module docstring)."""
     poles = _pole_terms(a)[1]
     width = 1.0 / jnp.sqrt(gaussian + poles)
     u_max = jnp.maximum(jnp.sqrt(2.0 * TAIL_LOG / gaussian), TAIL_LOG / decay)
@@ -270,34 +329,38 @@ def _contour_coefficients(a, tilt, u, du, expiry, v0, kappa, theta, sigma, rho):
 
 
 def _abscissae(log_moneyness, variance, strip, params, contours):
-    """Contours of a smile and each strike's contour.
+    """Contours of a smile, each strike's contour, and (log M)''(a) on each contour.
 
     With at most ``contours`` strikes every strike gets its own saddle. Otherwise each side gets
     contours // 2 abscissae evenly spaced between the saddles of its innermost and outermost
-    strike, and a strike uses the contour whose own saddle strike k_m = (log M)'(a_m) +
-    (pole term)'(a_m) is nearest to its k. Returns (abscissae[M], index[nK])."""
+    strike (one saddle search for the four ends), and a strike uses the contour whose own
+    saddle strike k_m = (log M)'(a_m) + (pole term)'(a_m) is nearest to its k. Returns
+    (abscissae[M], index[nK], second[M]); the derivatives of log M at the abscissae are
+    computed once, for the strike assignment and the contour widths."""
     n = log_moneyness.shape[0]
     if n <= contours:
-        return _saddle(log_moneyness, variance, strip, params), jnp.arange(n)
+        abscissae = _saddle(log_moneyness, variance, strip, params)
+        return abscissae, jnp.arange(n), _log_m_derivatives(abscissae, *params)[1]
     per_side = contours // 2
     call = log_moneyness >= 0
     big = jnp.finfo(log_moneyness.dtype).max
     grid = jnp.linspace(0.0, 1.0, per_side, dtype=log_moneyness.dtype)
 
-    def side(mask, empty):
+    def ends(mask, empty):
         k_in = jnp.where(mask, jnp.abs(log_moneyness), big).min()
         k_out = jnp.where(mask, jnp.abs(log_moneyness), -big).max()
         sign = 1.0 if empty > 0 else -1.0
-        ends = jnp.where(k_in <= k_out, sign * jnp.stack([k_in, k_out]), empty)
-        a_ends = _saddle(ends, variance, strip, params)
-        return a_ends[0] + (a_ends[1] - a_ends[0]) * grid
+        return jnp.where(k_in <= k_out, sign * jnp.stack([k_in, k_out]), empty)
 
-    abscissae = jnp.concatenate([side(~call, -1e-3), side(call, 1e-3)])
-    first = jax.vmap(lambda a: _log_m_derivatives(a, *params)[0])(abscissae)
+    a_ends = _saddle(jnp.concatenate([ends(~call, -1e-3), ends(call, 1e-3)]), variance, strip,
+                     params)
+    abscissae = jnp.concatenate([a_ends[0] + (a_ends[1] - a_ends[0]) * grid,
+                                 a_ends[2] + (a_ends[3] - a_ends[2]) * grid])
+    first, second = _log_m_derivatives(abscissae, *params)
     own_k = first + _pole_terms(abscissae)[0]
     distance = jnp.abs(log_moneyness[:, None] - own_k[None, :])
     wrong_side = call[:, None] != (jnp.arange(contours) >= per_side)[None, :]
-    return abscissae, jnp.argmin(jnp.where(wrong_side, big, distance), axis=1)
+    return abscissae, jnp.argmin(jnp.where(wrong_side, big, distance), axis=1), second
 
 
 def _strike_range(log_moneyness, index, size):
@@ -322,11 +385,10 @@ def smile_otm(log_moneyness, expiry, v0, kappa, theta, sigma, rho, *, nodes=NODE
     k_fixed = jax.lax.stop_gradient(log_moneyness)
     variance = integrated_variance(*fixed[:4])
     strip = _strip(fixed[0], fixed[2], fixed[4], fixed[5])
-    abscissae, index = _abscissae(k_fixed, variance, strip, fixed, contours)
+    abscissae, index, second = _abscissae(k_fixed, variance, strip, fixed, contours)
     k_low, k_high = _strike_range(k_fixed, index, abscissae.shape[0])
     tilt, decay = _tilt(k_low, k_high, *fixed)
-    width, t_hi = jax.vmap(_contour_scale, in_axes=(0, 0) + (None,) * 6)(
-        abscissae, decay, *fixed)
+    width, t_hi = _contour_scale(abscissae, second, decay)
     tilt_k = tilt[index]
     damping = (1.0 - abscissae[index]) * log_moneyness
     dtype = log_moneyness.dtype

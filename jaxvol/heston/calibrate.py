@@ -82,10 +82,12 @@ def _residuals(params, strike, expiry, spot, rate, div, is_call, quote, scale, f
 
 @functools.lru_cache(maxsize=None)
 def _residuals_for(nodes: int, contours: int):
-    """One residual function per quadrature (the engine takes it as a static argument)."""
-    if (nodes, contours) == (FIT_NODES, FIT_CONTOURS):
-        return _residuals
-    return functools.partial(_residuals, nodes=nodes, contours=contours)
+    """One jitted residual function per quadrature (the engine takes it as a static argument).
+
+    Jitted so that the engine's several uses of it (the start point's Jacobian, the Jacobian in
+    the LM loop body, the final residuals, the implicit derivative) share one traced and lowered
+    pricing program instead of each inlining its own copy; XLA still inlines it when compiling."""
+    return jax.jit(functools.partial(_residuals, nodes=nodes, contours=contours))
 
 
 @jax.jit
