@@ -313,6 +313,44 @@ def test_every_stage_end_to_end(full):
     assert html.count("data:image/png;base64,") >= 8
 
 
+def test_zero_bid_wings_are_upper_bounds_of_the_svi_smiles(full):
+    """Issue 20, "one-sided quotes as bounds": every zero-bid OTM quote with an ask implied vol
+    (and no other excluding flag) beyond the slice's two-sided quotes is counted in its slice's
+    ``n_one_sided`` and reaches the SVI
+    fit as an upper bound; no CONVERGED smile lies more than 1% (in total variance) above such
+    an ask (the fit's ONE_SIDED_TOLERANCE). Before, zero-bid rows were dropped from the fits:
+    nothing kept a wing below the asks of the strikes beyond the two-sided quotes."""
+    from jaxvol.chains import Flag
+    from jaxvol.chains.flags import DEFAULT_EXCLUDE
+    from jaxvol.smile.svi import ONE_SIDED_TOLERANCE
+    out, _ = full
+    rows = pd.read_parquet(out / "rows.parquet")
+    slices = pd.read_parquet(out / "slices.parquet")
+    flags = rows["quality_flags"].to_numpy().astype(np.int64)
+    other = int(DEFAULT_EXCLUDE) & ~int(Flag.ZERO_BID | Flag.IV_UNSOLVED)
+    call = rows["option_type"].astype(str).str.upper().str.startswith("C").to_numpy()
+    otm = np.where(call, rows["strike"] >= rows["forward"], rows["strike"] < rows["forward"])
+    ask = rows["iv_ask"].to_numpy()
+    one = (otm & ((flags & int(Flag.ZERO_BID)) != 0) & ((flags & other) == 0)
+           & np.isfinite(ask) & (ask > 0))
+    # only beyond the slice's two-sided OTM quotes (a zero bid among them is a defect)
+    two_sided = rows[otm & rows["usable"].to_numpy(bool) & np.isfinite(rows["iv_mid"])]
+    span = two_sided.groupby(["underlying", "expiry"])["strike"].agg(["min", "max"])
+    edges = span.reindex(pd.MultiIndex.from_frame(rows[["underlying", "expiry"]]))
+    one &= ((rows["strike"].to_numpy() < edges["min"].to_numpy())
+            | (rows["strike"].to_numpy() > edges["max"].to_numpy()))
+    per_slice = rows[one].groupby(["underlying", "expiry"]).size()
+    counted = slices.set_index(["underlying", "expiry"])["n_one_sided"]
+    assert per_slice.sum() >= 20 and counted.sum() == per_slice.sum()
+    assert (counted.reindex(per_slice.index) == per_slice).all()
+    bounded = rows[one].merge(slices[["underlying", "expiry", "svi_status_name"]],
+                              on=["underlying", "expiry"])
+    converged = bounded[bounded["svi_status_name"] == "CONVERGED"]
+    assert len(converged) >= 10
+    ratio = (converged["iv_svi"] / converged["iv_ask"]) ** 2
+    assert (ratio <= 1.0 + ONE_SIDED_TOLERANCE + 1e-12).all(), ratio.max()
+
+
 def _html_table(page: str, table_id: str) -> list[list[str]]:
     """The body rows of the report's table ``table_id`` as lists of cell texts."""
     match = re.search(rf'<table[^>]*id="{table_id}"[^>]*>(.*?)</table>', page, re.S)

@@ -23,10 +23,12 @@ FitStatus = domain_status("FitStatus", "calibrate", {
     "DEGENERATE": 7,  # converged to a degenerate limit (rho = +-1 with sigma at its floor, ...)
     "UNIDENTIFIED": 8,  # the data cannot identify the model (constant k, all quotes equal)
     "ARBITRAGE": 9,  # converged, but the fitted smile violates a static no-arbitrage bound
+    "OUTSIDE_QUOTES": 50,  # converged, but the fitted smile contradicts a one-sided quote
 }, """Per-lane outcome of a fit (int32 in ``status``; codes of :mod:`jaxvol.status`).
 
-CONVERGED (0) is a usable fit; MAX_ITERATIONS, AT_BOUND, DEGENERATE, UNIDENTIFIED and ARBITRAGE
-carry the best point found (finite params); BAD_INPUT, NON_FINITE and TOO_FEW_POINTS carry NaN
+CONVERGED (0) is a usable fit; MAX_ITERATIONS, AT_BOUND, DEGENERATE, UNIDENTIFIED, ARBITRAGE
+and OUTSIDE_QUOTES (the fitted smile lies above the ask of an option quoted without a bid, or
+below the bid of one without an ask: :func:`jaxvol.svi.fit`'s ``one_sided``) carry the best point found (finite params); BAD_INPUT, NON_FINITE and TOO_FEW_POINTS carry NaN
 params (:func:`has_solution` is False).""")
 
 #: statuses whose params are NaN: no solution was attempted or it failed at the start

@@ -4,7 +4,9 @@ A convergence test passing is not a usable fit. :func:`refine_status` downgrades
 has a solution (CONVERGED or MAX_ITERATIONS) to the first of these that applies, in this order
 of precedence: TOO_FEW_POINTS, UNIDENTIFIED (the data cannot identify the model: too few
 distinct strikes, all quotes equal), DEGENERATE (a degenerate limit of the model), AT_BOUND (a
-parameter on a bound of its box) and ARBITRAGE (a static no-arbitrage bound violated). Lanes
+parameter on a bound of its box), ARBITRAGE (a static no-arbitrage bound violated) and
+OUTSIDE_QUOTES (the fitted model contradicts a one-sided quote: above the ask of an option
+without a bid). Lanes
 without a solution keep their status. Every domain fit (svi, ssvi, sabr, heston, fx) states its
 own criteria and applies them through this one function, so the precedence is the same
 everywhere.
@@ -23,7 +25,7 @@ BOUND_TOLERANCE = 1e-6
 
 
 def refine_status(status, *, too_few=None, unidentified=None, degenerate=None, at_bound=None,
-                  arbitrage=None):
+                  arbitrage=None, outside=None):
     """The fit status after the usability checks (each a bool array like ``status``, or None).
 
     Only lanes with a solution change; the checks are applied in the order of precedence of
@@ -31,7 +33,8 @@ def refine_status(status, *, too_few=None, unidentified=None, degenerate=None, a
     status = jnp.asarray(status)
     solved = has_solution(status)
     out = status
-    for check, code in ((arbitrage, FitStatus.ARBITRAGE), (at_bound, FitStatus.AT_BOUND),
+    for check, code in ((outside, FitStatus.OUTSIDE_QUOTES), (arbitrage, FitStatus.ARBITRAGE),
+                        (at_bound, FitStatus.AT_BOUND),
                         (degenerate, FitStatus.DEGENERATE),
                         (unidentified, FitStatus.UNIDENTIFIED)):
         if check is not None:

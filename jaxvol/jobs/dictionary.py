@@ -58,6 +58,8 @@ COLUMNS = {
     "iv_mid_status": ("code", "jaxvol.IVStatus of the mid's implied vol"),
     "iv_ask_status": ("code", "jaxvol.IVStatus of the ask's implied vol"),
     "n_quotes": ("count", "usable out-of-the-money quotes of the slice"),
+    "n_one_sided": ("count", "zero-bid out-of-the-money quotes of the slice, used as upper "
+                    "bounds of the SVI smile (their ask's total variance)"),
     "near_expiry": ("years", "near term of the 30-day indices"),
     "next_expiry": ("years", "next term of the 30-day indices"),
     "relation": ("text", "static no-arbitrage relation checked"),

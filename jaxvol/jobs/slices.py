@@ -4,6 +4,14 @@ From the analysed rows (``chains.analyze`` output) each slice keeps its usable o
 quotes (no quality flag, finite mid implied vol: puts below the forward, calls at or above it),
 sorted by strike, packed into ``[slices, strikes]`` arrays padded to a strike bucket
 (:func:`jaxvol.batching.strike_bucket`) with a mask.
+
+The zero-bid out-of-the-money quotes beyond a slice's two-sided ones (ZERO_BID and no other
+excluding flag, a finite ask implied vol, a strike outside the usable quotes' range) are kept
+apart as one-sided quotes: the mid of a quote without a buyer is not a
+price, but its ask bounds the option's value, so the ask's total variance is an upper bound on
+the smile there (``one_sided_k``, ``one_sided_upper``: [slices, bucket], NaN padded;
+:func:`jaxvol.svi.fit`'s ``one_sided``). On the synthetic market these are the far wings, the
+very strikes where a fit to the two-sided quotes alone extrapolates freely.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ class SliceBatch(NamedTuple):
     mask: np.ndarray              # [slices, width] bool
     price: np.ndarray             # [slices, width] mid price (bid + ask) / 2
     is_call: np.ndarray           # [slices, width] bool: calls at/above the forward
+    one_sided_k: np.ndarray       # [slices, bucket] log-moneyness of zero-bid OTM quotes (NaN pad)
+    one_sided_upper: np.ndarray   # [slices, bucket] their ask's total variance iv_ask^2 * expiry
 
 
 def slice_index(rows: pd.DataFrame) -> np.ndarray:
@@ -46,6 +56,50 @@ def _usable(rows: pd.DataFrame) -> np.ndarray:
              else rows["quality_flags"].to_numpy() == 0)
     return (otm & clean
             & np.isfinite(rows["iv_mid"].to_numpy()) & np.isfinite(forward))
+
+
+def _one_sided(rows: pd.DataFrame) -> np.ndarray:
+    """Zero-bid OTM quotes whose ask still carries information: ZERO_BID set, no other
+    excluding flag (an unsolvable mid is expected: half the ask may lie below intrinsic), a
+    finite positive ask implied vol and forward."""
+    from jaxvol.chains import Flag
+    from jaxvol.chains.flags import DEFAULT_EXCLUDE
+    flags = rows["quality_flags"].to_numpy().astype(np.int64)
+    other = int(DEFAULT_EXCLUDE) & ~int(Flag.ZERO_BID | Flag.IV_UNSOLVED)
+    forward = rows["forward"].to_numpy()
+    strike = rows["strike"].to_numpy()
+    is_call = rows["option_type"].astype(str).str.upper().str.startswith("C").to_numpy()
+    otm = np.where(is_call, strike >= forward, strike < forward)
+    ask_vol = rows["iv_ask"].to_numpy(float)
+    return (otm & ((flags & int(Flag.ZERO_BID)) != 0) & ((flags & other) == 0)
+            & np.isfinite(ask_vol) & (ask_vol > 0) & np.isfinite(forward) & (forward > 0))
+
+
+def _pack_one_sided(rows: pd.DataFrame, slice_id: np.ndarray, n_slices: int,
+                    strikes: tuple[np.ndarray, np.ndarray]):
+    """([slices, bucket] log-moneyness, [slices, bucket] upper total variance) of the one-sided
+    quotes of every slice (:func:`_one_sided`) beyond its two-sided quotes (strikes below the
+    lowest or above the highest usable strike, ``strikes`` = (lowest, highest) per slice), NaN
+    padded to a strike bucket. A zero bid among two-sided quotes is a defect, not a wing
+    without buyers: measured on the synthetic market, whose injected zero-bid rows keep a
+    stale ask (e.g. bid 0 / ask 0.10 between calls bid 0.50 and 0.30), such a bound lay at a
+    quarter of the neighbours' total variance and no fit could honour it."""
+    keep = _one_sided(rows)
+    strike = rows["strike"].to_numpy()
+    low, high = strikes
+    ids_all = np.where(keep, slice_id, 0)
+    keep &= (strike < low[ids_all]) | (strike > high[ids_all])
+    ids = slice_id[keep]
+    k = np.log(strike[keep] / rows["forward"].to_numpy()[keep])
+    upper = rows["iv_ask"].to_numpy(float)[keep] ** 2 * rows["expiry"].to_numpy(float)[keep]
+    order = np.lexsort((k, ids))
+    ids, k, upper = ids[order], k[order], upper[order]
+    counts = np.bincount(ids, minlength=n_slices)
+    width = strike_bucket(max(int(counts.max(initial=0)), 1))
+    position = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_k, out_upper = np.full((n_slices, width), np.nan), np.full((n_slices, width), np.nan)
+    out_k[ids, position], out_upper[ids, position] = k, upper
+    return out_k, out_upper
 
 
 def _weights(rows: pd.DataFrame) -> np.ndarray:
@@ -82,6 +136,14 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     usable = usable.sort_values(["slice", "strike"], kind="stable")
     counts = np.bincount(usable["slice"].to_numpy(), minlength=len(table))
     table["n_quotes"] = counts
+    by_slice = usable.groupby("slice")["strike"]
+    low = by_slice.min().reindex(range(len(table))).to_numpy(float)
+    high = by_slice.max().reindex(range(len(table))).to_numpy(float)
+    # a slice without two-sided quotes has no fit to bound: its one-sided quotes are dropped
+    one_k, one_upper = _pack_one_sided(rows, slice_id, len(table),
+                                       (np.where(np.isfinite(low), low, np.inf),
+                                        np.where(np.isfinite(high), high, -np.inf)))
+    table["n_one_sided"] = np.isfinite(one_k).sum(axis=1)
     width = strike_bucket(max(int(counts.max(initial=0)), 1))
     position = usable.groupby("slice").cumcount().to_numpy()
     index = (usable["slice"].to_numpy(), position)
@@ -101,4 +163,4 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     vol = np.where(mask, arrays["implied_vol"], 0.2)
     return SliceBatch(table, strike, np.log(strike / forward), vol ** 2 * expiry, vol,
                       np.where(mask, arrays["weight"], 0.0), mask,
-                      np.where(mask, arrays["price"], 1.0), strike >= forward)
+                      np.where(mask, arrays["price"], 1.0), strike >= forward, one_k, one_upper)

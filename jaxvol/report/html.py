@@ -99,6 +99,8 @@ _GENERIC_REASONS = {
                     "smile)",
     "NON_FINITE": "the fit produced non-finite values",
     "BAD_INPUT": "invalid input",
+    "OUTSIDE_QUOTES": "the fitted smile lies above the ask of a zero-bid quote (a one-sided "
+                      "bound) by more than 1% in total variance",
 }
 
 

@@ -316,6 +316,48 @@ def penalised_residuals(params, k, w, k_grid):
     return jnp.concatenate([slice_residuals(params, k, w), arbitrage_penalties(params, k_grid)])
 
 
+def one_sided_penalties(params, k, lower, upper):
+    """Residual rows that vanish iff the smile respects one-sided quotes: relu(w(k) - upper)
+    (an option with an ask but no bid: its total variance is at most the ask's) and
+    relu(lower - w(k)) (a bid but no ask), one pair per point; pass a huge ``upper`` and a
+    hugely negative ``lower`` where a side is absent."""
+    model = total_variance(k, *params)
+    return jnp.concatenate([jax.nn.relu(model - upper), jax.nn.relu(lower - model)])
+
+
+def _bounded_residuals(params, k, w, k_grid, k_one, lower, upper):
+    return jnp.concatenate([penalised_residuals(params, k, w, k_grid),
+                            one_sided_penalties(params, k_one, lower, upper)])
+
+
+ONE_SIDED_TOLERANCE = 0.01  #: relative excess of total variance over a one-sided bound allowed
+
+
+def _one_sided_arrays(one_sided, dtype):
+    """Inside the jit: (k, lower, upper, has_lower, has_upper) of the one-sided quotes, the
+    absent sides and points replaced by finite stand-ins (the double where)."""
+    k, lower, upper = (x.astype(dtype) for x in one_sided)
+    point = jnp.isfinite(k)
+    has_lower = point & jnp.isfinite(lower) & (lower > 0)
+    has_upper = point & jnp.isfinite(upper) & (upper > 0)
+    big = jnp.asarray(jnp.finfo(dtype).max, dtype)
+    return (jnp.where(point, k, 0.0), jnp.where(has_lower, lower, -big),
+            jnp.where(has_upper, upper, big), has_lower, has_upper)
+
+
+def _outside(params, one_sided):
+    """[lanes] the fitted smile lies more than ``ONE_SIDED_TOLERANCE`` above an upper or below
+    a lower one-sided bound (False where there are none or the params are not finite)."""
+    k, lower, upper, has_lower, has_upper = one_sided
+    finite = jnp.all(jnp.isfinite(params), axis=1)
+    safe = jnp.where(finite[:, None], params, jnp.asarray([0.01, 0.1, 0.0, 0.0, 0.1],
+                                                          params.dtype))
+    model = total_variance(k, *(safe[:, i:i + 1] for i in range(5)))
+    above = has_upper & (model > upper * (1.0 + ONE_SIDED_TOLERANCE))
+    below = has_lower & (model < lower * (1.0 - ONE_SIDED_TOLERANCE))
+    return finite & jnp.any(above | below, axis=1)
+
+
 def _penalty_grid(k, usable):
     """[lanes, 25] k points of the penalty rows over the quoted range and half a span beyond."""
     k_lo = jnp.min(jnp.where(usable, k, jnp.inf), axis=1, keepdims=True)
@@ -331,7 +373,7 @@ PRIOR_WEIGHT = 0.5  #: default weight of each prior pseudo-quote (see :func:`fit
 
 
 def fit(k, total_variance, *, weights=None, mask=None, initial=None, prior=None,
-        prior_weight=PRIOR_WEIGHT, no_arbitrage="off", penalty_weight=10.0,
+        prior_weight=PRIOR_WEIGHT, one_sided=None, no_arbitrage="off", penalty_weight=10.0,
         config: LMConfig | None = None,
         chunk_size: int | None = CHUNK_SIZE) -> SVIFit:
     """Fit raw SVI to every slice of [slices, strikes] arrays in one batch.
@@ -358,6 +400,16 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, prior=None,
         than the plain fit in every expiry bucket.
       prior_weight: weight of each pseudo-quote relative to the root-mean-square weight of the
         slice's quotes (default ``PRIOR_WEIGHT`` = 0.5, chosen on the synthetic market).
+      one_sided: None or ``(k, lower, upper)``, each [slices, n]: quotes with one side only,
+        as bounds on the total variance (an OTM option with an ask but a zero bid: ``upper`` =
+        the ask's total implied variance, ``lower`` NaN; a bid without an ask: ``lower``). NaN
+        marks an absent side or point. They are not points of the least squares (a zero-bid
+        mid is not a price) but constraints: a fit whose total variance lies more than
+        ``ONE_SIDED_TOLERANCE`` (1%) above an upper (below a lower) bound gets OUTSIDE_QUOTES,
+        and ``no_arbitrage="repair"`` refits those slices with the rows of
+        :func:`one_sided_penalties` (weight ``penalty_weight`` times the root-mean-square quote
+        weight) beside the arbitrage penalties; ``"penalty"`` includes them in every slice's
+        fit. Zero-bid wings are what pins a wing that the quotes alone leave free.
       no_arbitrage: ``"off"`` (default, or False): the plain fit; a slice whose fit has static
         arbitrage over the checked range gets ARBITRAGE (or DEGENERATE beyond Lee's bound), so
         a CONVERGED slice is arbitrage-free either way. ``"repair"``: the plain fit, then the
@@ -387,7 +439,8 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, prior=None,
     usable k range and R its width.
 
     Status (:class:`jaxvol.calibrate.FitStatus`, precedence as in
-    :func:`jaxvol.calibrate.refine_status`): TOO_FEW_POINTS below 5 usable points;
+    :func:`jaxvol.calibrate.refine_status`): OUTSIDE_QUOTES (lowest) as under ``one_sided``;
+    TOO_FEW_POINTS below 5 usable points;
     UNIDENTIFIED with fewer than 5 distinct k or all quotes equal (a flat slice: m and sigma are
     free); DEGENERATE beyond Lee's wing bound b (1 + |rho|) <= 2 (which also caps b) or with
     rho = +-1 and sigma on its floor; AT_BOUND with rho = +-1, sigma on its floor or cap, m on
@@ -409,7 +462,17 @@ def fit(k, total_variance, *, weights=None, mask=None, initial=None, prior=None,
         if prior.shape != (arrays[0].shape[0], len(PARAMS)):
             raise ValueError(f"prior must be [slices, 5] = {(arrays[0].shape[0], len(PARAMS))} "
                              f"raw SVI params, got shape {prior.shape}")
-    return _fit(*arrays, initial, prior, prior_weight, penalty_weight, dtype=dtype,
+    if one_sided is not None:
+        if not isinstance(one_sided, (tuple, list)) or len(one_sided) != 3:
+            raise ValueError("one_sided must be a tuple (k, lower, upper) of [slices, n] arrays")
+        one_sided = tuple(x if isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x, float)
+                          for x in one_sided)
+        shapes = {x.shape for x in one_sided}
+        if (len(shapes) != 1 or len(one_sided[0].shape) != 2
+                or one_sided[0].shape[0] != arrays[0].shape[0]):
+            raise ValueError(f"one_sided arrays must share one [slices, n] shape with slices = "
+                             f"{arrays[0].shape[0]}, got {[x.shape for x in one_sided]}")
+    return _fit(*arrays, initial, prior, prior_weight, one_sided, penalty_weight, dtype=dtype,
                 no_arbitrage=mode, config=config, chunk_size=chunk_size)
 
 
@@ -426,9 +489,11 @@ def _no_arbitrage_mode(value) -> str:
 
 @functools.partial(jax.jit,
                    static_argnames=("dtype", "no_arbitrage", "config", "chunk_size"))
-def _fit(k, w, weights, mask, initial, prior, prior_weight, penalty_weight, *, dtype,
-         no_arbitrage, config, chunk_size):
+def _fit(k, w, weights, mask, initial, prior, prior_weight, one_sided, penalty_weight, *,
+         dtype, no_arbitrage, config, chunk_size):
     k, w, weights, usable = _clean(*_prepared(k, w, weights, mask, dtype))
+    if one_sided is not None:
+        one_sided = _one_sided_arrays(one_sided, dtype)
     penalty_weight = jnp.asarray(penalty_weight, dtype)
     if initial is not None:
         initial = initial.astype(dtype)
@@ -438,20 +503,25 @@ def _fit(k, w, weights, mask, initial, prior, prior_weight, penalty_weight, *, d
         arrays = _with_prior(k, w, weights, usable, prior.astype(dtype),
                              jnp.asarray(prior_weight, dtype))
         quotes = k.shape[1]
+    extra = () if one_sided is None else one_sided
     if no_arbitrage == "penalty":
-        body = lambda *a: _penalised_chunk(*a, penalty_weight, config, quotes)  # noqa: E731
+        def body(k, w, weights, usable, start, *one):
+            return _penalised_chunk(k, w, weights, usable, start, penalty_weight, config,
+                                    quotes, one or None)
         if initial is None:
-            outputs = map_chunks(lambda *a: body(*a, None), chunk_size, *arrays)
+            outputs = map_chunks(lambda k, w, weights, usable, *one: body(
+                k, w, weights, usable, None, *one), chunk_size, *arrays, *extra)
         else:
-            outputs = map_chunks(body, chunk_size, *arrays, initial)
+            outputs = map_chunks(body, chunk_size, *arrays, initial, *extra)
     else:
         outputs = _separable_fit(*arrays, initial, config, chunk_size, quotes)
     params, status, loss, iterations, residuals = outputs
     residuals = residuals[:, :k.shape[1]]
-    status = refine_status(status, **_quality(params, arrays, quotes))
+    status = refine_status(status, **_quality(params, arrays, quotes, one_sided))
     if no_arbitrage == "repair":
         params, status, loss, iterations, residuals = _repair(
-            (params, status, loss, iterations, residuals), arrays, quotes, penalty_weight)
+            (params, status, loss, iterations, residuals), arrays, quotes, penalty_weight,
+            one_sided)
     return SVIFit(params, status, loss, iterations, rmse_of(residuals, usable), residuals)
 
 
@@ -489,9 +559,10 @@ def _with_prior(k, w, weights, usable, prior, prior_weight):
 _REPAIR_LANES = 32  # lanes per penalised refit of the slices that need a repair
 
 
-def _repair(outputs, arrays, quotes, penalty_weight):
+def _repair(outputs, arrays, quotes, penalty_weight, one_sided=None):
     """Refit the slices whose plain fit has static arbitrage (ARBITRAGE, or DEGENERATE beyond
-    Lee's bound) with the penalty rows, from their plain fit projected into the box; a slice
+    Lee's bound) or contradicts a one-sided quote (OUTSIDE_QUOTES) with the penalty rows (and
+    the one-sided rows), from their plain fit projected into the box; a slice
     takes the refit where it is usable (CONVERGED after the checks), else keeps the plain fit
     and its status. ``arrays``: the fit's (k, w, weights, usable), the prior's pseudo-quotes
     after the first ``quotes`` columns (None: no prior)."""
@@ -499,14 +570,17 @@ def _repair(outputs, arrays, quotes, penalty_weight):
     k, w, weights, usable = arrays
     width = residuals.shape[1]
     lee = ~satisfies_lee_bound(params[:, 1], params[:, 2])
-    pending = (status == FitStatus.ARBITRAGE) | ((status == FitStatus.DEGENERATE) & lee)
+    pending = ((status == FitStatus.ARBITRAGE) | ((status == FitStatus.DEGENERATE) & lee)
+               | (status == FitStatus.OUTSIDE_QUOTES))
+    n_one = 0 if one_sided is None else len(one_sided)
 
-    def refit(valid, k, w, weights, usable, start, status, *old):
+    def refit(valid, k, w, weights, usable, *rest):
+        one, (start, status, *old) = rest[:n_one] or None, rest[n_one:]
         start = _lee_feasible(feasible_raw(start))
         new = _penalised_chunk(k, w, weights, usable & valid[:, None], start, penalty_weight,
-                               NO_ARBITRAGE_CONFIG, quotes)
+                               NO_ARBITRAGE_CONFIG, quotes, one)
         new_status = refine_status(new[1], **_quality(
-            new[0], (k, w, weights, usable), quotes))
+            new[0], (k, w, weights, usable), quotes, one))
         take = new_status == FitStatus.CONVERGED
         pick = lambda n, o: jnp.where(  # noqa: E731
             take.reshape(take.shape + (1,) * (o.ndim - 1)), n, o)
@@ -514,8 +588,9 @@ def _repair(outputs, arrays, quotes, penalty_weight):
                 old[2] + new[3], pick(new[4][:, :width], old[3]))  # iterations: plain + refit
 
     size = k.shape[0]
+    extra = () if one_sided is None else tuple(one_sided)
     return compacted(pending, min(_REPAIR_LANES, size), refit,
-                      (k, w, weights, usable, params, status, params, loss, iterations,
+                      (k, w, weights, usable, *extra, params, status, params, loss, iterations,
                        residuals), (params, status, loss, iterations, residuals))
 
 
@@ -534,7 +609,7 @@ _CHECK_POINTS = 121  # grid of the butterfly check over the checked range (plus 
 CHECK_MARGIN = 0.5  #: the no-arbitrage checks cover the quoted k range and this many widths
 
 
-def _quality(params, arrays, quotes=None):
+def _quality(params, arrays, quotes=None, one_sided=None):
     """The usability checks of a fitted slice (the arguments of
     :func:`jaxvol.calibrate.refine_status`) from the fit's (k, w, weights, usable), whose
     columns from ``quotes`` on are a prior's pseudo-quotes; see :func:`fit` for what each
@@ -557,7 +632,8 @@ def _quality(params, arrays, quotes=None):
         unidentified=((distinct_count(k, usable) < len(PARAMS)) | (w_hi - w_lo <= _FLAT * w_hi)
                       | leans_on_prior),
         degenerate=~satisfies_lee_bound(b, rho) | (on_face & sigma_floor),
-        at_bound=at_bound, arbitrage=~_arbitrage_free(params, k, usable))
+        at_bound=at_bound, arbitrage=~_arbitrage_free(params, k, usable),
+        outside=None if one_sided is None else _outside(params, one_sided))
 
 
 _PRIOR_SHARE = 4.0  # of the 5 parameters: the quotes determine less than one
@@ -617,20 +693,36 @@ def _arbitrage_free(params, k, usable):
     return (jnp.min(g, axis=1) >= -_G_TOLERANCE) & (floor >= 0)
 
 
-def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config, quotes=None):
+def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config, quotes=None,
+                     one_sided=None):
     """The arbitrage-aware fit of one chunk of cleaned slices: the engine on the penalised
     residuals, from the quasi-explicit guess (or ``initial``). Columns from ``quotes`` on are
-    a prior's pseudo-quotes (:func:`quote_columns`)."""
+    a prior's pseudo-quotes (:func:`quote_columns`); ``one_sided`` (from
+    :func:`_one_sided_arrays`) adds the rows of :func:`one_sided_penalties`."""
     k_quotes, usable_quotes = quote_columns(k, usable, quotes)
     enough = jnp.sum(usable_quotes.astype(jnp.int32), axis=1) >= len(PARAMS)
     start = _guess(k, w, weights, usable, quotes) if initial is None else initial
     start = jnp.where(enough[:, None], start, jnp.nan)  # BAD_INPUT for thin slices
     rows = _PENALTY_POINTS + 3
     extra = jnp.broadcast_to(penalty_weight, (k.shape[0], rows))
+    grid = _penalty_grid(k_quotes, usable_quotes)
+    if one_sided is None:
+        fn, args = penalised_residuals, (k, w, grid)
+        row_weights = jnp.concatenate([weights, extra], axis=1)
+        row_mask = jnp.concatenate([usable, jnp.ones(extra.shape, bool)], axis=1)
+    else:
+        k_one, lower, upper, has_lower, has_upper = one_sided
+        quote_weights = jnp.where(usable_quotes, weights[:, :k_quotes.shape[1]], 0.0)
+        rms = jnp.sqrt(jnp.sum(quote_weights ** 2, axis=1) / jnp.maximum(
+            jnp.sum(usable_quotes, axis=1), 1).astype(k.dtype))
+        one_weight = jnp.broadcast_to((penalty_weight * rms)[:, None], (k.shape[0],
+                                                                        2 * k_one.shape[1]))
+        fn, args = _bounded_residuals, (k, w, grid, k_one, lower, upper)
+        row_weights = jnp.concatenate([weights, extra, one_weight], axis=1)
+        row_mask = jnp.concatenate([usable, jnp.ones(extra.shape, bool), has_upper,
+                                    has_lower], axis=1)
     result = least_squares(
-        penalised_residuals, start, k, w, _penalty_grid(k_quotes, usable_quotes),
-        weights=jnp.concatenate([weights, extra], axis=1),
-        mask=jnp.concatenate([usable, jnp.ones(extra.shape, bool)], axis=1),
+        fn, start, *args, weights=row_weights, mask=row_mask,
         lower=LOWER, upper=UPPER, config=config)
     return (result.params, result.status, result.loss, result.iterations,
             result.residuals[:, :k.shape[1]])

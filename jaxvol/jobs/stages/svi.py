@@ -14,6 +14,7 @@ quotes in every expiry bucket).
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxvol.calibrate import LMConfig
@@ -65,29 +66,27 @@ def ssvi_prior(chunk: Chunk, env: JobEnv) -> np.ndarray | None:
 
 
 def _fit(env: JobEnv, arrays: list, initial: np.ndarray | None, prior: np.ndarray | None):
-    """svi.fit over the lanes of ``arrays`` (from ``initial`` when given, regularised towards
-    ``prior`` when given), sharded."""
+    """svi.fit over the lanes of ``arrays`` (k, w, weight, mask, then the one-sided quotes' k
+    and upper total variance; from ``initial`` when given, regularised towards ``prior`` when
+    given), sharded."""
     settings = env.config["svi"]
     options = dict(no_arbitrage=settings["no_arbitrage"],
                    config=LMConfig(max_iterations=settings["max_iterations"]))
     if prior is not None:
         options["prior_weight"] = settings["prior_weight"]
     key = "svi-cold" if prior is None else "svi-prior"
-    if initial is None and prior is None:
-        fn = lambda k, w, weight, mask: svi_model.fit(  # noqa: E731
-            k, w, weights=weight, mask=mask, **options)
-    elif initial is None:
-        fn = lambda k, w, weight, mask, prior: svi_model.fit(  # noqa: E731
-            k, w, weights=weight, mask=mask, prior=prior, **options)
-        arrays = arrays + [prior]
-    elif prior is None:
-        fn = lambda k, w, weight, mask, start: svi_model.fit(  # noqa: E731
-            k, w, weights=weight, mask=mask, initial=start, **options)
-        arrays, key = arrays + [initial], "svi-warm"
-    else:
-        fn = lambda k, w, weight, mask, start, prior: svi_model.fit(  # noqa: E731
-            k, w, weights=weight, mask=mask, initial=start, prior=prior, **options)
-        arrays, key = arrays + [initial, prior], "svi-warm-prior"
+    names = []
+    if initial is not None:
+        names, arrays = ["initial"], arrays + [initial]
+        key = "svi-warm" if prior is None else "svi-warm-prior"
+    if prior is not None:
+        names, arrays = names + ["prior"], arrays + [prior]
+
+    def fn(k, w, weight, mask, one_k, one_upper, *extra):
+        return svi_model.fit(k, w, weights=weight, mask=mask,
+                             one_sided=(one_k, jnp.full_like(one_upper, jnp.nan), one_upper),
+                             **dict(zip(names, extra)), **options)
+
     return sharded(env, fn, arrays, key=key, sections=("svi",))
 
 
@@ -114,7 +113,8 @@ def svi(chunk: Chunk, env: JobEnv) -> None:
         raise StageUnavailable("disabled by svi.enabled = false")
     batch = ensure_batch(chunk, env)
     previous = previous_slices(env, batch.table, SVI_PARAMS)
-    arrays = [batch.log_moneyness, batch.total_variance, batch.weight, batch.mask]
+    arrays = [batch.log_moneyness, batch.total_variance, batch.weight, batch.mask,
+              batch.one_sided_k, batch.one_sided_upper]
     params, status, iterations = _fits(env, arrays, previous, ssvi_prior(chunk, env))
     params, used_previous = fallback(status, params, previous)
     expiry = batch.table["expiry"].to_numpy()[:, None]
