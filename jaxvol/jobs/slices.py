@@ -76,11 +76,13 @@ def _one_sided(rows: pd.DataFrame) -> np.ndarray:
 
 
 def _pack_one_sided(rows: pd.DataFrame, slice_id: np.ndarray, n_slices: int,
-                    strikes: tuple[np.ndarray, np.ndarray]):
+                    strikes: tuple[np.ndarray, np.ndarray], min_width: int):
     """([slices, bucket] log-moneyness, [slices, bucket] upper total variance) of the one-sided
     quotes of every slice (:func:`_one_sided`) beyond its two-sided quotes (strikes below the
     lowest or above the highest usable strike, ``strikes`` = (lowest, highest) per slice), NaN
-    padded to a strike bucket. A zero bid among two-sided quotes is a defect, not a wing
+    padded to a strike bucket, at least ``min_width`` (the quotes' width: one program shape for
+    every chunk of a night, as a slice's one-sided and two-sided quotes share its strikes). A
+    zero bid among two-sided quotes is a defect, not a wing
     without buyers: measured on the synthetic market, whose injected zero-bid rows keep a
     stale ask (e.g. bid 0 / ask 0.10 between calls bid 0.50 and 0.30), such a bound lay at a
     quarter of the neighbours' total variance and no fit could honour it."""
@@ -95,7 +97,7 @@ def _pack_one_sided(rows: pd.DataFrame, slice_id: np.ndarray, n_slices: int,
     order = np.lexsort((k, ids))
     ids, k, upper = ids[order], k[order], upper[order]
     counts = np.bincount(ids, minlength=n_slices)
-    width = strike_bucket(max(int(counts.max(initial=0)), 1))
+    width = max(strike_bucket(max(int(counts.max(initial=0)), 1)), min_width)
     position = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
     out_k, out_upper = np.full((n_slices, width), np.nan), np.full((n_slices, width), np.nan)
     out_k[ids, position], out_upper[ids, position] = k, upper
@@ -136,15 +138,15 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     usable = usable.sort_values(["slice", "strike"], kind="stable")
     counts = np.bincount(usable["slice"].to_numpy(), minlength=len(table))
     table["n_quotes"] = counts
+    width = strike_bucket(max(int(counts.max(initial=0)), 1))
     by_slice = usable.groupby("slice")["strike"]
     low = by_slice.min().reindex(range(len(table))).to_numpy(float)
     high = by_slice.max().reindex(range(len(table))).to_numpy(float)
     # a slice without two-sided quotes has no fit to bound: its one-sided quotes are dropped
     one_k, one_upper = _pack_one_sided(rows, slice_id, len(table),
                                        (np.where(np.isfinite(low), low, np.inf),
-                                        np.where(np.isfinite(high), high, -np.inf)))
+                                        np.where(np.isfinite(high), high, -np.inf)), width)
     table["n_one_sided"] = np.isfinite(one_k).sum(axis=1)
-    width = strike_bucket(max(int(counts.max(initial=0)), 1))
     position = usable.groupby("slice").cumcount().to_numpy()
     index = (usable["slice"].to_numpy(), position)
     arrays = {}
