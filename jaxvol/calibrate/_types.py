@@ -28,8 +28,9 @@ FitStatus = domain_status("FitStatus", "calibrate", {
 
 CONVERGED (0) is a usable fit; MAX_ITERATIONS, AT_BOUND, DEGENERATE, UNIDENTIFIED, ARBITRAGE
 and OUTSIDE_QUOTES (the fitted smile lies above the ask of an option quoted without a bid, or
-below the bid of one without an ask: :func:`jaxvol.svi.fit`'s ``one_sided``) carry the best point found (finite params); BAD_INPUT, NON_FINITE and TOO_FEW_POINTS carry NaN
-params (:func:`has_solution` is False).""")
+below the bid of one without an ask: :func:`jaxvol.svi.fit`'s ``one_sided``) carry the best
+point found (finite params); BAD_INPUT, NON_FINITE and TOO_FEW_POINTS carry NaN params
+(:func:`has_solution` is False).""")
 
 #: statuses whose params are NaN: no solution was attempted or it failed at the start
 NO_SOLUTION = (FitStatus.BAD_INPUT, FitStatus.NON_FINITE, FitStatus.TOO_FEW_POINTS)

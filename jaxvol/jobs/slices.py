@@ -47,11 +47,17 @@ def slice_index(rows: pd.DataFrame) -> np.ndarray:
     return rows.groupby(["underlying", "expiry"], sort=False).ngroup().to_numpy()
 
 
-def _usable(rows: pd.DataFrame) -> np.ndarray:
+def _otm(rows: pd.DataFrame) -> np.ndarray:
+    """Out of the money: calls at or above the forward, puts below it."""
     forward = rows["forward"].to_numpy()
     strike = rows["strike"].to_numpy()
     is_call = rows["option_type"].astype(str).str.upper().str.startswith("C").to_numpy()
-    otm = np.where(is_call, strike >= forward, strike < forward)
+    return np.where(is_call, strike >= forward, strike < forward)
+
+
+def _usable(rows: pd.DataFrame) -> np.ndarray:
+    forward = rows["forward"].to_numpy()
+    otm = _otm(rows)
     clean = (rows["usable"].to_numpy(bool) if "usable" in rows.columns
              else rows["quality_flags"].to_numpy() == 0)
     return (otm & clean
@@ -67,9 +73,7 @@ def _one_sided(rows: pd.DataFrame) -> np.ndarray:
     flags = rows["quality_flags"].to_numpy().astype(np.int64)
     other = int(DEFAULT_EXCLUDE) & ~int(Flag.ZERO_BID | Flag.IV_UNSOLVED)
     forward = rows["forward"].to_numpy()
-    strike = rows["strike"].to_numpy()
-    is_call = rows["option_type"].astype(str).str.upper().str.startswith("C").to_numpy()
-    otm = np.where(is_call, strike >= forward, strike < forward)
+    otm = _otm(rows)
     ask_vol = rows["iv_ask"].to_numpy(float)
     return (otm & ((flags & int(Flag.ZERO_BID)) != 0) & ((flags & other) == 0)
             & np.isfinite(ask_vol) & (ask_vol > 0) & np.isfinite(forward) & (forward > 0))

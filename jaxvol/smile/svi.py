@@ -345,13 +345,26 @@ def _one_sided_arrays(one_sided, dtype):
             jnp.where(has_upper, upper, big), has_lower, has_upper)
 
 
+_PLACEHOLDER = (0.01, 0.1, 0.0, 0.0, 0.1)  # finite raw SVI params standing in for NaN rows
+
+
+def _with_placeholder(params, ok):
+    """``params`` [lanes, 5] where ``ok`` [lanes], :data:`_PLACEHOLDER` elsewhere."""
+    return jnp.where(ok[:, None], params, jnp.asarray(_PLACEHOLDER, params.dtype))
+
+
+def _rms_weight(weights, usable):
+    """[lanes] root-mean-square weight of the usable points."""
+    count = jnp.maximum(jnp.sum(usable, axis=1), 1).astype(weights.dtype)
+    return jnp.sqrt(jnp.sum(jnp.where(usable, weights, 0.0) ** 2, axis=1) / count)
+
+
 def _outside(params, one_sided):
     """[lanes] the fitted smile lies more than ``ONE_SIDED_TOLERANCE`` above an upper or below
     a lower one-sided bound (False where there are none or the params are not finite)."""
     k, lower, upper, has_lower, has_upper = one_sided
     finite = jnp.all(jnp.isfinite(params), axis=1)
-    safe = jnp.where(finite[:, None], params, jnp.asarray([0.01, 0.1, 0.0, 0.0, 0.1],
-                                                          params.dtype))
+    safe = _with_placeholder(params, finite)
     model = total_variance(k, *(safe[:, i:i + 1] for i in range(5)))
     above = has_upper & (model > upper * (1.0 + ONE_SIDED_TOLERANCE))
     below = has_lower & (model < lower * (1.0 - ONE_SIDED_TOLERANCE))
@@ -542,14 +555,13 @@ def _with_prior(k, w, weights, usable, prior, prior_weight):
     ok = (jnp.isfinite(lo) & jnp.isfinite(hi) & jnp.all(jnp.isfinite(prior), axis=1)
           & (count >= len(PARAMS)))
     lo, hi = jnp.where(ok, lo, -1.0), jnp.where(ok, hi, 1.0)
-    safe = jnp.where(ok[:, None], prior, jnp.asarray([0.01, 0.1, 0.0, 0.0, 0.1], k.dtype))
+    safe = _with_placeholder(prior, ok)
     unit = jnp.concatenate([jnp.linspace(0.0, 1.0, _PRIOR_POINTS, dtype=k.dtype),
                             jnp.asarray([-_PRIOR_FAR, 1.0 + _PRIOR_FAR], k.dtype)])
     k_prior = lo[:, None] + (hi - lo)[:, None] * unit
     w_prior = total_variance(k_prior, *(safe[:, i:i + 1] for i in range(5)))
     ok = ok[:, None] & jnp.isfinite(w_prior) & (w_prior > 0)
-    rms = jnp.sqrt(jnp.sum(weights * weights, axis=1) / jnp.maximum(count, 1).astype(k.dtype))
-    weight_prior = jnp.where(ok, prior_weight * rms[:, None], 0.0)
+    weight_prior = jnp.where(ok, prior_weight * _rms_weight(weights, usable)[:, None], 0.0)
     return (jnp.concatenate([k, jnp.where(ok, k_prior, 0.0)], axis=1),
             jnp.concatenate([w, jnp.where(ok, w_prior, 0.0)], axis=1),
             jnp.concatenate([weights, weight_prior], axis=1),
@@ -657,8 +669,7 @@ def prior_share(params, k, w, weights, usable, quotes):
     prior alone; the effective number of parameters of a ridge regression, Hastie et al.)."""
     del w
     finite = jnp.all(jnp.isfinite(params), axis=1)
-    safe = jnp.where(finite[:, None], params, jnp.asarray([0.01, 0.1, 0.0, 0.0, 0.1],
-                                                          params.dtype))
+    safe = _with_placeholder(params, finite)
     h_quotes, h_prior = (_information(safe, k[:, cols], weights[:, cols], usable[:, cols])
                          for cols in (slice(None, quotes), slice(quotes, None)))
     total = h_quotes + h_prior
@@ -712,9 +723,7 @@ def _penalised_chunk(k, w, weights, usable, initial, penalty_weight, config, quo
         row_mask = jnp.concatenate([usable, jnp.ones(extra.shape, bool)], axis=1)
     else:
         k_one, lower, upper, has_lower, has_upper = one_sided
-        quote_weights = jnp.where(usable_quotes, weights[:, :k_quotes.shape[1]], 0.0)
-        rms = jnp.sqrt(jnp.sum(quote_weights ** 2, axis=1) / jnp.maximum(
-            jnp.sum(usable_quotes, axis=1), 1).astype(k.dtype))
+        rms = _rms_weight(weights[:, :k_quotes.shape[1]], usable_quotes)
         one_weight = jnp.broadcast_to((penalty_weight * rms)[:, None], (k.shape[0],
                                                                         2 * k_one.shape[1]))
         fn, args = _bounded_residuals, (k, w, grid, k_one, lower, upper)
