@@ -261,3 +261,36 @@ def test_one_sided_quotes_bound_the_smile_and_the_repair_keeps_it_below_them():
     np.testing.assert_allclose(params[1], free.params[1], rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="one_sided"):
         svi.fit(k, w, one_sided=(k_one, upper))
+
+
+def test_bid_only_quotes_bound_the_smile_from_below():
+    """Quotes without an ask as lower bounds (issue 20: "one-sided quotes as bounds", the
+    other side). Lane 0's two-sided quotes come from a smile whose left wing falls below the
+    bids of three puts further out that have no ask (their bids lie 8% above the quotes' own
+    smile there): the plain fit contradicts them and gets OUTSIDE_QUOTES; the repair lifts the
+    wing to within 1% of the bids (measured 0.006% below the tightest) and is CONVERGED, and
+    stays within half a vol point of the quotes (measured 0.33). With bids 15% above, the
+    refit is not usable and the slice honestly keeps OUTSIDE_QUOTES (measured). Lane 1's
+    bids lie far below its smile: fit and status are those without bounds. Same shapes as the
+    upper-bound test above, so it runs the same two programs. Fails if the lower side were
+    ignored (lane 0 would stay CONVERGED at the plain fit, below the bids)."""
+    true = np.array([0.02, 0.12, -0.5, 0.05, 0.15])
+    k = np.linspace(-0.3, 0.4, 15)[None].repeat(2, 0)
+    w = np.asarray(svi.total_variance(k, *true))
+    k_one = np.array([[-0.6, -0.5, -0.45], [-0.6, -0.5, -0.45]])
+    lower = np.asarray(svi.total_variance(k_one, *true)) * np.array([[1.08], [0.5]])
+    upper = np.full_like(lower, np.nan)
+    free = svi.fit(k, w)
+    plain = svi.fit(k, w, one_sided=(k_one, lower, upper))
+    assert plain.status.tolist() == [FitStatus.OUTSIDE_QUOTES, FitStatus.CONVERGED]
+    np.testing.assert_allclose(plain.params, free.params, rtol=1e-12, atol=1e-14)
+    repaired = svi.fit(k, w, one_sided=(k_one, lower, upper), no_arbitrage="repair")
+    assert repaired.status.tolist() == [FitStatus.CONVERGED, FitStatus.CONVERGED]
+    params = np.asarray(repaired.params)
+    model = np.asarray(svi.total_variance(k_one, *(params[:, i:i + 1] for i in range(5))))
+    assert np.all(model[0] >= lower[0] * (1 - svi.ONE_SIDED_TOLERANCE))
+    assert np.min(model[0] / lower[0]) < 1.02  # the bound is active, not slack
+    assert svi.satisfies_lee_bound(params[0, 1], params[0, 2])
+    inside = np.sqrt(np.asarray(svi.total_variance(k[0], *params[0])))
+    assert np.max(np.abs(inside - np.sqrt(w[0]))) < 0.005
+    np.testing.assert_allclose(params[1], free.params[1], rtol=1e-12, atol=1e-14)

@@ -58,8 +58,9 @@ COLUMNS = {
     "iv_mid_status": ("code", "jaxvol.IVStatus of the mid's implied vol"),
     "iv_ask_status": ("code", "jaxvol.IVStatus of the ask's implied vol"),
     "n_quotes": ("count", "usable out-of-the-money quotes of the slice"),
-    "n_one_sided": ("count", "zero-bid out-of-the-money quotes of the slice, used as upper "
-                    "bounds of the SVI smile (their ask's total variance)"),
+    "n_one_sided": ("count", "one-sided out-of-the-money quotes beyond the slice's two-sided "
+                    "ones, used as bounds of the SVI smile: no bid (zero or missing), the ask's "
+                    "total variance above; no ask, the bid's total variance below"),
     "near_expiry": ("years", "near term of the 30-day indices"),
     "next_expiry": ("years", "next term of the 30-day indices"),
     "relation": ("text", "static no-arbitrage relation checked"),

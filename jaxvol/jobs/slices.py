@@ -5,13 +5,15 @@ quotes (no quality flag, finite mid implied vol: puts below the forward, calls a
 sorted by strike, packed into ``[slices, strikes]`` arrays padded to a strike bucket
 (:func:`jaxvol.batching.strike_bucket`) with a mask.
 
-The zero-bid out-of-the-money quotes beyond a slice's two-sided ones (ZERO_BID and no other
-excluding flag, a finite ask implied vol, a strike outside the usable quotes' range) are kept
-apart as one-sided quotes: the mid of a quote without a buyer is not a
-price, but its ask bounds the option's value, so the ask's total variance is an upper bound on
-the smile there (``one_sided_k``, ``one_sided_upper``: [slices, bucket], NaN padded;
-:func:`jaxvol.svi.fit`'s ``one_sided``). On the synthetic market these are the far wings, the
-very strikes where a fit to the two-sided quotes alone extrapolates freely.
+The one-sided out-of-the-money quotes beyond a slice's two-sided ones (a strike outside the
+usable quotes' range, no excluding flag other than those a missing side implies) are kept apart
+as bounds: the mid of a quote with one side is not a price, but its side bounds the option's
+value. A quote without a buyer (bid zero or missing) with a finite ask implied vol gives an
+upper bound on the smile there (the ask's total variance), one without a seller (ask missing)
+with a finite bid implied vol a lower bound (the bid's total variance): ``one_sided_k``,
+``one_sided_lower``, ``one_sided_upper`` ([slices, bucket], NaN padded, NaN on the absent side;
+:func:`jaxvol.svi.fit`'s ``one_sided``). On the synthetic market the zero-bid quotes are the
+far wings, the very strikes where a fit to the two-sided quotes alone extrapolates freely.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ class SliceBatch(NamedTuple):
     mask: np.ndarray              # [slices, width] bool
     price: np.ndarray             # [slices, width] mid price (bid + ask) / 2
     is_call: np.ndarray           # [slices, width] bool: calls at/above the forward
-    one_sided_k: np.ndarray       # [slices, bucket] log-moneyness of zero-bid OTM quotes (NaN pad)
-    one_sided_upper: np.ndarray   # [slices, bucket] their ask's total variance iv_ask^2 * expiry
+    one_sided_k: np.ndarray       # [slices, bucket] log-moneyness of one-sided OTM quotes (NaN pad)
+    one_sided_upper: np.ndarray   # [slices, bucket] no bid: the ask's total variance iv_ask^2 T
+    one_sided_lower: np.ndarray   # [slices, bucket] no ask: the bid's total variance iv_bid^2 T
 
 
 def slice_index(rows: pd.DataFrame) -> np.ndarray:
@@ -64,48 +67,60 @@ def _usable(rows: pd.DataFrame) -> np.ndarray:
             & np.isfinite(rows["iv_mid"].to_numpy()) & np.isfinite(forward))
 
 
-def _one_sided(rows: pd.DataFrame) -> np.ndarray:
-    """Zero-bid OTM quotes whose ask still carries information: ZERO_BID set, no other
-    excluding flag (an unsolvable mid is expected: half the ask may lie below intrinsic), a
-    finite positive ask implied vol and forward."""
+def _one_sided(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(no bid, no ask): OTM quotes with one side only whose other side still carries
+    information. No bid: a zero or missing bid and a finite positive ask with a finite
+    positive implied vol; no ask: a missing ask and a positive bid with a finite positive
+    implied vol. Strike, expiry and forward finite and positive, and no excluding flag other
+    than those the missing side implies (ZERO_BID, NON_FINITE for the NaN side, IV_UNSOLVED
+    for the mid)."""
     from jaxvol.chains import Flag
     from jaxvol.chains.flags import DEFAULT_EXCLUDE
     flags = rows["quality_flags"].to_numpy().astype(np.int64)
-    other = int(DEFAULT_EXCLUDE) & ~int(Flag.ZERO_BID | Flag.IV_UNSOLVED)
-    forward = rows["forward"].to_numpy()
-    otm = _otm(rows)
-    ask_vol = rows["iv_ask"].to_numpy(float)
-    return (otm & ((flags & int(Flag.ZERO_BID)) != 0) & ((flags & other) == 0)
-            & np.isfinite(ask_vol) & (ask_vol > 0) & np.isfinite(forward) & (forward > 0))
+    other = int(DEFAULT_EXCLUDE) & ~int(Flag.ZERO_BID | Flag.IV_UNSOLVED | Flag.NON_FINITE)
+    values = {name: rows[name].to_numpy(float)
+              for name in ("forward", "strike", "expiry", "bid", "ask", "iv_bid", "iv_ask")}
+    positive = lambda x: np.isfinite(x) & (x > 0)  # noqa: E731
+    base = (_otm(rows) & ((flags & other) == 0) & positive(values["forward"])
+            & positive(values["strike"]) & positive(values["expiry"]))
+    no_bid = (base & ((values["bid"] == 0) | np.isnan(values["bid"]))
+              & positive(values["ask"]) & positive(values["iv_ask"]))
+    no_ask = (base & np.isnan(values["ask"]) & positive(values["bid"])
+              & positive(values["iv_bid"]))
+    return no_bid, no_ask
 
 
 def _pack_one_sided(rows: pd.DataFrame, slice_id: np.ndarray, n_slices: int,
                     strikes: tuple[np.ndarray, np.ndarray], min_width: int):
-    """([slices, bucket] log-moneyness, [slices, bucket] upper total variance) of the one-sided
-    quotes of every slice (:func:`_one_sided`) beyond its two-sided quotes (strikes below the
-    lowest or above the highest usable strike, ``strikes`` = (lowest, highest) per slice), NaN
-    padded to a strike bucket, at least ``min_width`` (the quotes' width: one program shape for
-    every chunk of a night, as a slice's one-sided and two-sided quotes share its strikes). A
-    zero bid among two-sided quotes is a defect, not a wing
-    without buyers: measured on the synthetic market, whose injected zero-bid rows keep a
-    stale ask (e.g. bid 0 / ask 0.10 between calls bid 0.50 and 0.30), such a bound lay at a
-    quarter of the neighbours' total variance and no fit could honour it."""
-    keep = _one_sided(rows)
+    """([slices, bucket] log-moneyness, lower, upper total variance) of the one-sided quotes of
+    every slice (:func:`_one_sided`) beyond its two-sided quotes (strikes below the lowest or
+    above the highest usable strike, ``strikes`` = (lowest, highest) per slice), NaN padded to
+    a strike bucket, at least ``min_width`` (the quotes' width: one program shape for every
+    chunk of a night, as a slice's one-sided and two-sided quotes share its strikes). A
+    one-sided quote among two-sided quotes is a defect, not a wing without buyers or
+    sellers: measured on the synthetic market, whose injected zero-bid rows keep a stale ask
+    (e.g. bid 0 / ask 0.10 between calls bid 0.50 and 0.30), such a bound lay at a quarter of
+    the neighbours' total variance and no fit could honour it."""
+    no_bid, no_ask = _one_sided(rows)
+    keep = no_bid | no_ask
     strike = rows["strike"].to_numpy()
     low, high = strikes
     ids_all = np.where(keep, slice_id, 0)
     keep &= (strike < low[ids_all]) | (strike > high[ids_all])
     ids = slice_id[keep]
     k = np.log(strike[keep] / rows["forward"].to_numpy()[keep])
-    upper = rows["iv_ask"].to_numpy(float)[keep] ** 2 * rows["expiry"].to_numpy(float)[keep]
+    expiry = rows["expiry"].to_numpy(float)[keep]
+    upper = np.where(no_bid[keep], rows["iv_ask"].to_numpy(float)[keep] ** 2 * expiry, np.nan)
+    lower = np.where(no_ask[keep], rows["iv_bid"].to_numpy(float)[keep] ** 2 * expiry, np.nan)
     order = np.lexsort((k, ids))
-    ids, k, upper = ids[order], k[order], upper[order]
+    ids, k, lower, upper = ids[order], k[order], lower[order], upper[order]
     counts = np.bincount(ids, minlength=n_slices)
     width = max(strike_bucket(max(int(counts.max(initial=0)), 1)), min_width)
     position = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
-    out_k, out_upper = np.full((n_slices, width), np.nan), np.full((n_slices, width), np.nan)
-    out_k[ids, position], out_upper[ids, position] = k, upper
-    return out_k, out_upper
+    out = [np.full((n_slices, width), np.nan) for _ in range(3)]
+    for array, values in zip(out, (k, lower, upper)):
+        array[ids, position] = values
+    return tuple(out)
 
 
 def _weights(rows: pd.DataFrame) -> np.ndarray:
@@ -147,7 +162,7 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     low = by_slice.min().reindex(range(len(table))).to_numpy(float)
     high = by_slice.max().reindex(range(len(table))).to_numpy(float)
     # a slice without two-sided quotes has no fit to bound: its one-sided quotes are dropped
-    one_k, one_upper = _pack_one_sided(rows, slice_id, len(table),
+    one_k, one_lower, one_upper = _pack_one_sided(rows, slice_id, len(table),
                                        (np.where(np.isfinite(low), low, np.inf),
                                         np.where(np.isfinite(high), high, -np.inf)), width)
     table["n_one_sided"] = np.isfinite(one_k).sum(axis=1)
@@ -169,4 +184,5 @@ def pack_otm(rows: pd.DataFrame, min_strikes: int) -> SliceBatch:
     vol = np.where(mask, arrays["implied_vol"], 0.2)
     return SliceBatch(table, strike, np.log(strike / forward), vol ** 2 * expiry, vol,
                       np.where(mask, arrays["weight"], 0.0), mask,
-                      np.where(mask, arrays["price"], 1.0), strike >= forward, one_k, one_upper)
+                      np.where(mask, arrays["price"], 1.0), strike >= forward, one_k, one_upper,
+                      one_lower)

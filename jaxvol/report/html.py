@@ -99,8 +99,9 @@ _GENERIC_REASONS = {
                     "smile)",
     "NON_FINITE": "the fit produced non-finite values",
     "BAD_INPUT": "invalid input",
-    "OUTSIDE_QUOTES": "the fitted smile lies above the ask of a zero-bid quote (a one-sided "
-                      "bound) by more than 1% in total variance",
+    "OUTSIDE_QUOTES": "the fitted smile lies above the ask of a quote without a bid, or below "
+                      "the bid of a quote without an ask (a one-sided bound), by more than 1% "
+                      "in total variance",
 }
 
 

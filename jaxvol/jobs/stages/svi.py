@@ -14,7 +14,6 @@ quotes in every expiry bucket).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxvol.calibrate import LMConfig
@@ -66,8 +65,8 @@ def ssvi_prior(chunk: Chunk, env: JobEnv) -> np.ndarray | None:
 
 
 def _fit(env: JobEnv, arrays: list, initial: np.ndarray | None, prior: np.ndarray | None):
-    """svi.fit over the lanes of ``arrays`` (k, w, weight, mask, then the one-sided quotes' k
-    and upper total variance; from ``initial`` when given, regularised towards ``prior`` when
+    """svi.fit over the lanes of ``arrays`` (k, w, weight, mask, then the one-sided quotes' k,
+    lower and upper total variance; from ``initial`` when given, regularised towards ``prior`` when
     given), sharded."""
     settings = env.config["svi"]
     options = dict(no_arbitrage=settings["no_arbitrage"],
@@ -82,9 +81,9 @@ def _fit(env: JobEnv, arrays: list, initial: np.ndarray | None, prior: np.ndarra
     if prior is not None:
         names, arrays = names + ["prior"], arrays + [prior]
 
-    def fn(k, w, weight, mask, one_k, one_upper, *extra):
+    def fn(k, w, weight, mask, one_k, one_lower, one_upper, *extra):
         return svi_model.fit(k, w, weights=weight, mask=mask,
-                             one_sided=(one_k, jnp.full_like(one_upper, jnp.nan), one_upper),
+                             one_sided=(one_k, one_lower, one_upper),
                              **dict(zip(names, extra)), **options)
 
     return sharded(env, fn, arrays, key=key, sections=("svi",))
@@ -114,7 +113,7 @@ def svi(chunk: Chunk, env: JobEnv) -> None:
     batch = ensure_batch(chunk, env)
     previous = previous_slices(env, batch.table, SVI_PARAMS)
     arrays = [batch.log_moneyness, batch.total_variance, batch.weight, batch.mask,
-              batch.one_sided_k, batch.one_sided_upper]
+              batch.one_sided_k, batch.one_sided_lower, batch.one_sided_upper]
     params, status, iterations = _fits(env, arrays, previous, ssvi_prior(chunk, env))
     params, used_previous = fallback(status, params, previous)
     expiry = batch.table["expiry"].to_numpy()[:, None]
