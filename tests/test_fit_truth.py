@@ -33,6 +33,21 @@ def test_refine_status_precedence_and_failed_lanes_keep_their_status():
     counts = calibrate.distinct_count(jnp.array([[1.0, 1.0, 2.0, np.nan], [3.0] * 4]),
                                       jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool))
     assert counts.tolist() == [2, 1]
+    # the sort-free count the fits use (``limit``): min(count, limit) on the same lanes and on
+    # random lanes with ties, near-ties beyond the tolerance, masked values and empty lanes
+    for limit in (1, 2, 3):
+        capped = calibrate.distinct_count(jnp.array([[1.0, 1.0, 2.0, np.nan], [3.0] * 4]),
+                                          jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool),
+                                          limit=limit)
+        assert capped.tolist() == [min(2, limit), 1]
+    rng = np.random.default_rng(3)
+    values = rng.choice([0.0, 1.0, 2.0, 2.0 + 1e-6, -1.5, 3.0, 7.0], size=(400, 9))
+    usable = rng.random((400, 9)) < 0.6
+    full = np.asarray(calibrate.distinct_count(values, usable))
+    assert 0 in full and 5 in full  # empty lanes and lanes past the limit are among them
+    for limit in (2, 3, 5):
+        np.testing.assert_array_equal(
+            calibrate.distinct_count(values, usable, limit=limit), np.minimum(full, limit))
 
 
 def test_svi_garbage_that_fits_is_not_converged():

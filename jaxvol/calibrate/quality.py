@@ -56,12 +56,30 @@ def near_bounds(params, lower, upper, tolerance: float = BOUND_TOLERANCE):
     return jnp.any(close(lower) | close(upper), axis=-1)
 
 
-def distinct_count(values, usable, tolerance: float = 1e-9):
+def distinct_count(values, usable, tolerance: float = 1e-9, limit: int | None = None):
     """Number of distinct usable values per lane along the last axis (values closer than
-    ``tolerance`` times the lane's largest magnitude count once)."""
+    ``tolerance`` times the lane's largest magnitude count once).
+
+    ``limit``: count at most this many (``min(count, limit)``), without sorting: ``limit``
+    passes of a masked minimum, each taking the smallest value more than the tolerance above
+    the last one counted. A fit's identification check needs only "fewer than P", and XLA's
+    CPU sort of [lanes, quotes] was 3/4 of svi.fit's checks (21 of 28 ms on 10,000 x 50).
+    The two agree except on chains of values each within the tolerance of the next (1e-9
+    relative by default), which the sort counts once and the passes every tolerance width.
+    """
     values = jnp.asarray(values)
     big = jnp.where(usable, jnp.abs(values), 0.0)
     scale = jnp.maximum(jnp.max(big, axis=-1, keepdims=True), float(jnp.finfo(values.dtype).tiny))
+    if limit is not None:
+        candidates = jnp.where(usable & jnp.isfinite(values), values, jnp.inf)
+        step = tolerance * scale
+        last = jnp.min(candidates, axis=-1, keepdims=True)
+        count = jnp.isfinite(last[..., 0]).astype(jnp.int32)
+        for _ in range(int(limit) - 1):
+            last = jnp.min(jnp.where(candidates > last + step, candidates, jnp.inf), axis=-1,
+                           keepdims=True)
+            count = count + jnp.isfinite(last[..., 0]).astype(jnp.int32)
+        return count
     ordered = jnp.sort(jnp.where(usable, values, jnp.inf), axis=-1)
     gaps = jnp.diff(ordered, axis=-1)
     new = jnp.isfinite(gaps) & (gaps > tolerance * scale)

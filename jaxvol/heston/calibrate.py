@@ -209,7 +209,8 @@ def calibrate(surface: Surface, initial=None, *, objective="vol", feller_weight=
         upper=None if upper is None else np.asarray(upper), config=config)
     quotes = mask.reshape(lanes, -1)
     expiries = jnp.sum(jnp.any(mask, axis=-1), axis=-1)
-    strikes = distinct_count(jnp.where(mask, surface.strike, 0.0).reshape(lanes, -1), quotes)
+    strikes = distinct_count(jnp.where(mask, surface.strike, 0.0).reshape(lanes, -1), quotes,
+                             limit=3)
     box = np.broadcast_to(-np.inf if lower is None else np.asarray(lower, float), (5,)), \
         np.broadcast_to(np.inf if upper is None else np.asarray(upper, float), (5,))
     status = refine_status(

@@ -207,7 +207,7 @@ def fit(forward, strike, expiry, vol, *, beta, weights=None, mask=None, method="
     params = result.params
     status = refine_status(
         result.status, too_few=count < len(PARAMS),
-        unidentified=distinct_count(strike, usable) < len(PARAMS),
+        unidentified=distinct_count(strike, usable, limit=len(PARAMS)) < len(PARAMS),
         degenerate=params[:, 2] * params[:, 2] * expiry > _NU2T_LIMIT,
         at_bound=near_bounds(params[:, 1:], LOWER[1:], UPPER[1:]))
     return SABRFit(params, status, result.loss, result.iterations, result.rmse,

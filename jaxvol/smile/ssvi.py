@@ -282,7 +282,7 @@ def fit(k, total_variance, *, weights=None, mask=None, phi="heston", initial=Non
     status = refine_status(
         result.status,
         too_few=~every_expiry | (jnp.sum(usable, axis=(1, 2)) < starts.shape[-1]),
-        unidentified=jnp.all(distinct_count(k, usable) < 2, axis=1),
+        unidentified=jnp.all(distinct_count(k, usable, limit=2) < 2, axis=1),
         at_bound=_at_bound(phi, rho, phi_params))
     params = jnp.concatenate([rho[:, None], phi_params, theta], axis=1)
     return SSVIFit(params, status, result.loss, result.iterations, result.rmse, residuals)

@@ -641,8 +641,8 @@ def _quality(params, arrays, quotes=None, one_sided=None):
                 | (m <= m_lo + _EDGE * span) | (m >= m_hi - _EDGE * span) | ~(b > 0))
     return dict(
         too_few=jnp.sum(usable, axis=1) < len(PARAMS),
-        unidentified=((distinct_count(k, usable) < len(PARAMS)) | (w_hi - w_lo <= _FLAT * w_hi)
-                      | leans_on_prior),
+        unidentified=((distinct_count(k, usable, limit=len(PARAMS)) < len(PARAMS))
+                      | (w_hi - w_lo <= _FLAT * w_hi) | leans_on_prior),
         degenerate=~satisfies_lee_bound(b, rho) | (on_face & sigma_floor),
         at_bound=at_bound, arbitrage=~_arbitrage_free(params, k, usable),
         outside=None if one_sided is None else _outside(params, one_sided))
