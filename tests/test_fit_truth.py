@@ -240,6 +240,19 @@ def test_svi_prior_weight_spans_the_plain_fit_to_an_unidentified_one():
         svi.fit(k, w, prior=prior[:, :4])
 
 
+def _plain_then_repaired(k, w, k_one, lower, upper, free):
+    """Lane 0 contradicts its one-sided quotes, lane 1 does not: the plain fit is ``free``'s
+    (the fit without bounds) with OUTSIDE_QUOTES on lane 0; the repair makes both lanes
+    CONVERGED. Returns the repaired params and their total variance at ``k_one``."""
+    plain = svi.fit(k, w, one_sided=(k_one, lower, upper))
+    assert plain.status.tolist() == [FitStatus.OUTSIDE_QUOTES, FitStatus.CONVERGED]
+    np.testing.assert_allclose(plain.params, free.params, rtol=1e-12, atol=1e-14)
+    repaired = svi.fit(k, w, one_sided=(k_one, lower, upper), no_arbitrage="repair")
+    assert repaired.status.tolist() == [FitStatus.CONVERGED, FitStatus.CONVERGED]
+    params = np.asarray(repaired.params)
+    return params, np.asarray(svi.total_variance(k_one, *(params[:, i:i + 1] for i in range(5))))
+
+
 def test_one_sided_quotes_bound_the_smile_and_the_repair_keeps_it_below_them():
     """Zero-bid wings as upper bounds (issue 20: "one-sided quotes as bounds"). Lane 0's quotes
     come from a smile whose right wing climbs above the asks of three zero-bid calls further
@@ -257,13 +270,7 @@ def test_one_sided_quotes_bound_the_smile_and_the_repair_keeps_it_below_them():
     lower = np.full_like(upper, np.nan)
     free = svi.fit(k, w)
     assert free.status.tolist() == [0, 0]
-    plain = svi.fit(k, w, one_sided=(k_one, lower, upper))
-    assert plain.status.tolist() == [FitStatus.OUTSIDE_QUOTES, FitStatus.CONVERGED]
-    np.testing.assert_allclose(plain.params, free.params, rtol=1e-12, atol=1e-14)
-    repaired = svi.fit(k, w, one_sided=(k_one, lower, upper), no_arbitrage="repair")
-    assert repaired.status.tolist() == [FitStatus.CONVERGED, FitStatus.CONVERGED]
-    params = np.asarray(repaired.params)
-    model = np.asarray(svi.total_variance(k_one, *(params[:, i:i + 1] for i in range(5))))
+    params, model = _plain_then_repaired(k, w, k_one, lower, upper, free)
     assert np.all(model[0] <= upper[0] * (1 + svi.ONE_SIDED_TOLERANCE))
     assert np.max(model[0] / upper[0]) > 0.98  # the bound is active, not slack
     assert svi.satisfies_lee_bound(params[0, 1], params[0, 2])
@@ -296,13 +303,7 @@ def test_bid_only_quotes_bound_the_smile_from_below():
     lower = np.asarray(svi.total_variance(k_one, *true)) * np.array([[1.08], [0.5]])
     upper = np.full_like(lower, np.nan)
     free = svi.fit(k, w)
-    plain = svi.fit(k, w, one_sided=(k_one, lower, upper))
-    assert plain.status.tolist() == [FitStatus.OUTSIDE_QUOTES, FitStatus.CONVERGED]
-    np.testing.assert_allclose(plain.params, free.params, rtol=1e-12, atol=1e-14)
-    repaired = svi.fit(k, w, one_sided=(k_one, lower, upper), no_arbitrage="repair")
-    assert repaired.status.tolist() == [FitStatus.CONVERGED, FitStatus.CONVERGED]
-    params = np.asarray(repaired.params)
-    model = np.asarray(svi.total_variance(k_one, *(params[:, i:i + 1] for i in range(5))))
+    params, model = _plain_then_repaired(k, w, k_one, lower, upper, free)
     assert np.all(model[0] >= lower[0] * (1 - svi.ONE_SIDED_TOLERANCE))
     assert np.min(model[0] / lower[0]) < 1.02  # the bound is active, not slack
     assert svi.satisfies_lee_bound(params[0, 1], params[0, 2])
