@@ -7,6 +7,8 @@ at import time of the conftest (pytest imports it before any test module).
 import os
 import pathlib
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
@@ -51,3 +53,25 @@ _HEAVY_FIRST = ("test_jobs_pipeline.py", "test_heston_pricing.py", "test_heston_
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(_HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
+
+
+# Every compiled XLA:CPU program keeps about three memory mappings (code, constants, data) for as
+# long as a jit cache holds it, and a pytest-xdist worker lives for the whole suite: by the last
+# files a worker held 50,000-60,000 mappings, near Linux's default vm.max_map_count of 65,530, and
+# the next LLVM compilation failed ("Cannot allocate memory / releaseMappedMemory failed") and
+# took the worker down. Forgetting the compiled programs after each test file bounds the count to
+# one file's worth; a later file that needs a program again loads it from the persistent cache.
+@pytest.fixture(scope="module", autouse=True)
+def _forget_compiled_programs():
+    yield
+    import gc
+
+    from jaxvol import batching
+    from jaxvol.mc import batch as mc_batch
+
+    jax.clear_caches()
+    batching.clear_programs()
+    batching._PAYLOADS.clear()
+    mc_batch._MAPS.clear()
+    mc_batch._JITS.clear()
+    gc.collect()
